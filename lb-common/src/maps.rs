@@ -1,0 +1,206 @@
+//! Map and program names, and the layout of every map key and value.
+//!
+//! | map | kind | key -> value | writer |
+//! |---|---|---|---|
+//! | [`FRONTENDS`] | hash | [`FrontendKey`] -> [`FrontendValue`] | agent |
+//! | [`MAGLEV`] | hash of arrays | service id -> inner array of [`MaglevChunk`] | agent |
+//! | [`BACKENDS`] | array | backend id -> [`BackendValue`] | agent |
+//! | [`CONNTRACK`] | LRU hash | [`CtKey`] -> [`CtValue`] | datapath |
+//! | [`STATS`] | per-CPU array, 1 slot | 0 -> [`crate::stats::GlobalStats`] | datapath |
+//! | [`SERVICE_STATS`] | per-CPU array | service id -> [`crate::stats::ServiceStats`] | datapath |
+//! | [`BACKEND_STATS`] | per-CPU array | backend id -> [`crate::stats::BackendStats`] | datapath |
+//!
+//! A service's Maglev table is an inner array of [`MaglevChunk`]s: a flat sequence of u32
+//! whose index 0 holds the table size M and indices 1..=M the backend ids. Keeping M inside
+//! the table means a table swap (one update of the outer map) changes size and contents
+//! atomically together. Slots are packed 16 to an element because the kernel stores array
+//! elements with an 8-byte stride: bare u32 elements would waste half of every table.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::{Addr, Family, Proto};
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM: &str = "xlb";
+
+pub const FRONTENDS: &str = "XLB_FRONTENDS";
+pub const MAGLEV: &str = "XLB_MAGLEV";
+pub const BACKENDS: &str = "XLB_BACKENDS";
+pub const CONNTRACK: &str = "XLB_CONNTRACK";
+pub const STATS: &str = "XLB_STATS";
+pub const SERVICE_STATS: &str = "XLB_SERVICE_STATS";
+pub const BACKEND_STATS: &str = "XLB_BACKEND_STATS";
+
+/// Every map the datapath defines, in a fixed order (used to pin and to adopt them).
+pub const ALL_MAPS: [&str; 7] =
+    [FRONTENDS, MAGLEV, BACKENDS, CONNTRACK, STATS, SERVICE_STATS, BACKEND_STATS];
+
+/// Default capacities, compiled into the object; the agent may override them at load time.
+pub const MAX_FRONTENDS: u32 = 65_536;
+pub const MAX_SERVICES: u32 = 65_536;
+pub const MAX_BACKENDS: u32 = 262_144;
+pub const CONNTRACK_ENTRIES: u32 = 262_144;
+
+/// u32 slots per element of a Maglev inner array.
+pub const MAGLEV_CHUNK: usize = 16;
+/// One element of a Maglev inner array.
+pub type MaglevChunk = [u32; MAGLEV_CHUNK];
+/// Largest Maglev table size the agent builds (a prime).
+pub const MAX_TABLE_SIZE: u32 = 1_048_573;
+
+/// Number of inner-array elements that hold a table of `size` slots (plus the size itself).
+pub const fn maglev_chunks(size: u32) -> u32 {
+    (size + 1).div_ceil(MAGLEV_CHUNK as u32)
+}
+/// `BPF_F_INNER_MAP`: inner maps may differ in `max_entries` from the template.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+/// Key of the frontend map: a service VIP, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct FrontendKey {
+    pub addr: Addr,
+    /// Port in network byte order.
+    pub port_be: u16,
+    pub proto: Proto,
+    pub family: Family,
+}
+crate::pod!(FrontendKey);
+const _: () = assert!(core::mem::size_of::<FrontendKey>() == 20);
+
+impl FrontendKey {
+    pub fn new(ip: core::net::IpAddr, port: u16, proto: Proto) -> Self {
+        Self { addr: Addr::from_ip(&ip), port_be: port.to_be(), proto, family: Family::of(&ip) }
+    }
+
+    pub fn ip(&self) -> core::net::IpAddr {
+        self.addr.to_ip(self.family)
+    }
+
+    pub const fn port(&self) -> u16 {
+        u16::from_be(self.port_be)
+    }
+}
+
+/// What a frontend leads to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FrontendValue {
+    /// Key of the service's Maglev table and index of its counters.
+    pub service_id: u32,
+    /// `FRONTEND_F_*` bits.
+    pub flags: u32,
+    /// Session affinity timeout in seconds (with [`FRONTEND_F_AFFINITY`]).
+    pub affinity_timeout_s: u32,
+    pub _pad: u32,
+}
+crate::pod!(FrontendValue);
+const _: () = assert!(core::mem::size_of::<FrontendValue>() == 16);
+
+/// `sessionAffinity: ClientIP`: new flows of a client stick to its previous backend.
+pub const FRONTEND_F_AFFINITY: u32 = 1 << 0;
+
+/// A backend (endpoint address and target port), indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct BackendValue {
+    pub addr: Addr,
+    /// Port in network byte order.
+    pub port_be: u16,
+    pub proto: Proto,
+    pub family: Family,
+    /// `BACKEND_F_*` bits.
+    pub flags: u32,
+}
+crate::pod!(BackendValue);
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 24);
+
+/// The slot holds a programmed backend (an all-zero slot is "no backend").
+pub const BACKEND_F_ACTIVE: u32 = 1 << 0;
+
+impl BackendValue {
+    pub fn new(ip: core::net::IpAddr, port: u16, proto: Proto) -> Self {
+        Self {
+            addr: Addr::from_ip(&ip),
+            port_be: port.to_be(),
+            proto,
+            family: Family::of(&ip),
+            flags: BACKEND_F_ACTIVE,
+        }
+    }
+
+    pub fn ip(&self) -> core::net::IpAddr {
+        self.addr.to_ip(self.family)
+    }
+
+    pub const fn port(&self) -> u16 {
+        u16::from_be(self.port_be)
+    }
+}
+
+/// Direction of a connection-table entry.
+pub const CT_DIR_FORWARD: u8 = 0;
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Key of the connection table.
+///
+/// Forward entries are keyed by the packet as the client sent it (client -> VIP); reply
+/// entries by the packet as the backend sends it (backend -> client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct CtKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: Proto,
+    pub family: Family,
+    /// [`CT_DIR_FORWARD`] or [`CT_DIR_REPLY`].
+    pub dir: u8,
+    pub _pad: u8,
+}
+crate::pod!(CtKey);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+
+impl CtKey {
+    /// The flow hash of a forward key (see [`crate::flow::flow_hash`]).
+    #[inline(always)]
+    pub const fn flow_hash(&self) -> u32 {
+        crate::flow::flow_hash(
+            self.family,
+            &self.src,
+            &self.dst,
+            self.sport_be,
+            self.dport_be,
+            self.proto,
+        )
+    }
+}
+
+/// TCP connection states tracked by the datapath (UDP entries stay `CT_STATE_ESTABLISHED`).
+pub const CT_STATE_SYN_SENT: u8 = 1;
+pub const CT_STATE_ESTABLISHED: u8 = 2;
+pub const CT_STATE_CLOSING: u8 = 3;
+
+/// Value of the connection table.
+///
+/// A forward entry holds the backend's address and port (so an established flow needs no
+/// further lookup and keeps its backend even if the backend id is later reused); a reply
+/// entry holds the VIP and port to restore as the reply's source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtValue {
+    pub nat_addr: Addr,
+    /// Port in network byte order.
+    pub nat_port_be: u16,
+    /// `CT_STATE_*`.
+    pub state: u8,
+    pub _pad0: u8,
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub _pad1: u32,
+    /// `bpf_ktime_get_coarse_ns` of the last refresh (refreshed at most once a second).
+    pub last_seen_ns: u64,
+}
+crate::pod!(CtValue);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 40);

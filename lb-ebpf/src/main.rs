@@ -1,0 +1,35 @@
+//! xlb: the XDP datapath. Entry point, panic handler and license only; the pipeline is in
+//! [`pipeline`], one concern per module.
+#![no_std]
+#![no_main]
+
+mod config;
+mod conntrack;
+mod fwd;
+mod maps;
+mod nat;
+mod parse;
+mod pipeline;
+mod ptr;
+mod select;
+mod stats;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+
+/// Attached to every interface of the node that carries Service traffic.
+#[xdp]
+pub fn xlb(ctx: XdpContext) -> u32 {
+    pipeline::run(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: every index is bounds-checked before use.
+    loop {}
+}
+
+/// GPL-compatible: bpf_fib_lookup and bpf_ktime_get_coarse_ns are GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

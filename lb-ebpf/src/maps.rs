@@ -1,0 +1,52 @@
+//! Map definitions (BTF-style, so that the Maglev map can be a map of maps).
+//! Names, key and value layouts come from `lb_common::maps`.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, HashOfMaps, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    maps::{
+        BPF_F_INNER_MAP, BackendValue, CONNTRACK_ENTRIES, CtKey, CtValue, FrontendKey,
+        FrontendValue, MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MaglevChunk,
+    },
+    stats::{BackendStats, GlobalStats, ServiceStats},
+};
+
+/// Hash maps the agent updates in place are not preallocated: an updated or deleted element
+/// is freed after an RCU grace period instead of being recycled at once, so a packet that
+/// looked it up just before never reads a half-reused element.
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+/// Template of a service's Maglev table (see `lb_common::maps`). `BPF_F_INNER_MAP` lets each
+/// service's table have its own number of elements.
+pub type MaglevTable = Array<MaglevChunk, 1, { BPF_F_INNER_MAP as usize }>;
+
+#[btf_map]
+pub static XLB_FRONTENDS: HashMap<FrontendKey, FrontendValue, { MAX_FRONTENDS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub static XLB_MAGLEV: HashOfMaps<u32, MaglevTable, { MAX_SERVICES as usize }, NO_PREALLOC> =
+    HashOfMaps::new();
+
+/// Written only while no table references the slot (make-before-break in the agent), so
+/// the in-place update of an array element is never observed half-done.
+#[btf_map]
+pub static XLB_BACKENDS: Array<BackendValue, { MAX_BACKENDS as usize }> = Array::new();
+
+#[btf_map]
+pub static XLB_CONNTRACK: LruHashMap<CtKey, CtValue, { CONNTRACK_ENTRIES as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static XLB_STATS: PerCpuArray<GlobalStats, 1> = PerCpuArray::new();
+
+#[btf_map]
+pub static XLB_SERVICE_STATS: PerCpuArray<ServiceStats, { MAX_SERVICES as usize }> =
+    PerCpuArray::new();
+
+#[btf_map]
+pub static XLB_BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
+    PerCpuArray::new();

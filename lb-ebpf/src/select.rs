@@ -1,0 +1,31 @@
+//! Backend selection for a new flow: the flow hash (shared with the agent through
+//! `lb_common::flow`) indexes the service's Maglev table.
+
+use lb_common::{
+    flow::maglev_slot,
+    maps::{BACKEND_F_ACTIVE, BackendValue, CtKey, MAGLEV_CHUNK},
+    stats::Reason,
+};
+
+use crate::maps::{XLB_BACKENDS, XLB_MAGLEV};
+
+/// The backend id and backend chosen for the flow `key` of service `service_id`.
+#[inline(always)]
+pub fn backend(service_id: u32, key: &CtKey) -> Result<(u32, BackendValue), Reason> {
+    // SAFETY: the returned inner map stays valid for this program run (the kernel frees
+    // a replaced inner map only after an RCU grace period), and we only read from it.
+    let table = unsafe { XLB_MAGLEV.get(&service_id) }.ok_or(Reason::NO_BACKEND)?;
+    let size = table.get(0).ok_or(Reason::INTERNAL)?[0];
+    if size == 0 {
+        return Err(Reason::NO_BACKEND);
+    }
+    // Flat index 0 holds the size; the slots follow.
+    let index = maglev_slot(key.flow_hash(), size) + 1;
+    let chunk = table.get(index / MAGLEV_CHUNK as u32).ok_or(Reason::INTERNAL)?;
+    let id = chunk[(index % MAGLEV_CHUNK as u32) as usize];
+    let backend = *XLB_BACKENDS.get(id).ok_or(Reason::INTERNAL)?;
+    if backend.flags & BACKEND_F_ACTIVE == 0 {
+        return Err(Reason::INTERNAL);
+    }
+    Ok((id, backend))
+}

@@ -1,0 +1,92 @@
+//! Command-line interface of the `xlb` binary. The doc comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use lb_common::{config::DatapathConfig, maps::CONNTRACK_ENTRIES};
+
+use crate::datapath::AttachMode;
+
+#[derive(Debug, Parser)]
+#[command(name = "xlb", version, about = "xlb: an XDP load balancer for Kubernetes Services")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing-subscriber syntax), e.g. `info` or `xlb=debug`.
+    #[arg(long, global = true, env = "XLB_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the datapath, attach it to interfaces and keep its maps in sync with the
+    /// Services and EndpointSlices read from a manifests directory.
+    Agent(AgentArgs),
+    /// Print the datapath counters of a running agent (read from its pinned maps).
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Directory of Kubernetes manifests (*.yaml, *.yml, *.json) holding v1 Services and
+    /// discovery.k8s.io/v1 EndpointSlices. SIGHUP re-reads it.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: PathBuf,
+    /// Interface to attach the XDP program to; repeat for every interface that carries
+    /// Service traffic or backend replies.
+    #[arg(long = "interface", short = 'i', value_name = "IF", required = true)]
+    pub interfaces: Vec<String>,
+    /// Per-instance directory on a bpffs where the maps are pinned.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/xlb")]
+    pub bpffs: PathBuf,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: AttachMode,
+    #[command(flatten)]
+    pub datapath: DatapathArgs,
+}
+
+/// Settings of the datapath, fixed when the program is loaded.
+#[derive(Debug, Args, Clone)]
+pub struct DatapathArgs {
+    /// Connection-table capacity (flows x 2 entries; LRU eviction beyond it).
+    #[arg(long, default_value_t = CONNTRACK_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub conntrack_entries: u32,
+    /// Idle timeout of an established TCP flow, seconds.
+    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_tcp_established_timeout_s, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ct_tcp_timeout: u32,
+    /// Idle timeout of a TCP flow that has only sent a SYN, seconds.
+    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_tcp_syn_timeout_s, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ct_tcp_syn_timeout: u32,
+    /// Idle timeout of a TCP flow after FIN or RST, seconds.
+    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_tcp_closing_timeout_s, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ct_tcp_closing_timeout: u32,
+    /// Idle timeout of a UDP flow, seconds.
+    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_udp_timeout_s, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ct_udp_timeout: u32,
+    /// Upper bound of a service's Maglev table size (tables hold at least 100 slots per
+    /// backend up to this bound; it is rounded down to a prime).
+    #[arg(long, default_value_t = 65_537, value_parser = clap::value_parser!(u32).range(101..=lb_common::maps::MAX_TABLE_SIZE as i64))]
+    pub max_table_size: u32,
+}
+
+impl DatapathArgs {
+    pub fn config(&self) -> DatapathConfig {
+        DatapathConfig {
+            ct_tcp_syn_timeout_s: self.ct_tcp_syn_timeout,
+            ct_tcp_established_timeout_s: self.ct_tcp_timeout,
+            ct_tcp_closing_timeout_s: self.ct_tcp_closing_timeout,
+            ct_udp_timeout_s: self.ct_udp_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The agent's pin directory.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/xlb")]
+    pub bpffs: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,364 @@
+//! The kernel side, seen from userspace: load the embedded XDP object, pin its maps in a
+//! per-instance bpffs directory, attach to interfaces, and typed access to the maps.
+//! The only module that uses aya.
+
+use std::{
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, HashOfMaps, Map, MapData, PerCpuArray},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lb_common::{
+    config::{CONFIG_GLOBAL, DatapathConfig},
+    maps::{
+        self as names, BPF_F_INNER_MAP, BackendValue, FrontendKey, FrontendValue, MAGLEV_CHUNK,
+        MaglevChunk,
+    },
+    stats::{BackendStats, GlobalStats, ServiceStats},
+};
+
+use crate::sync::{Maps, MapsError};
+
+/// The XDP object, embedded at build time (see build.rs).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("XLB_EBPF_OBJECT"));
+
+/// `BPF_FS_MAGIC` from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{path} is not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpffs { path: PathBuf },
+    #[error("cannot prepare the pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load the XDP object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the XDP program was rejected: {0}")]
+    Program(#[source] ProgramError),
+    #[error("the object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot attach to interface {interface}: {source}")]
+    Attach {
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// How to attach: native (driver) XDP where the driver supports it, else generic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Native mode, falling back to generic mode with a warning.
+    Auto,
+    Native,
+    Generic,
+}
+
+/// Settings for loading the datapath.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// The per-instance directory (on a bpffs) where the maps are pinned.
+    pub pin_dir: PathBuf,
+    pub config: DatapathConfig,
+    pub conntrack_entries: u32,
+}
+
+/// The loaded program, its attachments and its maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    links: Vec<(String, XdpLinkId)>,
+    pin_dir: PathBuf,
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
+    unsafe {
+        let mut s: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Creates the pin directory on a bpffs.
+pub fn prepare_pin_dir(dir: &Path) -> Result<(), DatapathError> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(parent) && !is_bpffs(dir) {
+        return Err(DatapathError::NotBpffs { path: parent.to_path_buf() });
+    }
+    std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir { path: dir.into(), source })
+}
+
+/// Removes every pin of this instance (and the directory when it is left empty).
+pub fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
+    for name in names::ALL_MAPS {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DatapathError::PinDir { path: dir.join(name), source }),
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it. Since 5.11 BPF
+/// memory is charged to the memory cgroup, so a refusal is only a warning.
+fn raise_memlock() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!(
+            "cannot raise RLIMIT_MEMLOCK ({}); fine on kernels that account BPF memory by cgroup",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Datapath {
+    /// Loads the program and creates (and pins) its maps.
+    pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
+        raise_memlock();
+        prepare_pin_dir(&opts.pin_dir)?;
+        let pins: Vec<(&'static str, PathBuf)> =
+            names::ALL_MAPS.iter().map(|n| (*n, opts.pin_dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader.map_max_entries(names::CONNTRACK, opts.conntrack_entries);
+        loader.override_global(CONFIG_GLOBAL, &opts.config, true);
+        let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
+        let program: &mut Xdp = ebpf
+            .program_mut(names::PROGRAM)
+            .ok_or(DatapathError::MissingMap(names::PROGRAM))?
+            .try_into()
+            .map_err(DatapathError::Program)?;
+        program.load().map_err(DatapathError::Program)?;
+        Ok(Self { ebpf, links: Vec::new(), pin_dir: opts.pin_dir.clone() })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(names::PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("the program was checked at load")
+    }
+
+    /// Attaches to `interface`; returns the mode used.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<XdpMode, DatapathError> {
+        let attempts: &[XdpMode] = match mode {
+            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
+            AttachMode::Native => &[XdpMode::Driver],
+            AttachMode::Generic => &[XdpMode::Skb],
+        };
+        let mut last = None;
+        for m in attempts {
+            match self.program().attach(interface, *m) {
+                Ok(id) => {
+                    if *m == XdpMode::Skb && mode == AttachMode::Auto {
+                        tracing::warn!(
+                            interface,
+                            error = %last.as_ref().map(|e: &ProgramError| e.to_string()).unwrap_or_default(),
+                            "native XDP is not available, attached in generic mode (slower)"
+                        );
+                    }
+                    self.links.push((interface.to_string(), id));
+                    return Ok(*m);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(DatapathError::Attach {
+            interface: interface.into(),
+            source: last.expect("at least one attempt"),
+        })
+    }
+
+    /// Detaches from every interface.
+    pub fn detach_all(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        for (interface, id) in links {
+            if let Err(e) = self.program().detach(id) {
+                tracing::warn!(interface, error = %e, "detach failed");
+            }
+        }
+    }
+
+    /// Typed handles on the maps the agent writes.
+    pub fn maps(&mut self) -> Result<RealMaps, DatapathError> {
+        RealMaps::from_ebpf(&mut self.ebpf)
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
+    ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+/// The maps the agent writes, implementing [`Maps`].
+pub struct RealMaps {
+    frontends: HashMap<MapData, FrontendKey, FrontendValue>,
+    maglev: HashOfMaps<MapData, u32, Array<MapData, MaglevChunk>>,
+    backends: Array<MapData, BackendValue>,
+}
+
+impl RealMaps {
+    fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        Ok(Self {
+            frontends: HashMap::try_from(take(ebpf, names::FRONTENDS)?)
+                .map_err(map_err(names::FRONTENDS))?,
+            maglev: HashOfMaps::try_from(take(ebpf, names::MAGLEV)?).map_err(map_err(names::MAGLEV))?,
+            backends: Array::try_from(take(ebpf, names::BACKENDS)?).map_err(map_err(names::BACKENDS))?,
+        })
+    }
+
+    /// Opens the pinned maps of an instance (e.g. to adopt them, or for the CLI).
+    pub fn from_pins(dir: &Path) -> Result<Self, DatapathError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(dir.join(name)).map_err(map_err(name))
+        };
+        Ok(Self {
+            frontends: HashMap::try_from(Map::HashMap(open(names::FRONTENDS)?))
+                .map_err(map_err(names::FRONTENDS))?,
+            maglev: HashOfMaps::try_from(Map::HashOfMaps(open(names::MAGLEV)?))
+                .map_err(map_err(names::MAGLEV))?,
+            backends: Array::try_from(Map::Array(open(names::BACKENDS)?)).map_err(map_err(names::BACKENDS))?,
+        })
+    }
+
+    /// Every programmed frontend.
+    pub fn frontends(&self) -> Vec<(FrontendKey, FrontendValue)> {
+        self.frontends.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn backend(&self, id: u32) -> Option<BackendValue> {
+        self.backends.get(&id, 0).ok().filter(|b| b.flags != 0)
+    }
+
+    /// A service's table as a flat slot array (`[0]` = size), if programmed.
+    pub fn table(&self, service: u32) -> Option<Vec<u32>> {
+        let inner = self.maglev.get(&service, 0).ok()?;
+        let mut flat = Vec::with_capacity(inner.len() as usize * MAGLEV_CHUNK);
+        for chunk in inner.iter() {
+            flat.extend_from_slice(&chunk.ok()?);
+        }
+        let size = *flat.first()? as usize;
+        flat.truncate(size + 1);
+        Some(flat)
+    }
+}
+
+fn write_err(map: &'static str, op: &'static str, what: String) -> impl FnOnce(aya::maps::MapError) -> MapsError {
+    move |e| MapsError { map, op, what, source: Box::new(e) }
+}
+
+impl Maps for RealMaps {
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapsError> {
+        self.backends.set(id, value, 0).map_err(write_err(names::BACKENDS, "set", format!("backend {id}")))
+    }
+
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapsError> {
+        self.backends
+            .set(id, BackendValue::default(), 0)
+            .map_err(write_err(names::BACKENDS, "clear", format!("backend {id}")))
+    }
+
+    fn put_table(&mut self, service: u32, table: &[u32]) -> Result<(), MapsError> {
+        let what = || format!("table of service {service}");
+        let chunks = lb_common::maps::maglev_chunks(table.len() as u32 - 1);
+        // A new inner map beside the live one; the datapath keeps reading the old table
+        // until the single outer-map update below swaps it.
+        let mut inner = Array::<MapData, MaglevChunk>::create(chunks, BPF_F_INNER_MAP)
+            .map_err(write_err(names::MAGLEV, "create", what()))?;
+        for (i, slots) in table.chunks(MAGLEV_CHUNK).enumerate() {
+            let mut chunk = [0u32; MAGLEV_CHUNK];
+            chunk[..slots.len()].copy_from_slice(slots);
+            inner.set(i as u32, chunk, 0).map_err(write_err(names::MAGLEV, "fill", what()))?;
+        }
+        self.maglev.insert(service, &inner, 0).map_err(write_err(names::MAGLEV, "swap", what()))
+    }
+
+    fn delete_table(&mut self, service: u32) -> Result<(), MapsError> {
+        match self.maglev.remove(&service) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(write_err(names::MAGLEV, "remove", format!("table of service {service}"))(e)),
+        }
+    }
+
+    fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), MapsError> {
+        self.frontends
+            .insert(key, value, 0)
+            .map_err(write_err(names::FRONTENDS, "insert", format!("{}:{}", key.ip(), key.port())))
+    }
+
+    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError> {
+        match self.frontends.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(write_err(names::FRONTENDS, "remove", format!("{}:{}", key.ip(), key.port()))(e)),
+        }
+    }
+}
+
+/// Counters read from the pinned per-CPU maps, summed over CPUs.
+pub struct Counters {
+    pub global: GlobalStats,
+    pub services: Vec<(u32, ServiceStats)>,
+    pub backends: Vec<(u32, BackendStats)>,
+}
+
+/// Reads the counters of an instance from its pins. `services`/`backends` select the ids.
+pub fn read_counters(dir: &Path, services: &[u32], backends: &[u32]) -> Result<Counters, DatapathError> {
+    let open = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_err(name));
+    let global_map: PerCpuArray<MapData, GlobalStats> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(names::STATS)?)).map_err(map_err(names::STATS))?;
+    let mut global: GlobalStats = bytemuck::Zeroable::zeroed();
+    for cpu in global_map.get(&0, 0).map_err(map_err(names::STATS))?.iter() {
+        global.add(cpu);
+    }
+    let svc_map: PerCpuArray<MapData, ServiceStats> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(names::SERVICE_STATS)?))
+            .map_err(map_err(names::SERVICE_STATS))?;
+    let mut out_services = Vec::new();
+    for id in services {
+        let mut s = ServiceStats::default();
+        for cpu in svc_map.get(id, 0).map_err(map_err(names::SERVICE_STATS))?.iter() {
+            s.add(cpu);
+        }
+        out_services.push((*id, s));
+    }
+    let be_map: PerCpuArray<MapData, BackendStats> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(names::BACKEND_STATS)?))
+            .map_err(map_err(names::BACKEND_STATS))?;
+    let mut out_backends = Vec::new();
+    for id in backends {
+        let mut s = BackendStats::default();
+        for cpu in be_map.get(id, 0).map_err(map_err(names::BACKEND_STATS))?.iter() {
+            s.add(cpu);
+        }
+        out_backends.push((*id, s));
+    }
+    Ok(Counters { global, services: out_services, backends: out_backends })
+}

@@ -1,0 +1,30 @@
+//! The `xlb` binary: parses the command line and calls into the library.
+
+use std::io::IsTerminal as _;
+
+use clap::Parser as _;
+use xlb::cli::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match cli.command {
+        Command::Agent(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(xlb::agent::run(args)),
+        Command::Stats(args) => {
+            let report = xlb::stats::read(&args.bpffs)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", xlb::stats::render(&report));
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The manifests source: Kubernetes objects read from YAML and JSON files in a directory.
+//!
+//! Files ending in `.yaml`, `.yml` or `.json` (not hidden, not in subdirectories) are read in
+//! name order. A YAML file may hold several documents separated by `---` lines; a JSON file
+//! holds one object. `v1 List` objects are expanded. `v1 Service` and
+//! `discovery.k8s.io/v1 EndpointSlice` objects are kept; other kinds are ignored, so the
+//! directory may hold a whole application's manifests. Every object that cannot be used is
+//! reported with its file, document and reason, and skipped: the rest is still served.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde_json::Value;
+
+use crate::translate::{TranslateError, validate_slice};
+
+/// Where an object came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    /// 1-based document number within the file.
+    pub document: usize,
+    /// 1-based line where the document starts.
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (document {}, line {})", self.file.display(), self.document, self.line)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifests directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: cannot read: {source}")]
+    File {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {reason}")]
+    Object { origin: Origin, reason: String },
+}
+
+impl ManifestError {
+    fn object(origin: &Origin, reason: impl Into<String>) -> Self {
+        Self::Object { origin: origin.clone(), reason: reason.into() }
+    }
+}
+
+/// An object with the place it was read from.
+#[derive(Clone, Debug)]
+pub struct Sourced<T> {
+    pub object: T,
+    pub origin: Origin,
+}
+
+/// Everything read from a directory.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub services: Vec<Sourced<Service>>,
+    pub slices: Vec<Sourced<EndpointSlice>>,
+    /// Objects (or files) that were skipped, and why.
+    pub errors: Vec<ManifestError>,
+    /// Files read.
+    pub files: Vec<PathBuf>,
+}
+
+/// Whether a path is a manifest file this source reads.
+pub fn is_manifest_file(path: &Path) -> bool {
+    let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    !hidden && matches!(ext, "yaml" | "yml" | "json")
+}
+
+/// Reads every manifest file of `dir`. Fails only if the directory itself cannot be read.
+pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| ManifestError::Dir { dir: dir.into(), source })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_manifest_file(p))
+        .collect();
+    files.sort();
+    let mut loaded = Loaded::default();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => load_text(&file, &text, &mut loaded),
+            Err(source) => loaded.errors.push(ManifestError::File { file: file.clone(), source }),
+        }
+        loaded.files.push(file);
+    }
+    Ok(loaded)
+}
+
+/// Parses one file's text into `loaded`.
+pub fn load_text(file: &Path, text: &str, loaded: &mut Loaded) {
+    let is_json = file.extension().and_then(|e| e.to_str()) == Some("json");
+    let documents = if is_json { vec![(1, text.to_string())] } else { split_documents(text) };
+    for (index, (line, doc)) in documents.into_iter().enumerate() {
+        let origin = Origin { file: file.to_path_buf(), document: index + 1, line };
+        let value: Value = if is_json {
+            match serde_json::from_str(&doc) {
+                Ok(v) => v,
+                Err(e) => {
+                    loaded.errors.push(ManifestError::object(&origin, format!("invalid JSON: {e}")));
+                    continue;
+                }
+            }
+        } else {
+            match serde_saphyr::from_str::<Option<Value>>(&doc) {
+                Ok(Some(v)) => v,
+                // An empty document (comments only, or a trailing `---`).
+                Ok(None) => continue,
+                Err(e) => {
+                    loaded.errors.push(ManifestError::object(&origin, format!("invalid YAML: {e}")));
+                    continue;
+                }
+            }
+        };
+        add_object(value, &origin, loaded);
+    }
+}
+
+/// Splits YAML text into documents at `---` lines; returns each with its first line number.
+fn split_documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        let is_separator = line.starts_with("---")
+            && line[3..].chars().next().is_none_or(char::is_whitespace);
+        if is_separator {
+            if !current.trim().is_empty() {
+                docs.push((start, std::mem::take(&mut current)));
+            }
+            current.clear();
+            start = i + 2;
+            // Content after the marker on the same line belongs to the next document.
+            let rest = line[3..].trim();
+            if !rest.is_empty() && !rest.starts_with('#') {
+                current.push_str(rest);
+                current.push('\n');
+            }
+        } else if line.starts_with("...") && line.trim_end() == "..." {
+            // Explicit end of document.
+            continue;
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    if !current.trim().is_empty() {
+        docs.push((start, current));
+    }
+    docs
+}
+
+fn add_object(value: Value, origin: &Origin, loaded: &mut Loaded) {
+    let Some(obj) = value.as_object() else {
+        loaded.errors.push(ManifestError::object(origin, "not a Kubernetes object (expected a mapping)"));
+        return;
+    };
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>")
+        .to_string();
+    match (api_version, kind) {
+        ("v1", "List") => match obj.get("items").and_then(Value::as_array) {
+            Some(items) => {
+                for item in items.clone() {
+                    add_object(item, origin, loaded);
+                }
+            }
+            None => loaded.errors.push(ManifestError::object(origin, "List without items")),
+        },
+        ("v1", "Service") => match serde_json::from_value::<Service>(value) {
+            Ok(object) => loaded.services.push(Sourced { object, origin: origin.clone() }),
+            Err(e) => loaded
+                .errors
+                .push(ManifestError::object(origin, format!("Service {name}: {e}"))),
+        },
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            match serde_json::from_value::<EndpointSlice>(value) {
+                Ok(object) => match validate_slice(&object) {
+                    Ok(()) => loaded.slices.push(Sourced { object, origin: origin.clone() }),
+                    Err(TranslateError { reason, .. }) => loaded.errors.push(
+                        ManifestError::object(origin, format!("EndpointSlice {name}: {reason}")),
+                    ),
+                },
+                Err(e) => loaded
+                    .errors
+                    .push(ManifestError::object(origin, format!("EndpointSlice {name}: {e}"))),
+            }
+        }
+        (_, "Service") | (_, "EndpointSlice") => loaded.errors.push(ManifestError::object(
+            origin,
+            format!("{kind} {name}: apiVersion {api_version:?} is not supported"),
+        )),
+        ("", _) | (_, "") => loaded
+            .errors
+            .push(ManifestError::object(origin, "apiVersion and kind are required")),
+        _ => {
+            tracing::debug!(%origin, kind, "ignoring object of a kind xlb does not use");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(name: &str, text: &str) -> Loaded {
+        let mut l = Loaded::default();
+        load_text(Path::new(name), text, &mut l);
+        l
+    }
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n";
+
+    #[test]
+    fn reads_multiple_documents_and_skips_bad_ones() {
+        let text = format!(
+            "# leading comment\n---\n{SVC}---\napiVersion: v1\nkind: Service\nmetadata: [broken\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: x\n---\n"
+        );
+        let l = load("a.yaml", &text);
+        assert_eq!(l.services.len(), 1);
+        assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+        let msg = l.errors[0].to_string();
+        assert!(msg.contains("a.yaml (document 2, line 12)") && msg.contains("invalid YAML"), "{msg}");
+    }
+
+    #[test]
+    fn reports_type_errors_with_the_object_name() {
+        let l = load("b.yml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: 80\n");
+        assert!(l.services.is_empty());
+        let msg = l.errors[0].to_string();
+        assert!(msg.contains("Service web") && msg.contains("b.yml (document 1, line 1)"), "{msg}");
+    }
+
+    #[test]
+    fn json_and_lists_are_expanded() {
+        let json = r#"{"apiVersion":"v1","kind":"List","items":[
+            {"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"10.96.0.1","ports":[{"port":53,"protocol":"UDP"}]}},
+            {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"a-1","labels":{"kubernetes.io/service-name":"a"}},
+             "addressType":"IPv4","endpoints":[{"addresses":["10.1.0.1"]}],"ports":[{"port":5353,"protocol":"UDP"}]}]}"#;
+        let l = load("c.json", json);
+        assert_eq!((l.services.len(), l.slices.len(), l.errors.len()), (1, 1, 0), "{:?}", l.errors);
+    }
+
+    #[test]
+    fn invalid_slice_address_is_rejected() {
+        let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s\naddressType: IPv4\nendpoints:\n- addresses: [\"fd00::1\"]\n";
+        let l = load("d.yaml", text);
+        assert!(l.slices.is_empty());
+        assert!(l.errors[0].to_string().contains("is not an IPv4 address"), "{}", l.errors[0]);
+    }
+
+    #[test]
+    fn only_manifest_files_are_read() {
+        assert!(is_manifest_file(Path::new("/x/a.yaml")));
+        assert!(is_manifest_file(Path::new("/x/a.json")));
+        assert!(!is_manifest_file(Path::new("/x/.a.yaml")));
+        assert!(!is_manifest_file(Path::new("/x/a.yaml.swp")));
+    }
+}

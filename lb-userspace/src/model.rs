@@ -1,0 +1,112 @@
+//! The desired state: which frontends lead to which backends, independent of the source
+//! (Kubernetes API or manifest files) it was translated from. Ordered collections
+//! everywhere, so that planning and golden dumps are deterministic.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
+
+use lb_common::{Family, Proto};
+
+/// Which of a Service port's frontends a datapath service serves. Traffic policies can give
+/// in-cluster and external traffic different backends; when they coincide, one service
+/// (`All`) serves both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    All,
+    /// ClusterIPs (`internalTrafficPolicy`).
+    Internal,
+    /// NodePorts, load-balancer IPs and external IPs (`externalTrafficPolicy`).
+    External,
+}
+
+impl Scope {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Internal => "internal",
+            Self::External => "external",
+        }
+    }
+}
+
+/// Identity of one datapath service: a Service port, for one address family and scope.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port's name, or its number when unnamed.
+    pub port: String,
+    pub family: Family,
+    pub scope: Scope,
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}/{}", self.namespace, self.name, self.port, self.family.name())?;
+        if self.scope != Scope::All {
+            write!(f, "/{}", self.scope.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// A VIP and port on which a service is reachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// An endpoint address and target port that takes new flows, with its Maglev weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub proto: Proto,
+    pub frontends: BTreeSet<Frontend>,
+    /// Sorted by address and port, one entry per address and port.
+    pub backends: Vec<Backend>,
+    /// `sessionAffinity: ClientIP` timeout.
+    pub affinity_timeout_s: Option<u32>,
+}
+
+impl ServiceSpec {
+    pub fn family(&self) -> Option<Family> {
+        self.frontends.first().map(|f| Family::of(&f.ip))
+    }
+}
+
+/// All services the datapath should serve.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub services: BTreeMap<ServiceName, ServiceSpec>,
+}
+
+impl Desired {
+    /// Replaces everything translated from the Kubernetes Service `namespace/name`.
+    pub fn replace_object(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        services: impl IntoIterator<Item = (ServiceName, ServiceSpec)>,
+    ) {
+        self.services.retain(|k, _| !(k.namespace == namespace && k.name == name));
+        self.services.extend(services);
+    }
+
+    pub fn frontend_count(&self) -> usize {
+        self.services.values().map(|s| s.frontends.len()).sum()
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.services.values().map(|s| s.backends.len()).sum()
+    }
+}

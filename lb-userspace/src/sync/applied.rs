@@ -1,0 +1,243 @@
+//! The applied state: an exact mirror of what the agent has written to the maps, plus the
+//! binding of service ids to desired services and the id allocators.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
+
+use lb_common::{
+    Family, Proto,
+    maps::{BackendValue, FrontendKey, FrontendValue},
+};
+
+use crate::model::ServiceName;
+
+/// A backend's identity in the maps: everything in its map value but the flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl BackendKey {
+    pub fn family(&self) -> Family {
+        Family::of(&self.ip)
+    }
+
+    pub fn value(&self) -> BackendValue {
+        BackendValue::new(self.ip, self.port, self.proto)
+    }
+
+    pub fn of(value: &BackendValue) -> Self {
+        Self { ip: value.ip(), port: value.port(), proto: value.proto }
+    }
+
+    /// The bytes Maglev hashes to place this backend: stable across nodes and restarts.
+    pub fn identity(&self) -> [u8; 20] {
+        let mut id = [0u8; 20];
+        id[..16].copy_from_slice(&lb_common::Addr::from_ip(&self.ip).octets());
+        id[16..18].copy_from_slice(&self.port.to_be_bytes());
+        id[18] = self.proto.0;
+        id[19] = self.family().0;
+        id
+    }
+}
+
+impl fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}/{}", self.port, self.proto.name()),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}/{}", self.port, self.proto.name()),
+        }
+    }
+}
+
+/// A programmed Maglev table, summarised by what it was built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedTable {
+    pub size: u32,
+    /// The members and weights the table was built from, sorted.
+    pub members: Vec<(BackendKey, u32)>,
+}
+
+/// Lowest-free-first id allocation. Ids start at 1: 0 is never handed out, so an all-zero
+/// map slot is never mistaken for a live entry.
+#[derive(Clone, Debug)]
+pub(crate) struct IdPool {
+    next: u32,
+    free: BTreeSet<u32>,
+    limit: u32,
+}
+
+impl IdPool {
+    pub(crate) fn new(limit: u32) -> Self {
+        Self { next: 1, free: BTreeSet::new(), limit }
+    }
+
+    pub(crate) fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    pub(crate) fn take(&mut self) -> Option<u32> {
+        if let Some(id) = self.free.pop_first() {
+            return Some(id);
+        }
+        (self.next < self.limit).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    /// Marks `id` as used (recording what a plan or the maps say).
+    pub(crate) fn mark_used(&mut self, id: u32) {
+        if !self.free.remove(&id) {
+            while self.next <= id {
+                self.free.insert(self.next);
+                self.next += 1;
+            }
+            self.free.remove(&id);
+        }
+    }
+
+    pub(crate) fn release(&mut self, id: u32) {
+        if id + 1 == self.next {
+            self.next -= 1;
+            while self.next > 1 && self.free.remove(&(self.next - 1)) {
+                self.next -= 1;
+            }
+        } else if id < self.next {
+            self.free.insert(id);
+        }
+    }
+}
+
+/// What is programmed. Only [`super::apply`] changes it, one successful write at a time.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    pub tables: BTreeMap<u32, AppliedTable>,
+    pub backends: BTreeMap<u32, BackendValue>,
+    /// Which desired service each service id stands for.
+    pub services: BTreeMap<ServiceName, u32>,
+    pub(crate) service_names: BTreeMap<u32, ServiceName>,
+    pub(crate) backend_ids: BTreeMap<BackendKey, u32>,
+    /// How many programmed tables reference each backend id.
+    pub(crate) backend_refs: BTreeMap<u32, u32>,
+    pub(crate) service_pool: IdPool,
+    pub(crate) backend_pool: IdPool,
+}
+
+impl Applied {
+    /// An empty applied state for maps of the given capacities.
+    pub fn new(max_services: u32, max_backends: u32) -> Self {
+        Self {
+            frontends: BTreeMap::new(),
+            tables: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            services: BTreeMap::new(),
+            service_names: BTreeMap::new(),
+            backend_ids: BTreeMap::new(),
+            backend_refs: BTreeMap::new(),
+            service_pool: IdPool::new(max_services),
+            backend_pool: IdPool::new(max_backends),
+        }
+    }
+
+    pub fn backend_id(&self, key: &BackendKey) -> Option<u32> {
+        self.backend_ids.get(key).copied()
+    }
+
+    pub fn service_name(&self, id: u32) -> Option<&ServiceName> {
+        self.service_names.get(&id)
+    }
+
+    pub(crate) fn bind_service(&mut self, name: &ServiceName, id: u32) {
+        self.service_pool.mark_used(id);
+        self.services.insert(name.clone(), id);
+        self.service_names.insert(id, name.clone());
+    }
+
+    pub(crate) fn unbind_service(&mut self, name: &ServiceName) {
+        if let Some(id) = self.services.remove(name) {
+            self.service_names.remove(&id);
+            self.service_pool.release(id);
+        }
+    }
+
+    pub(crate) fn put_backend(&mut self, id: u32, value: &BackendValue) {
+        self.backend_pool.mark_used(id);
+        if let Some(old) = self.backends.insert(id, *value) {
+            self.backend_ids.remove(&BackendKey::of(&old));
+        }
+        self.backend_ids.insert(BackendKey::of(value), id);
+    }
+
+    pub(crate) fn delete_backend(&mut self, id: u32) {
+        if let Some(old) = self.backends.remove(&id) {
+            self.backend_ids.remove(&BackendKey::of(&old));
+            self.backend_pool.release(id);
+        }
+    }
+
+    pub(crate) fn put_table(&mut self, service: u32, table: AppliedTable) {
+        self.delete_table(service);
+        for (key, _) in &table.members {
+            if let Some(id) = self.backend_ids.get(key) {
+                *self.backend_refs.entry(*id).or_default() += 1;
+            }
+        }
+        self.tables.insert(service, table);
+    }
+
+    pub(crate) fn delete_table(&mut self, service: u32) {
+        if let Some(old) = self.tables.remove(&service) {
+            for (key, _) in &old.members {
+                if let Some(id) = self.backend_ids.get(key) {
+                    if let Some(r) = self.backend_refs.get_mut(id) {
+                        *r -= 1;
+                        if *r == 0 {
+                            self.backend_refs.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn service_pool_limit(&self) -> u32 {
+        self.service_pool.limit()
+    }
+
+    pub(crate) fn backend_pool_limit(&self) -> u32 {
+        self.backend_pool.limit()
+    }
+
+    pub fn backend_refs(&self, id: u32) -> u32 {
+        self.backend_refs.get(&id).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_pool_hands_out_lowest_free_ids() {
+        let mut p = IdPool::new(10);
+        assert_eq!((p.take(), p.take(), p.take()), (Some(1), Some(2), Some(3)));
+        p.release(2);
+        assert_eq!(p.take(), Some(2));
+        p.mark_used(7);
+        assert_eq!(p.take(), Some(4));
+        p.release(7);
+        p.release(4);
+        assert_eq!(p.take(), Some(4));
+        for _ in 0..5 {
+            p.take();
+        }
+        assert_eq!(p.take(), None, "limit reached");
+    }
+}

@@ -1,0 +1,21 @@
+//! Synchronisation of the datapath maps with the desired state.
+//!
+//! - [`plan()`] is pure: from the desired state and the applied state it computes the
+//!   operations that bring the maps from one to the other, Maglev tables included, in a
+//!   make-before-break order: new backends, then new tables, then frontend flips; what
+//!   became unreachable (frontends, tables, backends, in that order) is deleted last.
+//! - [`apply()`] is the only writer of the maps. It runs a plan through a [`Maps`]
+//!   implementation, re-checks every operation against the mirror of what is programmed
+//!   (so a failed write never leaves a table pointing at a missing backend), and records
+//!   each success in [`Applied`], which therefore always mirrors the maps exactly.
+//! - [`FakeMaps`] is an in-memory [`Maps`] for tests and golden dumps.
+
+mod applied;
+mod apply;
+mod fake;
+mod plan;
+
+pub use applied::{Applied, AppliedTable, BackendKey};
+pub use apply::{ApplyError, ApplyReport, Maps, MapsError, apply};
+pub use fake::FakeMaps;
+pub use plan::{Op, Plan, PlanConfig, PlanError, plan, table_for};

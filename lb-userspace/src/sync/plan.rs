@@ -1,0 +1,351 @@
+//! The planner: a pure function from (desired, applied) to the operations that reconcile
+//! them. It never touches a map; Maglev tables are computed here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lb_common::maps::{
+    BackendValue, FRONTEND_F_AFFINITY, FrontendKey, FrontendValue, MAX_TABLE_SIZE,
+};
+
+use super::applied::{Applied, AppliedTable, BackendKey};
+use crate::{
+    maglev,
+    model::{Desired, ServiceName, ServiceSpec},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanConfig {
+    /// Upper bound of a Maglev table's size (it is rounded down to a prime).
+    pub max_table_size: u32,
+    pub max_frontends: u32,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        Self { max_table_size: 65_537, max_frontends: lb_common::maps::MAX_FRONTENDS }
+    }
+}
+
+/// One write to the maps, or a change of the agent's own bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Binds a service id to a desired service (bookkeeping only).
+    BindService { name: ServiceName, id: u32 },
+    PutBackend { id: u32, value: BackendValue },
+    /// Writes a new table beside the old one and swaps it in (one outer-map update).
+    /// `table[0]` is the size M, `table[1..=M]` the backend ids.
+    PutTable { service: u32, table: Vec<u32>, summary: AppliedTable },
+    PutFrontend { key: FrontendKey, value: FrontendValue },
+    DeleteFrontend { key: FrontendKey },
+    DeleteTable { service: u32 },
+    DeleteBackend { id: u32 },
+    /// Releases a service id (bookkeeping only).
+    UnbindService { name: ServiceName },
+}
+
+/// A desired service that could not be (fully) programmed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{service}: frontend {frontend} is already served by {owner}; keeping that one")]
+    FrontendConflict { service: ServiceName, frontend: String, owner: ServiceName },
+    #[error("{service}: no free service id (at most {limit} services)")]
+    ServicesFull { service: ServiceName, limit: u32 },
+    #[error("{service}: no free backend id (at most {limit} backends)")]
+    BackendsFull { service: ServiceName, limit: u32 },
+    #[error("{service}: frontend table full (at most {limit} frontends)")]
+    FrontendsFull { service: ServiceName, limit: u32 },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+    pub errors: Vec<PlanError>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// The members a table is built from: backends and weights, sorted.
+fn members(spec: &ServiceSpec) -> Vec<(BackendKey, u32)> {
+    let mut m: Vec<(BackendKey, u32)> = spec
+        .backends
+        .iter()
+        .filter(|b| b.weight > 0)
+        .map(|b| (BackendKey { ip: b.ip, port: b.port, proto: spec.proto }, b.weight))
+        .collect();
+    m.sort();
+    m
+}
+
+/// The Maglev table (as backend indices into `members`) for a set of members.
+pub fn table_for(members: &[(BackendKey, u32)], max_table_size: u32) -> (u32, Vec<u32>) {
+    let size = maglev::table_size(members.len(), max_table_size.min(MAX_TABLE_SIZE));
+    let identities: Vec<[u8; 20]> = members.iter().map(|(k, _)| k.identity()).collect();
+    let entries: Vec<maglev::Entry<'_>> = identities
+        .iter()
+        .zip(members)
+        .map(|(id, (_, w))| maglev::Entry { identity: id, weight: *w })
+        .collect();
+    (size, maglev::build(&entries, size))
+}
+
+fn frontend_value(id: u32, spec: &ServiceSpec) -> FrontendValue {
+    match spec.affinity_timeout_s {
+        Some(t) => FrontendValue {
+            service_id: id,
+            flags: FRONTEND_F_AFFINITY,
+            affinity_timeout_s: t,
+            _pad: 0,
+        },
+        None => FrontendValue { service_id: id, flags: 0, affinity_timeout_s: 0, _pad: 0 },
+    }
+}
+
+/// Plans the reconciliation of the services in `scope` (every service when `None`).
+///
+/// `scope` holds Kubernetes objects (namespace, name): the services translated from them
+/// are compared with what is applied for them. `desired` is always the whole desired state,
+/// so that frontend conflicts with services outside the scope are still seen.
+pub fn plan(
+    desired: &Desired,
+    applied: &Applied,
+    scope: Option<&BTreeSet<(String, String)>>,
+    cfg: &PlanConfig,
+) -> Plan {
+    let in_scope = |n: &ServiceName| {
+        scope.is_none_or(|s| s.contains(&(n.namespace.clone(), n.name.clone())))
+    };
+    let mut plan = Plan::default();
+    let mut service_pool = applied.service_pool.clone();
+    let mut backend_pool = applied.backend_pool.clone();
+
+    let mut bind = Vec::new();
+    let mut put_backends = Vec::new();
+    let mut put_tables = Vec::new();
+    let mut put_frontends = Vec::new();
+    let mut delete_frontends = Vec::new();
+    let mut delete_tables = Vec::new();
+    let mut delete_backends = Vec::new();
+    let mut unbind = Vec::new();
+
+    // Backends this plan creates, and reference-count changes of existing ones.
+    let mut new_backends: BTreeMap<BackendKey, u32> = BTreeMap::new();
+    let mut ref_delta: BTreeMap<BackendKey, i64> = BTreeMap::new();
+    // Frontends claimed in this plan, by the service claiming them.
+    let mut claimed: BTreeMap<FrontendKey, &ServiceName> = BTreeMap::new();
+    let mut frontend_count = applied.frontends.len() as u64;
+
+    let wanted: Vec<(&ServiceName, &ServiceSpec)> =
+        desired.services.iter().filter(|(n, _)| in_scope(n)).collect();
+
+    for (name, spec) in &wanted {
+        let id = match applied.services.get(*name) {
+            Some(id) => *id,
+            None => match service_pool.take() {
+                Some(id) => {
+                    bind.push(Op::BindService { name: (*name).clone(), id });
+                    id
+                }
+                None => {
+                    plan.errors.push(PlanError::ServicesFull {
+                        service: (*name).clone(),
+                        limit: service_pool_limit(applied),
+                    });
+                    continue;
+                }
+            },
+        };
+
+        // Table.
+        let members = members(spec);
+        let old = applied.tables.get(&id);
+        let size = maglev::table_size(members.len(), cfg.max_table_size.min(MAX_TABLE_SIZE));
+        let unchanged = match old {
+            Some(t) => t.members == members && t.size == size,
+            None => members.is_empty(),
+        };
+        if !unchanged {
+            let mut ids = Vec::with_capacity(members.len());
+            let mut full = false;
+            for (key, _) in &members {
+                let bid = applied.backend_id(key).or_else(|| new_backends.get(key).copied());
+                match bid.or_else(|| backend_pool.take()) {
+                    Some(bid) => {
+                        if applied.backend_id(key).is_none() && !new_backends.contains_key(key) {
+                            new_backends.insert(*key, bid);
+                            put_backends.push(Op::PutBackend { id: bid, value: key.value() });
+                        }
+                        ids.push(bid);
+                    }
+                    None => {
+                        full = true;
+                        break;
+                    }
+                }
+            }
+            if full {
+                plan.errors.push(PlanError::BackendsFull {
+                    service: (*name).clone(),
+                    limit: backend_pool_limit(applied),
+                });
+            } else {
+                for (key, _) in &members {
+                    *ref_delta.entry(*key).or_default() += 1;
+                }
+                if let Some(old) = old {
+                    for (key, _) in &old.members {
+                        *ref_delta.entry(*key).or_default() -= 1;
+                    }
+                }
+                if members.is_empty() {
+                    delete_tables.push(Op::DeleteTable { service: id });
+                } else {
+                    let (size, slots) = table_for(&members, cfg.max_table_size);
+                    let mut table = Vec::with_capacity(slots.len() + 1);
+                    table.push(size);
+                    table.extend(slots.iter().map(|i| ids[*i as usize]));
+                    put_tables.push(Op::PutTable {
+                        service: id,
+                        table,
+                        summary: AppliedTable { size, members },
+                    });
+                }
+            }
+        }
+
+        // Frontends.
+        let value = frontend_value(id, spec);
+        for fe in &spec.frontends {
+            let key = FrontendKey::new(fe.ip, fe.port, spec.proto);
+            if let Some(other) = claimed.get(&key) {
+                plan.errors.push(PlanError::FrontendConflict {
+                    service: (*name).clone(),
+                    frontend: describe(&key),
+                    owner: (*other).clone(),
+                });
+                continue;
+            }
+            match applied.frontends.get(&key) {
+                Some(current) if current.service_id != id => {
+                    // Owned by another service: keep it there while that one still wants it.
+                    if let Some(owner) = applied.service_name(current.service_id) {
+                        let owner_wants = desired
+                            .services
+                            .get(owner)
+                            .is_some_and(|s| s.proto == spec.proto && s.frontends.contains(fe));
+                        if owner_wants {
+                            plan.errors.push(PlanError::FrontendConflict {
+                                service: (*name).clone(),
+                                frontend: describe(&key),
+                                owner: owner.clone(),
+                            });
+                            continue;
+                        }
+                    }
+                    put_frontends.push(Op::PutFrontend { key, value });
+                }
+                Some(current) if *current == value => {}
+                Some(_) => put_frontends.push(Op::PutFrontend { key, value }),
+                None => {
+                    if frontend_count >= cfg.max_frontends as u64 {
+                        plan.errors.push(PlanError::FrontendsFull {
+                            service: (*name).clone(),
+                            limit: cfg.max_frontends,
+                        });
+                        continue;
+                    }
+                    frontend_count += 1;
+                    put_frontends.push(Op::PutFrontend { key, value });
+                }
+            }
+            claimed.insert(key, name);
+        }
+    }
+
+    // What the services in scope no longer want.
+    for (key, value) in &applied.frontends {
+        let Some(owner) = applied.service_name(value.service_id) else {
+            // Not bound to any service (left over): only a full plan prunes it.
+            if scope.is_none() && !claimed.contains_key(key) {
+                delete_frontends.push(Op::DeleteFrontend { key: *key });
+            }
+            continue;
+        };
+        if in_scope(owner) && !claimed.contains_key(key) {
+            delete_frontends.push(Op::DeleteFrontend { key: *key });
+        }
+    }
+    for (name, id) in &applied.services {
+        if in_scope(name) && !desired.services.contains_key(name) {
+            if let Some(old) = applied.tables.get(id) {
+                for (key, _) in &old.members {
+                    *ref_delta.entry(*key).or_default() -= 1;
+                }
+                delete_tables.push(Op::DeleteTable { service: *id });
+            }
+            unbind.push(Op::UnbindService { name: name.clone() });
+        }
+    }
+    if scope.is_none() {
+        // Tables no bound service owns (left over): prune.
+        for (id, old) in &applied.tables {
+            if applied.service_name(*id).is_none() {
+                for (key, _) in &old.members {
+                    *ref_delta.entry(*key).or_default() -= 1;
+                }
+                delete_tables.push(Op::DeleteTable { service: *id });
+            }
+        }
+    }
+    for (key, delta) in &ref_delta {
+        if *delta >= 0 {
+            continue;
+        }
+        if let Some(id) = applied.backend_id(key) {
+            if applied.backend_refs(id) as i64 + delta <= 0 {
+                delete_backends.push(Op::DeleteBackend { id });
+            }
+        }
+    }
+    if scope.is_none() {
+        // Backends no table references (left over): prune.
+        for (id, _) in &applied.backends {
+            if applied.backend_refs(*id) == 0 && !delete_backends.contains(&Op::DeleteBackend { id: *id }) {
+                let key = BackendKey::of(&applied.backends[id]);
+                if ref_delta.get(&key).copied().unwrap_or(0) <= 0 {
+                    delete_backends.push(Op::DeleteBackend { id: *id });
+                }
+            }
+        }
+    }
+
+    plan.ops = bind
+        .into_iter()
+        .chain(put_backends)
+        .chain(put_tables)
+        .chain(put_frontends)
+        .chain(delete_frontends)
+        .chain(delete_tables)
+        .chain(delete_backends)
+        .chain(unbind)
+        .collect();
+    plan
+}
+
+fn service_pool_limit(applied: &Applied) -> u32 {
+    applied.service_pool_limit()
+}
+
+fn backend_pool_limit(applied: &Applied) -> u32 {
+    applied.backend_pool_limit()
+}
+
+fn describe(key: &FrontendKey) -> String {
+    match key.ip() {
+        std::net::IpAddr::V4(ip) => format!("{ip}:{}/{}", key.port(), key.proto.name()),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]:{}/{}", key.port(), key.proto.name()),
+    }
+}
