@@ -19,7 +19,7 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::{parse::Packet, ptr};
+use crate::{frame::Frame as _, parse::Packet};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -79,8 +79,8 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, reason: Reason) -> Result<Outcome
     }
 
     decrement_ttl(ctx, pkt)?;
-    let eth: *mut EthHdr = ptr::at_mut(ctx, 0).ok_or(Reason::MALFORMED_ETH)?;
-    // SAFETY: bounds-checked by ptr::at_mut.
+    let eth: *mut EthHdr = ctx.at_mut(0).ok_or(Reason::MALFORMED_ETH)?;
+    // SAFETY: bounds-checked by Frame::at_mut.
     unsafe {
         (*eth).dst_addr = fib.dmac;
         (*eth).src_addr = fib.smac;
@@ -97,8 +97,8 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, reason: Reason) -> Result<Outcome
 #[inline(always)]
 fn decrement_ttl(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
     if pkt.family == Family::V4 {
-        let ip: *mut Ipv4Hdr = ptr::at_mut(ctx, pkt.l3_off).ok_or(Reason::MALFORMED_IPV4)?;
-        // SAFETY: the header was bounds-checked by ptr::at_mut.
+        let ip: *mut Ipv4Hdr = ctx.at_mut(pkt.l3_off).ok_or(Reason::MALFORMED_IPV4)?;
+        // SAFETY: the header was bounds-checked by Frame::at_mut.
         let ip = unsafe { &mut *ip };
         // TTL and protocol form one 16-bit word of the checksummed header.
         let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
@@ -106,8 +106,8 @@ fn decrement_ttl(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
         let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
         ip.check = CsumDelta::new().replace_u16(old, new).apply(u16::from_ne_bytes(ip.check)).to_ne_bytes();
     } else {
-        let ip: *mut Ipv6Hdr = ptr::at_mut(ctx, pkt.l3_off).ok_or(Reason::MALFORMED_IPV6)?;
-        // SAFETY: the header was bounds-checked by ptr::at_mut. No IPv6 header checksum.
+        let ip: *mut Ipv6Hdr = ctx.at_mut(pkt.l3_off).ok_or(Reason::MALFORMED_IPV6)?;
+        // SAFETY: the header was bounds-checked by Frame::at_mut. No IPv6 header checksum.
         unsafe { (*ip).hop_limit = (*ip).hop_limit.wrapping_sub(1) };
     }
     Ok(())

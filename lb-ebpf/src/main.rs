@@ -1,18 +1,20 @@
 //! xlb: the XDP datapath. Entry point, panic handler and license only; the pipeline is in
 //! [`pipeline`], one concern per module.
-#![no_std]
-#![no_main]
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(test), no_main)]
 
 mod config;
 mod conntrack;
+mod frame;
 mod fwd;
 mod maps;
 mod nat;
 mod parse;
 mod pipeline;
-mod ptr;
 mod select;
 mod stats;
+#[cfg(test)]
+mod testutil;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 

@@ -6,7 +6,6 @@
 //! A UDP/IPv4 checksum of zero means "none" and stays zero; a computed zero is sent as
 //! 0xffff (RFC 768), which IPv6 requires since its UDP checksum is mandatory.
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{Addr, Family, Proto, csum::CsumDelta, stats::Reason};
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -14,7 +13,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::{parse::Packet, ptr};
+use crate::{frame::Frame, parse::Packet};
 
 /// Which end of the packet to rewrite.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -26,7 +25,7 @@ pub enum End {
 /// Rewrites one end's address and port to `addr`/`port_be`, fixing checksums.
 #[inline(always)]
 pub fn rewrite(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     pkt: &mut Packet,
     end: End,
     addr: &Addr,
@@ -39,8 +38,8 @@ pub fn rewrite(
     let mut delta = CsumDelta::new().replace_u16(old_port, port_be);
 
     if pkt.family == Family::V4 {
-        let ip: *mut Ipv4Hdr = ptr::at_mut(ctx, pkt.l3_off).ok_or(Reason::MALFORMED_IPV4)?;
-        // SAFETY: the header was bounds-checked by ptr::at_mut; fields through that pointer.
+        let ip: *mut Ipv4Hdr = ctx.at_mut(pkt.l3_off).ok_or(Reason::MALFORMED_IPV4)?;
+        // SAFETY: the header was bounds-checked by Frame::at_mut; fields through that pointer.
         let ip = unsafe { &mut *ip };
         let new = addr.raw[0].to_ne_bytes();
         match end {
@@ -51,7 +50,7 @@ pub fn rewrite(
         ip.check = ip_delta.apply(u16::from_ne_bytes(ip.check)).to_ne_bytes();
         delta = delta.replace_u32(old_addr.raw[0], addr.raw[0]);
     } else {
-        let ip: *mut Ipv6Hdr = ptr::at_mut(ctx, pkt.l3_off).ok_or(Reason::MALFORMED_IPV6)?;
+        let ip: *mut Ipv6Hdr = ctx.at_mut(pkt.l3_off).ok_or(Reason::MALFORMED_IPV6)?;
         // SAFETY: as above.
         let ip = unsafe { &mut *ip };
         let new = addr.octets();
@@ -64,8 +63,8 @@ pub fn rewrite(
 
     let port = port_be.to_ne_bytes();
     if pkt.proto == Proto::TCP {
-        let tcp: *mut TcpHdr = ptr::at_mut(ctx, pkt.l4_off).ok_or(Reason::MALFORMED_L4)?;
-        // SAFETY: the header was bounds-checked by ptr::at_mut.
+        let tcp: *mut TcpHdr = ctx.at_mut(pkt.l4_off).ok_or(Reason::MALFORMED_L4)?;
+        // SAFETY: the header was bounds-checked by Frame::at_mut.
         let tcp = unsafe { &mut *tcp };
         match end {
             End::Source => tcp.source = port,
@@ -73,8 +72,8 @@ pub fn rewrite(
         }
         tcp.check = delta.apply(u16::from_ne_bytes(tcp.check)).to_ne_bytes();
     } else {
-        let udp: *mut UdpHdr = ptr::at_mut(ctx, pkt.l4_off).ok_or(Reason::MALFORMED_L4)?;
-        // SAFETY: the header was bounds-checked by ptr::at_mut.
+        let udp: *mut UdpHdr = ctx.at_mut(pkt.l4_off).ok_or(Reason::MALFORMED_L4)?;
+        // SAFETY: the header was bounds-checked by Frame::at_mut.
         let udp = unsafe { &mut *udp };
         match end {
             End::Source => udp.src = port,
@@ -98,4 +97,63 @@ pub fn rewrite(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::Addr;
+
+    use super::*;
+    use crate::{frame::Bytes, parse::parse, testutil::*};
+
+    const BACKEND4: [u8; 4] = [192, 168, 7, 200];
+    const BACKEND6: [u8; 16] = [0xfd, 0, 2, 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    fn translate(mut frame: Vec<u8>, end: End, addr: Addr, port: u16) -> Vec<u8> {
+        let f = Bytes(&mut frame);
+        let mut pkt = parse(&f).unwrap();
+        rewrite(&f, &mut pkt, end, &addr, port.to_be()).unwrap();
+        frame
+    }
+
+    #[test]
+    fn dnat_keeps_every_checksum_valid() {
+        let b4 = Addr::from_v4_octets(BACKEND4);
+        let b6 = Addr::from_v6_octets(BACKEND6);
+        for payload in [&b""[..], b"x", b"hello world, odd length!"] {
+            for f in [tcp4(CLIENT4, VIP4, 40000, 80, payload), udp4(CLIENT4, VIP4, 40000, 53, payload)] {
+                let out = translate(f, End::Destination, b4, 8080);
+                assert_checksums(&out);
+                assert_eq!(&out[30..34], &BACKEND4);
+                assert_eq!(&out[36..38], &8080u16.to_be_bytes());
+            }
+            for f in [tcp6(CLIENT6, VIP6, 40000, 80, payload), udp6(CLIENT6, VIP6, 40000, 53, payload)] {
+                let out = translate(f, End::Destination, b6, 8080);
+                assert_checksums(&out);
+                assert_eq!(&out[38..54], &BACKEND6);
+            }
+        }
+    }
+
+    #[test]
+    fn reverse_nat_restores_the_vip_as_source() {
+        let vip = Addr::from_v4_octets(VIP4);
+        let reply = tcp4(BACKEND4, CLIENT4, 8080, 40000, b"answer");
+        let out = translate(reply, End::Source, vip, 80);
+        assert_checksums(&out);
+        assert_eq!((&out[26..30], &out[34..36]), (&VIP4[..], &80u16.to_be_bytes()[..]));
+        let vip6 = Addr::from_v6_octets(VIP6);
+        let out = translate(udp6(BACKEND6, CLIENT6, 5353, 40000, b"a"), End::Source, vip6, 53);
+        assert_checksums(&out);
+        assert_eq!(&out[22..38], &VIP6);
+    }
+
+    #[test]
+    fn udp_ipv4_without_checksum_stays_without() {
+        let mut f = udp4(CLIENT4, VIP4, 40000, 53, b"q");
+        f[40..42].copy_from_slice(&[0, 0]);
+        let out = translate(f, End::Destination, Addr::from_v4_octets(BACKEND4), 5353);
+        assert_eq!(&out[40..42], &[0, 0]);
+        assert_checksums(&out);
+    }
 }

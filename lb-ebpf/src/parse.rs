@@ -5,7 +5,6 @@
 //! Malformed headers end parsing with a `MALFORMED_*` reason (dropped), valid headers that
 //! are out of scope with a pass reason; the policy is documented in `lb_common::stats`.
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{Addr, Family, Proto, stats::Reason};
 use network_types::{
     eth::EthHdr,
@@ -15,7 +14,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::ptr;
+use crate::frame::Frame;
 
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
@@ -68,15 +67,15 @@ impl Packet {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
-    let eth: *const EthHdr = ptr::at(ctx, 0).ok_or(Reason::MALFORMED_ETH)?;
-    // SAFETY: `eth` was bounds-checked by ptr::at.
+pub fn parse(ctx: &impl Frame) -> Result<Packet, Reason> {
+    let eth: *const EthHdr = ctx.at(0).ok_or(Reason::MALFORMED_ETH)?;
+    // SAFETY: `eth` was bounds-checked by Frame::at.
     let mut ether_type = unsafe { (*eth).ether_type };
     let mut l3_off = EthHdr::LEN;
     let mut vlan = false;
     if ether_type == ETH_P_8021Q_BE {
-        let tag: *const VlanHdr = ptr::at(ctx, l3_off).ok_or(Reason::MALFORMED_VLAN)?;
-        // SAFETY: bounds-checked by ptr::at.
+        let tag: *const VlanHdr = ctx.at(l3_off).ok_or(Reason::MALFORMED_VLAN)?;
+        // SAFETY: bounds-checked by Frame::at.
         ether_type = unsafe { (*tag).ether_type };
         l3_off += VlanHdr::LEN;
         vlan = true;
@@ -91,16 +90,16 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3_off: usize, vlan: bool) -> Result<Packet, Reason> {
-    let ip: *const Ipv4Hdr = ptr::at(ctx, l3_off).ok_or(Reason::MALFORMED_IPV4)?;
-    // SAFETY: the 20-byte fixed header was bounds-checked by ptr::at.
+fn parse_ipv4(ctx: &impl Frame, l3_off: usize, vlan: bool) -> Result<Packet, Reason> {
+    let ip: *const Ipv4Hdr = ctx.at(l3_off).ok_or(Reason::MALFORMED_IPV4)?;
+    // SAFETY: the 20-byte fixed header was bounds-checked by Frame::at.
     let ip = unsafe { &*ip };
     if ip.vihl >> 4 != 4 {
         return Err(Reason::MALFORMED_IPV4);
     }
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if ihl < Ipv4Hdr::LEN || tot_len < ihl || !ptr::frame_holds(ctx, l3_off + tot_len) {
+    if ihl < Ipv4Hdr::LEN || tot_len < ihl || !ctx.holds(l3_off + tot_len) {
         return Err(Reason::MALFORMED_IPV4);
     }
     let frags = u16::from_be_bytes(ip.frags);
@@ -131,16 +130,16 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize, vlan: bool) -> Result<Packet, Rea
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3_off: usize, vlan: bool) -> Result<Packet, Reason> {
-    let ip: *const Ipv6Hdr = ptr::at(ctx, l3_off).ok_or(Reason::MALFORMED_IPV6)?;
-    // SAFETY: the 40-byte fixed header was bounds-checked by ptr::at.
+fn parse_ipv6(ctx: &impl Frame, l3_off: usize, vlan: bool) -> Result<Packet, Reason> {
+    let ip: *const Ipv6Hdr = ctx.at(l3_off).ok_or(Reason::MALFORMED_IPV6)?;
+    // SAFETY: the 40-byte fixed header was bounds-checked by Frame::at.
     let ip = unsafe { &*ip };
     if ip.vcf[0] >> 4 != 6 {
         return Err(Reason::MALFORMED_IPV6);
     }
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
     let end = l3_off + Ipv6Hdr::LEN + payload_len;
-    if !ptr::frame_holds(ctx, end) {
+    if !ctx.holds(end) {
         return Err(Reason::MALFORMED_IPV6);
     }
     let mut next = ip.next_hdr;
@@ -149,8 +148,8 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize, vlan: bool) -> Result<Packet, Rea
     for _ in 0..MAX_IPV6_EXT {
         let len = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
-                let h: *const [u8; 2] = ptr::at(ctx, off).ok_or(Reason::MALFORMED_IPV6)?;
-                // SAFETY: bounds-checked by ptr::at.
+                let h: *const [u8; 2] = ctx.at(off).ok_or(Reason::MALFORMED_IPV6)?;
+                // SAFETY: bounds-checked by Frame::at.
                 let h = unsafe { *h };
                 let this = next;
                 next = h[0];
@@ -162,8 +161,8 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize, vlan: bool) -> Result<Packet, Rea
                 }
             }
             IPPROTO_FRAGMENT => {
-                let h: *const [u8; 8] = ptr::at(ctx, off).ok_or(Reason::MALFORMED_IPV6)?;
-                // SAFETY: bounds-checked by ptr::at.
+                let h: *const [u8; 8] = ctx.at(off).ok_or(Reason::MALFORMED_IPV6)?;
+                // SAFETY: bounds-checked by Frame::at.
                 let h = unsafe { *h };
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
                     return Err(Reason::FRAGMENT);
@@ -212,7 +211,7 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize, vlan: bool) -> Result<Packet, Rea
 
 /// Reads the ports (and TCP flags); `l4_end` is where the IP packet ends.
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, pkt: &mut Packet, l4_end: usize) -> Result<(), Reason> {
+fn parse_l4(ctx: &impl Frame, pkt: &mut Packet, l4_end: usize) -> Result<(), Reason> {
     let off = pkt.l4_off;
     if off > MAX_L4_OFFSET {
         // Verifier: an IPv4 header is at most 60 bytes after at most 18 of L2, so this only
@@ -220,8 +219,8 @@ fn parse_l4(ctx: &XdpContext, pkt: &mut Packet, l4_end: usize) -> Result<(), Rea
         return Err(Reason::MALFORMED_IPV4);
     }
     if pkt.proto == Proto::TCP {
-        let tcp: *const TcpHdr = ptr::at(ctx, off).ok_or(Reason::MALFORMED_L4)?;
-        // SAFETY: the 20-byte fixed header was bounds-checked by ptr::at.
+        let tcp: *const TcpHdr = ctx.at(off).ok_or(Reason::MALFORMED_L4)?;
+        // SAFETY: the 20-byte fixed header was bounds-checked by Frame::at.
         let tcp = unsafe { &*tcp };
         let doff = tcp.doff() as usize * 4;
         if doff < TcpHdr::LEN || off + doff > l4_end {
@@ -233,14 +232,178 @@ fn parse_l4(ctx: &XdpContext, pkt: &mut Packet, l4_end: usize) -> Result<(), Rea
         // SAFETY: inside the 20 bytes checked above, through the same pointer.
         pkt.tcp_flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(13) };
     } else {
-        let udp: *const UdpHdr = ptr::at(ctx, off).ok_or(Reason::MALFORMED_L4)?;
+        let udp: *const UdpHdr = ctx.at(off).ok_or(Reason::MALFORMED_L4)?;
         if off + UdpHdr::LEN > l4_end {
             return Err(Reason::MALFORMED_L4);
         }
-        // SAFETY: bounds-checked by ptr::at.
+        // SAFETY: bounds-checked by Frame::at.
         let udp = unsafe { &*udp };
         pkt.sport_be = u16::from_ne_bytes(udp.src);
         pkt.dport_be = u16::from_ne_bytes(udp.dst);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{Addr, Family, Proto, stats::Reason};
+
+    use super::*;
+    use crate::{frame::Bytes, testutil::*};
+
+    fn parse_bytes(mut v: Vec<u8>) -> Result<Packet, Reason> {
+        parse(&Bytes(&mut v))
+    }
+
+    #[test]
+    fn ipv4_tcp() {
+        let p = parse_bytes(tcp4(CLIENT4, VIP4, 40000, 80, b"hi")).unwrap();
+        assert_eq!((p.family, p.proto, p.l3_off, p.l4_off), (Family::V4, Proto::TCP, 14, 34));
+        assert_eq!(p.src, Addr::from_v4_octets(CLIENT4));
+        assert_eq!(p.dst, Addr::from_v4_octets(VIP4));
+        assert_eq!((u16::from_be(p.sport_be), u16::from_be(p.dport_be)), (40000, 80));
+        assert!(p.has_tcp_flag(TCP_SYN) && !p.has_tcp_flag(TCP_ACK));
+        assert_eq!((p.ttl, p.ip_len, p.vlan, p.first_fragment), (64, 42, false, false));
+    }
+
+    #[test]
+    fn ipv4_with_options_and_vlan() {
+        let mut v = udp4(CLIENT4, VIP4, 5000, 53, b"q");
+        // Grow the IPv4 header by 8 bytes of NOP options (IHL 5 -> 7).
+        v.splice(34..34, [1u8; 8]);
+        v[14] = 0x47;
+        let tot = u16::from_be_bytes([v[16], v[17]]) + 8;
+        v[16..18].copy_from_slice(&tot.to_be_bytes());
+        let p = parse_bytes(vlan(&v, 42)).unwrap();
+        assert_eq!((p.l3_off, p.l4_off, p.vlan, p.proto), (18, 46, true, Proto::UDP));
+        assert_eq!(u16::from_be(p.dport_be), 53);
+    }
+
+    #[test]
+    fn ipv6_tcp_and_udp() {
+        let p = parse_bytes(tcp6(CLIENT6, VIP6, 1234, 80, b"")).unwrap();
+        assert_eq!((p.family, p.proto, p.l4_off, p.ip_len), (Family::V6, Proto::TCP, 54, 60));
+        assert_eq!(p.dst, Addr::from_v6_octets(VIP6));
+        let p = parse_bytes(udp6(CLIENT6, VIP6, 1234, 53, b"abc")).unwrap();
+        assert_eq!((p.proto, u16::from_be(p.dport_be)), (Proto::UDP, 53));
+    }
+
+    /// Inserts IPv6 extension headers (raw, each already sized) before the L4 header.
+    fn with_ext(mut v: Vec<u8>, exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut next = v[20];
+        let mut inserted = Vec::new();
+        for (kind, body) in exts.iter().rev() {
+            let mut h = body.clone();
+            h[0] = next;
+            next = *kind;
+            inserted.splice(0..0, h);
+        }
+        v[20] = next;
+        let len = u16::from_be_bytes([v[18], v[19]]) + inserted.len() as u16;
+        v[18..20].copy_from_slice(&len.to_be_bytes());
+        v.splice(54..54, inserted);
+        v
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked() {
+        let hop = (0u8, vec![0, 0, 1, 4, 0, 0, 0, 0]); // Hop-by-hop, 8 bytes (PadN).
+        let dst = (60u8, vec![0, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // 16 bytes.
+        let p = parse_bytes(with_ext(tcp6(CLIENT6, VIP6, 1, 80, b""), &[hop, dst])).unwrap();
+        assert_eq!((p.proto, p.l4_off), (Proto::TCP, 54 + 24));
+    }
+
+    #[test]
+    fn ipv6_fragments() {
+        // First fragment (offset 0, M=1): has ports, flagged.
+        let first = (44u8, vec![0, 0, 0, 1, 0, 0, 0, 7]);
+        let p = parse_bytes(with_ext(udp6(CLIENT6, VIP6, 1, 53, b"x"), &[first])).unwrap();
+        assert!(p.first_fragment);
+        // Later fragment: passed.
+        let later = (44u8, vec![0, 0, 0, 0x10, 0, 0, 0, 7]);
+        assert_eq!(parse_bytes(with_ext(udp6(CLIENT6, VIP6, 1, 53, b"x"), &[later])).err(), Some(Reason::FRAGMENT));
+    }
+
+    #[test]
+    fn ipv6_long_extension_chain_is_passed() {
+        let e = || (60u8, vec![0, 0, 1, 4, 0, 0, 0, 0]);
+        let v = with_ext(tcp6(CLIENT6, VIP6, 1, 80, b""), &[e(), e(), e(), e(), e()]);
+        assert_eq!(parse_bytes(v).err(), Some(Reason::IPV6_EXTENSIONS));
+    }
+
+    #[test]
+    fn ipv4_fragments() {
+        let mut v = udp4(CLIENT4, VIP4, 1, 53, b"x");
+        v[20] = 0x20; // MF, offset 0
+        assert!(parse_bytes(v.clone()).unwrap().first_fragment);
+        v[20] = 0x00;
+        v[21] = 0x10; // offset 16*8
+        assert_eq!(parse_bytes(v).err(), Some(Reason::FRAGMENT));
+    }
+
+    #[test]
+    fn out_of_scope_traffic_gets_a_pass_reason() {
+        let mut arp = tcp4(CLIENT4, VIP4, 1, 80, b"");
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(parse_bytes(arp).err(), Some(Reason::NOT_IP));
+        let qinq = vlan(&vlan(&tcp4(CLIENT4, VIP4, 1, 80, b""), 1), 2);
+        assert_eq!(parse_bytes(qinq).err(), Some(Reason::NOT_IP));
+        let mut gre = tcp4(CLIENT4, VIP4, 1, 80, b"");
+        gre[23] = 47;
+        assert_eq!(parse_bytes(gre).err(), Some(Reason::NOT_TCP_UDP));
+        let mut icmp6 = udp6(CLIENT6, VIP6, 1, 80, b"");
+        icmp6[20] = 58;
+        assert_eq!(parse_bytes(icmp6).err(), Some(Reason::NOT_TCP_UDP));
+    }
+
+    #[test]
+    fn bad_ipv4_headers_are_malformed() {
+        let good = tcp4(CLIENT4, VIP4, 1, 80, b"");
+        let mut ihl4 = good.clone();
+        ihl4[14] = 0x44;
+        assert_eq!(parse_bytes(ihl4).err(), Some(Reason::MALFORMED_IPV4));
+        let mut version = good.clone();
+        version[14] = 0x65;
+        assert_eq!(parse_bytes(version).err(), Some(Reason::MALFORMED_IPV4));
+        let mut short_total = good.clone();
+        short_total[16..18].copy_from_slice(&10u16.to_be_bytes());
+        assert_eq!(parse_bytes(short_total).err(), Some(Reason::MALFORMED_IPV4));
+        let mut doff = good.clone();
+        doff[46] = 0x40; // TCP data offset 4
+        assert_eq!(parse_bytes(doff).err(), Some(Reason::MALFORMED_L4));
+    }
+
+    /// Cuts a frame at every length below its own: each prefix must be rejected with the
+    /// reason of the header it cuts into.
+    fn assert_truncations(frame: Vec<u8>, l3_reason: Reason) {
+        for n in 0..frame.len() {
+            let want = if n < 14 { Reason::MALFORMED_ETH } else { l3_reason };
+            assert_eq!(parse_bytes(frame[..n].to_vec()).err(), Some(want), "cut at {n} bytes");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_malformed() {
+        assert_truncations(tcp4(CLIENT4, VIP4, 1, 80, b"data"), Reason::MALFORMED_IPV4);
+        assert_truncations(udp4(CLIENT4, VIP4, 1, 53, b"data"), Reason::MALFORMED_IPV4);
+        assert_truncations(tcp6(CLIENT6, VIP6, 1, 80, b"data"), Reason::MALFORMED_IPV6);
+        assert_truncations(udp6(CLIENT6, VIP6, 1, 53, b"data"), Reason::MALFORMED_IPV6);
+        let tagged = vlan(&tcp4(CLIENT4, VIP4, 1, 80, b""), 7);
+        assert_eq!(parse_bytes(tagged[..16].to_vec()).err(), Some(Reason::MALFORMED_VLAN));
+    }
+
+    #[test]
+    fn l4_header_shorter_than_the_ip_packet_says_is_malformed() {
+        // A consistent IP packet whose payload is too short for a TCP/UDP header.
+        for (mut v, l3) in [(tcp4(CLIENT4, VIP4, 1, 80, b""), 14usize), (udp4(CLIENT4, VIP4, 1, 53, b""), 14)] {
+            let keep = l3 + 20 + 4;
+            v.truncate(keep);
+            v[l3 + 2..l3 + 4].copy_from_slice(&24u16.to_be_bytes());
+            assert_eq!(parse_bytes(v).err(), Some(Reason::MALFORMED_L4));
+        }
+        let mut v6 = udp6(CLIENT6, VIP6, 1, 53, b"");
+        v6.truncate(54 + 4);
+        v6[18..20].copy_from_slice(&4u16.to_be_bytes());
+        assert_eq!(parse_bytes(v6).err(), Some(Reason::MALFORMED_L4));
+    }
 }
