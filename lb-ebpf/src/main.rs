@@ -13,8 +13,6 @@ mod parse;
 mod pipeline;
 mod select;
 mod stats;
-#[cfg(test)]
-mod testutil;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 

@@ -104,7 +104,9 @@ mod tests {
     use lb_common::Addr;
 
     use super::*;
-    use crate::{frame::Bytes, parse::parse, testutil::*};
+    use xlb_tests::packet::*;
+
+    use crate::{frame::Bytes, parse::parse};
 
     const BACKEND4: [u8; 4] = [192, 168, 7, 200];
     const BACKEND6: [u8; 16] = [0xfd, 0, 2, 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];

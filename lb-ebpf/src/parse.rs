@@ -249,7 +249,9 @@ mod tests {
     use lb_common::{Addr, Family, Proto, stats::Reason};
 
     use super::*;
-    use crate::{frame::Bytes, testutil::*};
+    use xlb_tests::packet::*;
+
+    use crate::frame::Bytes;
 
     fn parse_bytes(mut v: Vec<u8>) -> Result<Packet, Reason> {
         parse(&Bytes(&mut v))

@@ -10,7 +10,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, HashOfMaps, Map, MapData, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
     config::{CONFIG_GLOBAL, DatapathConfig},
@@ -75,6 +75,15 @@ pub struct LoadOptions {
     pub pin_dir: PathBuf,
     pub config: DatapathConfig,
     pub conntrack_entries: u32,
+}
+
+/// The outcome of [`Datapath::run_packet`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketRun {
+    /// The XDP action (`lb_common::stats::XDP_*`).
+    pub action: u32,
+    /// The frame as the program left it.
+    pub output: Vec<u8>,
 }
 
 /// The loaded program, its attachments and its maps.
@@ -202,6 +211,25 @@ impl Datapath {
                 tracing::warn!(interface, error = %e, "detach failed");
             }
         }
+    }
+
+    /// Runs one frame through the loaded program with BPF_PROG_TEST_RUN: the kernel runs
+    /// the real program against the real maps (connection table included) and reports the
+    /// verdict and the rewritten frame, without sending anything. FIB lookups happen in
+    /// the calling thread's network namespace, with loopback as the ingress interface.
+    pub fn run_packet(&self, frame: &[u8]) -> Result<PacketRun, DatapathError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(names::PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("the program was checked at load");
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let result = program.test_run(opts).map_err(DatapathError::Program)?;
+        out.truncate(result.data_size_out as usize);
+        Ok(PacketRun { action: result.return_value, output: out })
     }
 
     /// Typed handles on the maps the agent writes.

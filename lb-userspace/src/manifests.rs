@@ -131,7 +131,16 @@ pub fn load_text(file: &Path, text: &str, loaded: &mut Loaded) {
     }
 }
 
+/// Whether a chunk of YAML holds anything but comments and blank lines.
+fn has_content(chunk: &str) -> bool {
+    chunk.lines().any(|l| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#')
+    })
+}
+
 /// Splits YAML text into documents at `---` lines; returns each with its first line number.
+/// Chunks of only comments (a file header before the first `---`) are not documents.
 fn split_documents(text: &str) -> Vec<(usize, String)> {
     let mut docs = Vec::new();
     let mut current = String::new();
@@ -140,7 +149,7 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
         let is_separator = line.starts_with("---")
             && line[3..].chars().next().is_none_or(char::is_whitespace);
         if is_separator {
-            if !current.trim().is_empty() {
+            if has_content(&current) {
                 docs.push((start, std::mem::take(&mut current)));
             }
             current.clear();
@@ -159,7 +168,7 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
             current.push('\n');
         }
     }
-    if !current.trim().is_empty() {
+    if has_content(&current) {
         docs.push((start, current));
     }
     docs

@@ -63,11 +63,7 @@ pub fn read(dir: &Path) -> Result<Report, DatapathError> {
     let maps = RealMaps::from_pins(dir)?;
     let mut services: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for (key, value) in maps.frontends() {
-        let fe = match key.ip() {
-            std::net::IpAddr::V4(ip) => format!("{ip}:{}/{}", key.port(), key.proto.name()),
-            std::net::IpAddr::V6(ip) => format!("[{ip}]:{}/{}", key.port(), key.proto.name()),
-        };
-        services.entry(value.service_id).or_default().push(fe);
+        services.entry(value.service_id).or_default().push(crate::sync::describe_frontend(&key));
     }
     let mut backends: BTreeMap<u32, String> = BTreeMap::new();
     for id in services.keys() {

@@ -12,14 +12,23 @@ pub mod client;
 pub mod cmd;
 pub mod lab;
 pub mod netns;
+pub mod packet;
 pub mod process;
 pub mod wait;
 
-/// A short prefix unique to this process run, e.g. `xlb3fa2c1`.
+/// A short prefix unique to this call, e.g. `xlb3fa2c1`: the process id, the time and a
+/// per-process counter, so that concurrent tests and concurrent runs never share names.
 pub fn run_prefix() -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::{
+        sync::atomic::{AtomicU32, Ordering},
+        time::{SystemTime, UNIX_EPOCH},
+    };
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let mix = (std::process::id() as u64).wrapping_mul(0x9e37_79b9) ^ nanos as u64;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mix = (std::process::id() as u64).wrapping_mul(0x9e37_79b9)
+        ^ nanos as u64
+        ^ (n as u64).wrapping_mul(0x85eb_ca6b);
     format!("xlb{:06x}", mix & 0xff_ffff)
 }
 

@@ -61,3 +61,78 @@ fn every_vip_balances_over_every_backend_and_replies_come_from_the_vip() {
         assert_eq!(seen.len(), 3, "{vip}: every backend serves: {seen:?}");
     }
 }
+
+/// The default EndpointSlices without backend `b3` in the web Service.
+fn web_without_b3() -> String {
+    let (_, slices) = xlb_tests::lab::DEFAULT_MANIFESTS[1];
+    let mut out = String::new();
+    for doc in slices.split("\n---\n") {
+        if doc.contains("name: web-") {
+            let mut kept = Vec::new();
+            let mut skip = 0;
+            for line in doc.lines() {
+                if line.contains("10.201.3.2") || line.contains("fd00:201:3::2") {
+                    skip = 3; // the address line, its conditions and its nodeName
+                }
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                kept.push(line);
+            }
+            out.push_str(&kept.join("\n"));
+        } else {
+            out.push_str(doc);
+        }
+        out.push_str("\n---\n");
+    }
+    out
+}
+
+#[test]
+fn established_connections_survive_the_removal_of_a_backend() {
+    let mut lab = common::default_lab();
+    for vip in [WEB_V4, WEB_V6] {
+        // Long-lived connections spread over all three backends.
+        let sessions = lab
+            .client
+            .run(move || {
+                (0..30)
+                    .map(|_| {
+                        let mut s = TcpSession::connect(vip).unwrap();
+                        let name = s.ask().unwrap();
+                        (s, name)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        let names: std::collections::BTreeSet<&str> = sessions.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names.len(), 3, "{vip}: connections on every backend");
+
+        lab.write_manifest("endpointslices.yaml", &web_without_b3()).unwrap();
+        lab.reload_agent().unwrap();
+
+        // Every established connection keeps working with the same backend, including the
+        // ones on b3 (still running, just no longer taking new flows).
+        let after = lab
+            .client
+            .run(move || {
+                sessions
+                    .into_iter()
+                    .map(|(mut s, before)| (before, s.ask().expect("established connection keeps working")))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        for (before, now) in &after {
+            assert_eq!(before, now, "{vip}: a connection changed backend");
+        }
+        // New connections go to b1 and b2 only.
+        let seen = tcp_spread(&lab, vip);
+        assert!(!seen.contains_key("b3"), "{vip}: new connections avoid the removed backend: {seen:?}");
+        assert_eq!(seen.len(), 2, "{vip}: {seen:?}");
+
+        // Restore for the next family.
+        lab.write_default_manifests().unwrap();
+        lab.reload_agent().unwrap();
+    }
+}

@@ -215,6 +215,16 @@ impl Applied {
         self.backend_pool.limit()
     }
 
+    /// The backend the datapath picks for a new flow `key` (a forward connection-table key)
+    /// of service `service`: the same flow hash over the same table, computed here.
+    pub fn predict(&self, service: u32, key: &lb_common::maps::CtKey) -> Option<BackendKey> {
+        let table = self.tables.get(&service)?;
+        let slots = super::plan::table_slots(&table.members, table.size);
+        let slot = lb_common::flow::maglev_slot(key.flow_hash(), table.size);
+        let member = *slots.get(slot as usize)?;
+        table.members.get(member as usize).map(|(k, _)| *k)
+    }
+
     pub fn backend_refs(&self, id: u32) -> u32 {
         self.backend_refs.get(&id).copied().unwrap_or(0)
     }

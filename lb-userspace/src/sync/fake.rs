@@ -13,6 +13,7 @@ use lb_common::maps::{BackendValue, FrontendKey, FrontendValue};
 use super::{
     applied::{Applied, BackendKey},
     apply::{Maps, MapsError},
+    plan::describe,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -55,11 +56,7 @@ impl FakeMaps {
                 .unwrap_or_default()
         };
         for (key, value) in &self.frontends {
-            let fe = match key.ip() {
-                std::net::IpAddr::V4(ip) => format!("{ip}:{}", key.port()),
-                std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", key.port()),
-            };
-            let _ = write!(out, "frontend {fe}/{} -> service {}", key.proto.name(), value.service_id);
+            let _ = write!(out, "frontend {} -> service {}", describe(key), value.service_id);
             if value.flags != 0 {
                 let _ = write!(out, " flags={:#x} affinity={}s", value.flags, value.affinity_timeout_s);
             }
@@ -132,13 +129,13 @@ impl Maps for FakeMaps {
     }
 
     fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), MapsError> {
-        self.record("frontends", format!("put_frontend {}:{}", key.ip(), key.port()))?;
+        self.record("frontends", format!("put_frontend {}", describe(key)))?;
         self.frontends.insert(*key, *value);
         Ok(())
     }
 
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError> {
-        self.record("frontends", format!("delete_frontend {}:{}", key.ip(), key.port()))?;
+        self.record("frontends", format!("delete_frontend {}", describe(key)))?;
         self.frontends.remove(key);
         Ok(())
     }

@@ -18,4 +18,4 @@ mod plan;
 pub use applied::{Applied, AppliedTable, BackendKey};
 pub use apply::{ApplyError, ApplyReport, Maps, MapsError, apply};
 pub use fake::FakeMaps;
-pub use plan::{Op, Plan, PlanConfig, PlanError, plan, table_for};
+pub use plan::{Op, Plan, PlanConfig, PlanError, describe as describe_frontend, plan, table_for, table_slots};

@@ -83,13 +83,18 @@ fn members(spec: &ServiceSpec) -> Vec<(BackendKey, u32)> {
 /// The Maglev table (as backend indices into `members`) for a set of members.
 pub fn table_for(members: &[(BackendKey, u32)], max_table_size: u32) -> (u32, Vec<u32>) {
     let size = maglev::table_size(members.len(), max_table_size.min(MAX_TABLE_SIZE));
+    (size, table_slots(members, size))
+}
+
+/// The slots (indices into `members`) of a table of `size` slots.
+pub fn table_slots(members: &[(BackendKey, u32)], size: u32) -> Vec<u32> {
     let identities: Vec<[u8; 20]> = members.iter().map(|(k, _)| k.identity()).collect();
     let entries: Vec<maglev::Entry<'_>> = identities
         .iter()
         .zip(members)
         .map(|(id, (_, w))| maglev::Entry { identity: id, weight: *w })
         .collect();
-    (size, maglev::build(&entries, size))
+    maglev::build(&entries, size)
 }
 
 fn frontend_value(id: u32, spec: &ServiceSpec) -> FrontendValue {
@@ -343,7 +348,8 @@ fn backend_pool_limit(applied: &Applied) -> u32 {
     applied.backend_pool_limit()
 }
 
-fn describe(key: &FrontendKey) -> String {
+/// A frontend as `ip:port/proto` (IPv6 in brackets).
+pub fn describe(key: &FrontendKey) -> String {
     match key.ip() {
         std::net::IpAddr::V4(ip) => format!("{ip}:{}/{}", key.port(), key.proto.name()),
         std::net::IpAddr::V6(ip) => format!("[{ip}]:{}/{}", key.port(), key.proto.name()),

@@ -1,14 +1,17 @@
-//! Packet builders and checksum verification for host unit tests. Checksums are verified
-//! with etherparse, an implementation independent of `lb_common::csum`.
+//! Test packets: builders for Ethernet frames, accessors, and checksum verification with
+//! etherparse (an implementation independent of xlb's incremental checksum code).
+//! Used by the eBPF crate's host unit tests and by the BPF_PROG_TEST_RUN packet tables.
 
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice, NetSlice};
+use std::net::IpAddr;
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
 pub const CLIENT4: [u8; 4] = [10, 200, 0, 2];
 pub const VIP4: [u8; 4] = [10, 96, 0, 10];
 pub const CLIENT6: [u8; 16] = [0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 pub const VIP6: [u8; 16] = [0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+pub const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+pub const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
 pub fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64000).syn();
@@ -94,4 +97,53 @@ pub fn assert_checksums(frame: &[u8]) {
         }
         other => panic!("unexpected frame {other:?}"),
     }
+}
+
+/// A TCP or UDP frame between two addresses of the same family (the builder for tables).
+pub fn frame(tcp: bool, src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    match (src, dst, tcp) {
+        (IpAddr::V4(s), IpAddr::V4(d), true) => tcp4(s.octets(), d.octets(), sport, dport, payload),
+        (IpAddr::V4(s), IpAddr::V4(d), false) => udp4(s.octets(), d.octets(), sport, dport, payload),
+        (IpAddr::V6(s), IpAddr::V6(d), true) => tcp6(s.octets(), d.octets(), sport, dport, payload),
+        (IpAddr::V6(s), IpAddr::V6(d), false) => udp6(s.octets(), d.octets(), sport, dport, payload),
+        _ => panic!("mixed address families"),
+    }
+}
+
+/// What the tests look at in a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub ttl: u8,
+}
+
+/// Reads the addresses, ports and TTL of a TCP/UDP frame.
+pub fn summary(frame: &[u8]) -> Summary {
+    let p = SlicedPacket::from_ethernet(frame).expect("parsable frame");
+    let (src_mac, dst_mac) = match &p.link {
+        Some(etherparse::LinkSlice::Ethernet2(e)) => (e.source(), e.destination()),
+        other => panic!("not Ethernet: {other:?}"),
+    };
+    let (src, dst, ttl) = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            (IpAddr::from(h.source()), IpAddr::from(h.destination()), h.ttl())
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let h = ip.header();
+            (IpAddr::from(h.source()), IpAddr::from(h.destination()), h.hop_limit())
+        }
+        other => panic!("not IP: {other:?}"),
+    };
+    let (sport, dport) = match &p.transport {
+        Some(TransportSlice::Tcp(t)) => (t.source_port(), t.destination_port()),
+        Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
+        other => panic!("not TCP/UDP: {other:?}"),
+    };
+    Summary { src_mac, dst_mac, src, dst, sport, dport, ttl }
 }

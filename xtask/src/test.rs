@@ -1,0 +1,107 @@
+//! `cargo xtask test`: every test, in pyramid order.
+//!
+//! 1. host unit and golden tests of the workspace (lb-common, lb-userspace, xtask);
+//! 2. host unit tests of the eBPF crate (parsing, translation) built for the host;
+//! 3. privileged tests (tests/): BPF_PROG_TEST_RUN packet tables and network-namespace
+//!    end-to-end tests. They need root; they are run, never skipped.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::{
+    build::{self, cargo, workspace_root},
+    toolchain::{self, run_visible},
+    ui,
+};
+
+#[derive(Args, Debug)]
+pub struct TestOpts {
+    /// Run only the tests whose name contains this string (in every stage).
+    pub filter: Option<String>,
+    /// Parallel test threads for the privileged tests (each builds its own lab).
+    #[arg(long, default_value_t = 2)]
+    pub threads: u32,
+}
+
+pub fn run(opts: &TestOpts) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let tc = toolchain::ensure_build()?;
+    toolchain::ensure_packages(toolchain::LAB_PACKAGES)?;
+    let built = build::build_all(&tc, false)?;
+    let root = workspace_root();
+    let filter: Vec<String> = opts.filter.iter().cloned().collect();
+
+    let step = ui::step("host tests: lb-common, lb-userspace (unit + golden), xtask");
+    let mut c = cargo();
+    c.current_dir(&root)
+        .args(["test", "--workspace", "--exclude", "xlb-tests", "--"])
+        .args(&filter)
+        .env("XLB_EBPF_OBJECT", &built.ebpf_object);
+    run_visible(&mut c)?;
+    step.done();
+
+    let step = ui::step("host tests of the eBPF crate (parsing, translation)");
+    let host = host_triple(&tc.ebpf_rustc)?;
+    let mut c = build::ebpf_cargo(&tc);
+    c.args(["test", "--target", &host])
+        .env("CARGO_TARGET_DIR", root.join("target/ebpf-host"))
+        .arg("--")
+        .args(&filter);
+    run_visible(&mut c)?;
+    step.done();
+
+    let step = ui::step("building the privileged tests");
+    let executables = privileged_test_binaries(&built.ebpf_object)?;
+    step.done();
+    for exe in &executables {
+        let name = exe.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let step = ui::step(format!("privileged tests: {name} (root: BPF and network namespaces)"));
+        let mut c = toolchain::privileged(exe.to_str().context("utf-8 path")?, "the privileged tests")?;
+        c.current_dir(root.join("tests"))
+            .env("XLB_BIN", &built.xlb)
+            .arg(format!("--test-threads={}", opts.threads))
+            .args(&filter);
+        run_visible(&mut c)?;
+        step.done();
+    }
+    ui::info(&format!("all tests passed in {:.0}s", started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn host_triple(rustc: &std::path::Path) -> anyhow::Result<String> {
+    let out = Command::new(rustc).arg("-vV").output().context("rustc -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .context("rustc -vV printed no host triple")
+}
+
+/// Builds the integration tests of the privileged crate and returns their executables.
+fn privileged_test_binaries(object: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = cargo()
+        .current_dir(workspace_root())
+        .args(["test", "-p", "xlb-tests", "--tests", "--no-run", "--message-format=json-render-diagnostics"])
+        .env("XLB_EBPF_OBJECT", object)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the privileged tests")?;
+    if !out.status.success() {
+        bail!("building the privileged tests failed");
+    }
+    let mut exes = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let is_test = msg["profile"]["test"].as_bool() == Some(true);
+        let is_integration = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
+        if let (true, true, Some(exe)) = (is_test, is_integration, msg["executable"].as_str()) {
+            exes.push(PathBuf::from(exe));
+        }
+    }
+    if exes.is_empty() {
+        bail!("no privileged test executables were built");
+    }
+    exes.sort();
+    Ok(exes)
+}
