@@ -12,6 +12,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod bench;
 pub mod config;
 pub mod csum;
 pub mod flow;

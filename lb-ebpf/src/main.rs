@@ -1,28 +1,15 @@
-//! xlb: the XDP datapath. Entry point, panic handler and license only; the pipeline is in
-//! [`pipeline`], one concern per module.
-#![cfg_attr(not(test), no_std)]
-#![cfg_attr(not(test), no_main)]
-
-mod config;
-mod conntrack;
-mod frame;
-mod fwd;
-mod maps;
-mod nat;
-mod parse;
-mod pipeline;
-mod select;
-mod stats;
+//! The xlb XDP program: entry point, panic handler and license only.
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 /// Attached to every interface of the node that carries Service traffic.
 #[xdp]
 pub fn xlb(ctx: XdpContext) -> u32 {
-    pipeline::run(&ctx)
+    lb_ebpf::pipeline::run(&ctx)
 }
 
-#[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     // Unreachable in a verified program: every index is bounds-checked before use.

@@ -45,7 +45,7 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<()> {
     let step = ui::step("host tests of the eBPF crate (parsing, translation)");
     let host = host_triple(&tc.ebpf_rustc)?;
     let mut c = build::ebpf_cargo(&tc);
-    c.args(["test", "--target", &host])
+    c.args(["test", "--lib", "--target", &host])
         .env("CARGO_TARGET_DIR", root.join("target/ebpf-host"))
         .arg("--")
         .args(&filter);
