@@ -138,14 +138,13 @@ impl BackendValue {
     }
 }
 
-/// Direction of a connection-table entry.
-pub const CT_DIR_FORWARD: u8 = 0;
-pub const CT_DIR_REPLY: u8 = 1;
-
-/// Key of the connection table.
+/// Key of the connection table: a packet's tuple exactly as it travels.
 ///
-/// Forward entries are keyed by the packet as the client sent it (client -> VIP); reply
-/// entries by the packet as the backend sends it (backend -> client).
+/// A flow has two entries: the forward one under the tuple the client sends
+/// (client -> VIP) and the reply one under the tuple the backend sends (backend -> client).
+/// Both live in one key space, so one lookup of a packet's own tuple finds either; the
+/// entry's [`CT_F_REPLY`] flag tells which. (A tuple cannot be both: VIPs are never
+/// clients.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct CtKey {
@@ -155,9 +154,7 @@ pub struct CtKey {
     pub dport_be: u16,
     pub proto: Proto,
     pub family: Family,
-    /// [`CT_DIR_FORWARD`] or [`CT_DIR_REPLY`].
-    pub dir: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 2],
 }
 crate::pod!(CtKey);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
@@ -177,6 +174,9 @@ impl CtKey {
     }
 }
 
+/// The entry is a flow's reply entry (backend -> client).
+pub const CT_F_REPLY: u8 = 1 << 0;
+
 /// TCP connection states tracked by the datapath (UDP entries stay `CT_STATE_ESTABLISHED`).
 pub const CT_STATE_SYN_SENT: u8 = 1;
 pub const CT_STATE_ESTABLISHED: u8 = 2;
@@ -186,7 +186,9 @@ pub const CT_STATE_CLOSING: u8 = 3;
 ///
 /// A forward entry holds the backend's address and port (so an established flow needs no
 /// further lookup and keeps its backend even if the backend id is later reused); a reply
-/// entry holds the VIP and port to restore as the reply's source.
+/// entry holds the VIP and port to restore as the reply's source. Both cache the next hop
+/// their packets leave through (from a FIB lookup, revalidated whenever the timestamp is
+/// refreshed), so established packets skip the FIB.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct CtValue {
@@ -195,12 +197,18 @@ pub struct CtValue {
     pub nat_port_be: u16,
     /// `CT_STATE_*`.
     pub state: u8,
-    pub _pad0: u8,
+    /// `CT_F_*`.
+    pub flags: u8,
     pub backend_id: u32,
     pub service_id: u32,
-    pub _pad1: u32,
+    /// Egress interface of the cached next hop; 0 when none is cached.
+    pub nh_ifindex: u32,
     /// `bpf_ktime_get_coarse_ns` of the last refresh (refreshed at most once a second).
     pub last_seen_ns: u64,
+    /// The next hop's destination and source MAC, exactly the first 12 bytes of the
+    /// Ethernet header to write, as six 16-bit words (memory order).
+    pub nh_macs: [u16; 6],
+    pub _pad: [u8; 4],
 }
 crate::pod!(CtValue);
-const _: () = assert!(core::mem::size_of::<CtValue>() == 40);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 56);

@@ -1,33 +1,45 @@
 //! The connection table: keeps an established flow on its backend whatever happens to the
-//! backend set, and maps replies back to the VIP.
+//! backend set, maps replies back to the VIP, and caches each direction's next hop.
 //!
-//! Each flow has two entries in one LRU map: forward (client -> VIP, holds the backend) and
-//! reply (backend -> client, holds the VIP). The reply entry is inserted first, so a flow
-//! whose forward entry exists can always be reverse-translated. If LRU pressure evicts only
-//! the reply entry, the next refresh of the forward entry restores it.
+//! Each flow has two entries in one LRU map, keyed by the tuple of the packets they match
+//! (see `lb_common::maps::CtKey`): forward (client -> VIP, holds the backend) and reply
+//! (backend -> client, holds the VIP). The reply entry is inserted first, so a flow whose
+//! forward entry exists can always be reverse-translated; if LRU pressure evicts only the
+//! reply entry, the next refresh of the forward entry restores it.
 //!
-//! Writes are kept off the per-packet path: an entry is written when its TCP state changes
-//! or when its timestamp is more than [`REFRESH_NS`] old, never on every packet.
+//! Writes are kept off the per-packet path: an entry is updated when its TCP state
+//! changes, when its next hop is first learned or changes, or when its timestamp is more
+//! than [`REFRESH_NS`] old (which also revalidates the cached next hop with a FIB lookup),
+//! never on every packet.
+//!
+//! Updates are made in place, field by field, through the pointer the lookup returned:
+//! re-inserting a 56-byte copy would allocate a new LRU element each time. The hazard of
+//! writing in place is an element recycled by another CPU between our lookup and our
+//! write; the lookup has just marked it referenced, which keeps it off the LRU's eviction
+//! end, and the fields written (state, timestamp, next hop) are refreshed again within a
+//! second (Katran updates its LRU entries the same way).
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     Addr, Proto,
     config::DatapathConfig,
     maps::{
-        BackendValue, CT_DIR_FORWARD, CT_DIR_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
-        CT_STATE_SYN_SENT, CtKey, CtValue,
+        BackendValue, CT_F_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT,
+        CtKey, CtValue,
     },
     stats::Event,
 };
 
 use crate::{
+    fwd::NextHop,
     maps::XLB_CONNTRACK,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::Counters,
 };
 
-/// How stale a timestamp may get before a packet refreshes it. Timeouts are >= 10 s, so
-/// one second of imprecision is harmless and saves a write on almost every packet.
+/// How stale a timestamp (and the next hop cached with it) may get before a packet
+/// refreshes it. Timeouts are >= 10 s, so one second of imprecision is harmless; a route or
+/// neighbour change reaches established flows within a second.
 const REFRESH_NS: u64 = 1_000_000_000;
 const NS_PER_S: u64 = 1_000_000_000;
 
@@ -40,39 +52,37 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The forward key of a packet sent by a client.
+/// The entry for `key`, in place (see the module docs).
+///
+/// Not copied: a 56-byte copy on the per-packet path would not be safer (an LRU element
+/// recycled by another CPU mid-copy tears a copy just the same) and costs stack the
+/// program does not have. The pointer is only used during this packet.
 #[inline(always)]
-pub fn forward_key(pkt: &Packet) -> CtKey {
-    CtKey {
-        src: pkt.src,
-        dst: pkt.dst,
-        sport_be: pkt.sport_be,
-        dport_be: pkt.dport_be,
-        proto: pkt.proto,
-        family: pkt.family,
-        dir: CT_DIR_FORWARD,
-        _pad: 0,
-    }
-}
-
-/// The reply key of a packet sent by a backend (or of any packet, to test whether it is one).
-#[inline(always)]
-pub fn reply_key(pkt: &Packet) -> CtKey {
-    CtKey { dir: CT_DIR_REPLY, ..forward_key(pkt) }
+pub fn lookup(key: &CtKey) -> Option<*mut CtValue> {
+    XLB_CONNTRACK.get_ptr_mut(key)
 }
 
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<CtValue> {
-    let v = XLB_CONNTRACK.get_ptr(key)?;
-    // SAFETY: a pointer returned by the map. Copied at once: an LRU element can be recycled
-    // by another CPU, and the copy is only as old as this packet.
-    Some(unsafe { *v })
+pub fn is_reply(entry: &CtValue) -> bool {
+    entry.flags & CT_F_REPLY != 0
+}
+
+/// Whether the entry's timestamp (and cached next hop) is due for a refresh.
+#[inline(always)]
+pub fn is_stale(entry: &CtValue, now: u64) -> bool {
+    now.saturating_sub(entry.last_seen_ns) > REFRESH_NS
+}
+
+/// The cached next hop ([`NextHop::NONE`] if none).
+#[inline(always)]
+pub fn cached_next_hop(entry: &CtValue) -> NextHop {
+    NextHop { ifindex: entry.nh_ifindex, macs: entry.nh_macs }
 }
 
 /// The state a forward entry moves to after this packet.
 #[inline(always)]
 fn next_state(state: u8, pkt: &Packet) -> u8 {
-    if pkt.proto != Proto::TCP {
+    if pkt.proto() != Proto::TCP {
         return CT_STATE_ESTABLISHED;
     }
     if pkt.has_tcp_flag(TCP_FIN) || pkt.has_tcp_flag(TCP_RST) {
@@ -92,7 +102,7 @@ fn next_state(state: u8, pkt: &Packet) -> u8 {
 /// must be balanced afresh). A SYN on a SYN_SENT entry is a retransmission: same backend.
 #[inline(always)]
 pub fn usable(entry: &CtValue, pkt: &Packet, now: u64, cfg: &DatapathConfig) -> bool {
-    let timeout_s = if pkt.proto == Proto::UDP {
+    let timeout_s = if pkt.proto() == Proto::UDP {
         cfg.ct_udp_timeout_s
     } else {
         match entry.state {
@@ -112,50 +122,70 @@ pub fn usable(entry: &CtValue, pkt: &Packet, now: u64, cfg: &DatapathConfig) -> 
 /// (mid-stream TCP after the table lost the entry, or UDP).
 #[inline(always)]
 fn initial_state(pkt: &Packet) -> u8 {
-    if pkt.proto == Proto::TCP && pkt.has_tcp_flag(TCP_SYN) && !pkt.has_tcp_flag(TCP_ACK) {
+    if pkt.proto() == Proto::TCP && pkt.has_tcp_flag(TCP_SYN) && !pkt.has_tcp_flag(TCP_ACK) {
         CT_STATE_SYN_SENT
     } else {
         CT_STATE_ESTABLISHED
     }
 }
 
+/// What a new flow's entries record besides the backend.
+pub struct NewFlow {
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub state: u8,
+    pub now: u64,
+    /// The forward next hop, if the FIB gave one.
+    pub nh: NextHop,
+}
+
+impl NewFlow {
+    #[inline(always)]
+    pub fn new(pkt: &Packet, backend_id: u32, service_id: u32, now: u64, nh: NextHop) -> Self {
+        Self { backend_id, service_id, state: initial_state(pkt), now, nh }
+    }
+}
+
 /// Records a new flow: reply entry first, then the forward entry (see the module docs).
-#[inline(always)]
-pub fn create(
-    key: &CtKey,
-    pkt: &Packet,
-    backend_id: u32,
-    backend: &BackendValue,
-    service_id: u32,
-    now: u64,
-    counters: &Counters,
-) {
-    let state = initial_state(pkt);
-    let reply = CtValue {
-        nat_addr: pkt.dst,
-        nat_port_be: pkt.dport_be,
-        state,
-        _pad0: 0,
-        backend_id,
-        service_id,
-        _pad1: 0,
-        last_seen_ns: now,
+/// `key` is the forward key as the client sent it. Not inlined: see `restore_reply`.
+#[inline(never)]
+pub fn create(key: &CtKey, backend: &BackendValue, flow: &NewFlow, counters: &Counters) -> u32 {
+    // One entry buffer for both inserts (stack): the reply first, then turned into the
+    // forward entry.
+    let mut entry = CtValue {
+        nat_addr: key.dst,
+        nat_port_be: key.dport_be,
+        state: flow.state,
+        flags: CT_F_REPLY,
+        backend_id: flow.backend_id,
+        service_id: flow.service_id,
+        nh_ifindex: 0,
+        last_seen_ns: flow.now,
+        nh_macs: [0; 6],
+        _pad: [0; 4],
     };
-    let forward =
-        CtValue { nat_addr: backend.addr, nat_port_be: backend.port_be, ..reply };
-    let rkey = reply_key_for(key, &backend.addr, backend.port_be);
-    if XLB_CONNTRACK.insert(&rkey, &reply, BPF_ANY).is_err()
-        || XLB_CONNTRACK.insert(key, &forward, BPF_ANY).is_err()
-    {
+    let rkey = reply_key(key, &backend.addr, backend.port_be);
+    if XLB_CONNTRACK.insert(&rkey, &entry, BPF_ANY).is_err() {
+        counters.event(Event::CT_INSERT_FAILED);
+        return 1;
+    }
+    entry.nat_addr = backend.addr;
+    entry.nat_port_be = backend.port_be;
+    entry.flags = 0;
+    entry.nh_ifindex = flow.nh.ifindex;
+    entry.nh_macs = flow.nh.macs;
+    if XLB_CONNTRACK.insert(key, &entry, BPF_ANY).is_err() {
         // The packet is still forwarded; the flow will be re-selected (identically, while
         // the backend set is unchanged) on its next packet.
         counters.event(Event::CT_INSERT_FAILED);
+        return 1;
     }
+    0
 }
 
 /// The reply key for a forward key whose flow goes to `backend`.
 #[inline(always)]
-fn reply_key_for(key: &CtKey, backend: &Addr, backend_port_be: u16) -> CtKey {
+fn reply_key(key: &CtKey, backend: &Addr, backend_port_be: u16) -> CtKey {
     CtKey {
         src: *backend,
         dst: key.src,
@@ -163,69 +193,102 @@ fn reply_key_for(key: &CtKey, backend: &Addr, backend_port_be: u16) -> CtKey {
         dport_be: key.sport_be,
         proto: key.proto,
         family: key.family,
-        dir: CT_DIR_REPLY,
-        _pad: 0,
+        _pad: [0; 2],
     }
 }
 
-/// Updates a forward entry after a hit: state transitions at once, the timestamp at most
-/// once per [`REFRESH_NS`]. When the timestamp is refreshed, the reply entry is checked too
-/// and restored if LRU pressure evicted it.
+/// Applies a hit to an entry in place: the new state, and on a refresh the timestamp and
+/// the next hop (`nh`: what a fresh FIB lookup gave, NONE if none was made or it failed).
+/// Returns whether the timestamp was refreshed.
 #[inline(always)]
-pub fn refresh_forward(key: &CtKey, entry: &CtValue, pkt: &Packet, now: u64, counters: &Counters) {
-    let state = next_state(entry.state, pkt);
-    let stale = now.saturating_sub(entry.last_seen_ns) > REFRESH_NS;
-    if state == entry.state && !stale {
-        return;
+fn touch(entry: *mut CtValue, state: u8, now: u64, nh: &NextHop) -> bool {
+    // SAFETY: a map value pointer from `lookup`, used within this run (module docs).
+    let e = unsafe { &mut *entry };
+    if state != e.state {
+        e.state = state;
     }
-    let updated = CtValue { state, last_seen_ns: now, ..*entry };
-    let _ = XLB_CONNTRACK.insert(key, &updated, BPF_ANY);
-    if stale {
-        let rkey = reply_key_for(key, &entry.nat_addr, entry.nat_port_be);
+    if nh.is_some() && *nh != cached_next_hop(e) {
+        e.nh_ifindex = nh.ifindex;
+        e.nh_macs = nh.macs;
+    }
+    if !is_stale(e, now) {
+        return false;
+    }
+    e.last_seen_ns = now;
+    true
+}
+
+/// Updates a forward entry after a hit. On a timestamp refresh the reply entry is checked
+/// too, and restored if LRU pressure evicted it.
+#[inline(always)]
+pub fn refresh_forward(
+    key: &CtKey,
+    entry: *mut CtValue,
+    pkt: &Packet,
+    now: u64,
+    nh: &NextHop,
+    counters: &Counters,
+) {
+    // SAFETY: as in `touch`.
+    let state = next_state(unsafe { (*entry).state }, pkt);
+    if touch(entry, state, now, nh) {
+        // SAFETY: as in `touch`.
+        let e = unsafe { &*entry };
+        let rkey = reply_key(key, &e.nat_addr, e.nat_port_be);
         if XLB_CONNTRACK.get_ptr(&rkey).is_none() {
-            let reply = CtValue {
-                nat_addr: key.dst,
-                nat_port_be: key.dport_be,
-                ..updated
-            };
-            if XLB_CONNTRACK.insert(&rkey, &reply, BPF_ANY).is_ok() {
-                counters.event(Event::CT_REPLY_RESTORED);
-            }
+            restore_reply(key, &rkey, entry, counters);
         }
     }
+}
+
+/// Re-creates a reply entry lost to LRU pressure, from its forward entry.
+///
+/// Not inlined (nor is `create`): rare, and their 56-byte entries get a frame of their
+/// own, which keeps every call chain within the 512-byte BPF stack. Both return a scalar
+/// (see `fwd::Outcome::pack`).
+#[inline(never)]
+fn restore_reply(key: &CtKey, rkey: &CtKey, forward: *const CtValue, counters: &Counters) -> u32 {
+    // SAFETY: as in `touch`.
+    let mut reply = unsafe { *forward };
+    reply.nat_addr = key.dst;
+    reply.nat_port_be = key.dport_be;
+    reply.flags = CT_F_REPLY;
+    reply.nh_ifindex = 0;
+    if XLB_CONNTRACK.insert(rkey, &reply, BPF_ANY).is_ok() {
+        counters.event(Event::CT_REPLY_RESTORED);
+    }
+    0
 }
 
 /// Updates a reply entry after a hit. A FIN or RST from the backend also moves the forward
 /// entry to CLOSING, so that its shorter timeout applies and a reused tuple is re-balanced.
 #[inline(always)]
-pub fn refresh_reply(key: &CtKey, entry: &CtValue, pkt: &Packet, now: u64) {
+pub fn refresh_reply(key: &CtKey, entry: *mut CtValue, pkt: &Packet, now: u64, nh: &NextHop) {
     let closing =
-        pkt.proto == Proto::TCP && (pkt.has_tcp_flag(TCP_FIN) || pkt.has_tcp_flag(TCP_RST));
-    let stale = now.saturating_sub(entry.last_seen_ns) > REFRESH_NS;
-    if !closing && !stale {
+        pkt.proto() == Proto::TCP && (pkt.has_tcp_flag(TCP_FIN) || pkt.has_tcp_flag(TCP_RST));
+    // SAFETY: as in `touch`.
+    let (was, nat_addr, nat_port_be) =
+        unsafe { ((*entry).state, (*entry).nat_addr, (*entry).nat_port_be) };
+    let state = if closing { CT_STATE_CLOSING } else { was };
+    touch(entry, state, now, nh);
+    if !closing || was == CT_STATE_CLOSING {
         return;
     }
-    let state = if closing { CT_STATE_CLOSING } else { entry.state };
-    let _ = XLB_CONNTRACK.insert(key, &CtValue { state, last_seen_ns: now, ..*entry }, BPF_ANY);
-    if closing {
-        // The forward key: client -> VIP, as the client sent it.
-        let fkey = CtKey {
-            src: key.dst,
-            dst: entry.nat_addr,
-            sport_be: key.dport_be,
-            dport_be: entry.nat_port_be,
-            proto: key.proto,
-            family: key.family,
-            dir: CT_DIR_FORWARD,
-            _pad: 0,
-        };
-        if let Some(fwd) = lookup(&fkey) {
-            if fwd.state != CT_STATE_CLOSING {
-                let _ = XLB_CONNTRACK.insert(
-                    &fkey,
-                    &CtValue { state: CT_STATE_CLOSING, last_seen_ns: now, ..fwd },
-                    BPF_ANY,
-                );
+    // The forward key: client -> VIP, as the client sent it.
+    let fkey = CtKey {
+        src: key.dst,
+        dst: nat_addr,
+        sport_be: key.dport_be,
+        dport_be: nat_port_be,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    };
+    if let Some(fwd) = XLB_CONNTRACK.get_ptr_mut(&fkey) {
+        // SAFETY: a map value pointer, one byte written in place (module docs).
+        unsafe {
+            if (*fwd).flags & CT_F_REPLY == 0 {
+                (*fwd).state = CT_STATE_CLOSING;
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The only place where packet offsets become pointers.
+//! The only place where packet offsets become pointers, and where packet words are read
+//! and written.
 //!
 //! [`Frame`] is implemented by the XDP context (the real thing) and, in host unit tests, by
 //! a byte buffer, so parsing and translation are tested on the host with plain `#[test]`.
@@ -19,6 +20,9 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 
+/// Largest offset the datapath ever reads at (headers end well before).
+pub const MAX_OFFSET: usize = 512;
+
 pub trait Frame {
     /// Address of the first byte.
     fn start(&self) -> usize;
@@ -28,6 +32,13 @@ pub trait Frame {
     /// A mutable pointer to a `T` at `off` bytes into the frame, if the whole `T` is inside.
     #[inline(always)]
     fn at_mut<T>(&self, off: usize) -> Option<*mut T> {
+        // Verifier: an offset that reached here through memory (the parsed packet is passed
+        // between BPF functions on the stack) has lost its known range, and pointer
+        // arithmetic with an unbounded scalar is rejected. Bounding it here covers every
+        // access.
+        if off > MAX_OFFSET {
+            return None;
+        }
         let start = self.start();
         if start + off + size_of::<T>() > self.end() {
             return None;
@@ -48,15 +59,127 @@ pub trait Frame {
     }
 }
 
+/// Verifier: the context fields are read with volatile loads. Otherwise LLVM's argument
+/// promotion hands a non-inlined function (the parser) `data` and `data_end` as integers,
+/// which it zero-extends again with shifts, and the verifier forbids arithmetic on
+/// `pkt_end`.
 impl Frame for XdpContext {
     #[inline(always)]
     fn start(&self) -> usize {
-        self.data()
+        // SAFETY: the context pointer the kernel passed to the program.
+        unsafe { core::ptr::read_volatile(&(*self.ctx).data) as usize }
     }
 
     #[inline(always)]
     fn end(&self) -> usize {
-        self.data_end()
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(&(*self.ctx).data_end) as usize }
+    }
+}
+
+// Words in packet memory. Header fields are byte arrays (alignment 1), so LLVM reads a
+// 32-bit address as four byte loads and shifts (an IPv6 address as sixteen). In BPF these
+// are single loads and stores: the kernel allows unaligned packet access on architectures
+// with efficient unaligned access (x86-64, arm64) unless the program asks for strict
+// alignment, and the JIT emits plain moves. On the host (unit tests) they are exact
+// unaligned accesses.
+
+/// Loads the word at `p` (network byte order kept: the value is the memory image).
+///
+/// # Safety
+/// `p` must point to 4 readable bytes of the frame (checked with [`Frame::at`]).
+#[inline(always)]
+pub unsafe fn load_u32(p: *const [u8; 4]) -> u32 {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: see the comment above the function and its contract.
+    unsafe {
+        *(p as *const u32)
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller guarantees 4 readable bytes.
+    unsafe {
+        core::ptr::read_unaligned(p as *const u32)
+    }
+}
+
+/// Stores `v` (a memory image) at `p`.
+///
+/// # Safety
+/// `p` must point to 4 writable bytes of the frame (checked with [`Frame::at_mut`]).
+#[inline(always)]
+pub unsafe fn store_u32(p: *mut [u8; 4], v: u32) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: see the comment above `load_u32` and the contract.
+    unsafe {
+        *(p as *mut u32) = v
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller guarantees 4 writable bytes.
+    unsafe {
+        core::ptr::write_unaligned(p as *mut u32, v)
+    }
+}
+
+/// Loads the 16-bit word at `p` (memory image).
+///
+/// # Safety
+/// `p` must point to 2 readable bytes of the frame.
+#[inline(always)]
+pub unsafe fn load_u16(p: *const [u8; 2]) -> u16 {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: see the comment above `load_u32` and the contract.
+    unsafe {
+        *(p as *const u16)
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller guarantees 2 readable bytes.
+    unsafe {
+        core::ptr::read_unaligned(p as *const u16)
+    }
+}
+
+/// Stores the 16-bit word `v` (memory image) at `p`.
+///
+/// # Safety
+/// `p` must point to 2 writable bytes of the frame.
+#[inline(always)]
+pub unsafe fn store_u16(p: *mut [u8; 2], v: u16) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: see the comment above `load_u32` and the contract.
+    unsafe {
+        *(p as *mut u16) = v
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller guarantees 2 writable bytes.
+    unsafe {
+        core::ptr::write_unaligned(p as *mut u16, v)
+    }
+}
+
+/// Loads a 16-byte address as four words.
+///
+/// # Safety
+/// `p` must point to 16 readable bytes of the frame.
+#[inline(always)]
+pub unsafe fn load_addr6(p: *const [u8; 16]) -> [u32; 4] {
+    let w = p as *const [u8; 4];
+    // SAFETY: four consecutive words inside the 16 bytes the caller guarantees.
+    unsafe { [load_u32(w), load_u32(w.add(1)), load_u32(w.add(2)), load_u32(w.add(3))] }
+}
+
+/// Stores a 16-byte address from four words.
+///
+/// # Safety
+/// `p` must point to 16 writable bytes of the frame.
+#[inline(always)]
+pub unsafe fn store_addr6(p: *mut [u8; 16], v: &[u32; 4]) {
+    let w = p as *mut [u8; 4];
+    // SAFETY: four consecutive words inside the 16 bytes the caller guarantees.
+    unsafe {
+        store_u32(w, v[0]);
+        store_u32(w.add(1), v[1]);
+        store_u32(w.add(2), v[2]);
+        store_u32(w.add(3), v[3]);
     }
 }
 

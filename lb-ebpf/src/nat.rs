@@ -6,6 +6,8 @@
 //! A UDP/IPv4 checksum of zero means "none" and stays zero; a computed zero is sent as
 //! 0xffff (RFC 768), which IPv6 requires since its UDP checksum is mandatory.
 
+use core::ptr::addr_of_mut;
+
 use lb_common::{Addr, Family, Proto, csum::CsumDelta, stats::Reason};
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -13,7 +15,10 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::{frame::Frame, parse::Packet};
+use crate::{
+    frame::{Frame, load_u16, store_addr6, store_u16, store_u32},
+    parse::Packet,
+};
 
 /// Which end of the packet to rewrite.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -22,7 +27,8 @@ pub enum End {
     Destination,
 }
 
-/// Rewrites one end's address and port to `addr`/`port_be`, fixing checksums.
+/// Rewrites one end's address and port to `addr`/`port_be`, fixing checksums, and updates
+/// `pkt` to match.
 #[inline(always)]
 pub fn rewrite(
     ctx: &impl Frame,
@@ -32,68 +38,76 @@ pub fn rewrite(
     port_be: u16,
 ) -> Result<(), Reason> {
     let (old_addr, old_port) = match end {
-        End::Source => (pkt.src, pkt.sport_be),
-        End::Destination => (pkt.dst, pkt.dport_be),
+        End::Source => (pkt.key.src, pkt.key.sport_be),
+        End::Destination => (pkt.key.dst, pkt.key.dport_be),
     };
     let mut delta = CsumDelta::new().replace_u16(old_port, port_be);
 
-    if pkt.family == Family::V4 {
-        let ip: *mut Ipv4Hdr = ctx.at_mut(pkt.l3_off).ok_or(Reason::MALFORMED_IPV4)?;
+    if pkt.family() == Family::V4 {
+        let ip: *mut Ipv4Hdr = ctx.at_mut(pkt.l3_off as usize).ok_or(Reason::MALFORMED_IPV4)?;
         // SAFETY: the header was bounds-checked by Frame::at_mut; fields through that pointer.
-        let ip = unsafe { &mut *ip };
-        let new = addr.raw[0].to_ne_bytes();
-        match end {
-            End::Source => ip.src_addr = new,
-            End::Destination => ip.dst_addr = new,
+        unsafe {
+            let field = match end {
+                End::Source => addr_of_mut!((*ip).src_addr),
+                End::Destination => addr_of_mut!((*ip).dst_addr),
+            };
+            store_u32(field, addr.raw[0]);
+            let check = addr_of_mut!((*ip).check);
+            let ip_delta = CsumDelta::new().replace_u32(old_addr.raw[0], addr.raw[0]);
+            store_u16(check, ip_delta.apply(load_u16(check)));
         }
-        let ip_delta = CsumDelta::new().replace_u32(old_addr.raw[0], addr.raw[0]);
-        ip.check = ip_delta.apply(u16::from_ne_bytes(ip.check)).to_ne_bytes();
         delta = delta.replace_u32(old_addr.raw[0], addr.raw[0]);
     } else {
-        let ip: *mut Ipv6Hdr = ctx.at_mut(pkt.l3_off).ok_or(Reason::MALFORMED_IPV6)?;
+        let ip: *mut Ipv6Hdr = ctx.at_mut(pkt.l3_off as usize).ok_or(Reason::MALFORMED_IPV6)?;
         // SAFETY: as above.
-        let ip = unsafe { &mut *ip };
-        let new = addr.octets();
-        match end {
-            End::Source => ip.src_addr = new,
-            End::Destination => ip.dst_addr = new,
+        unsafe {
+            let field = match end {
+                End::Source => addr_of_mut!((*ip).src_addr),
+                End::Destination => addr_of_mut!((*ip).dst_addr),
+            };
+            store_addr6(field, &addr.raw);
         }
         delta = delta.replace_words(&old_addr.raw, &addr.raw);
     }
 
-    let port = port_be.to_ne_bytes();
-    if pkt.proto == Proto::TCP {
-        let tcp: *mut TcpHdr = ctx.at_mut(pkt.l4_off).ok_or(Reason::MALFORMED_L4)?;
+    if pkt.proto() == Proto::TCP {
+        let tcp: *mut TcpHdr = ctx.at_mut(pkt.l4_off as usize).ok_or(Reason::MALFORMED_L4)?;
         // SAFETY: the header was bounds-checked by Frame::at_mut.
-        let tcp = unsafe { &mut *tcp };
-        match end {
-            End::Source => tcp.source = port,
-            End::Destination => tcp.dest = port,
+        unsafe {
+            let port = match end {
+                End::Source => addr_of_mut!((*tcp).source),
+                End::Destination => addr_of_mut!((*tcp).dest),
+            };
+            store_u16(port, port_be);
+            let check = addr_of_mut!((*tcp).check);
+            store_u16(check, delta.apply(load_u16(check)));
         }
-        tcp.check = delta.apply(u16::from_ne_bytes(tcp.check)).to_ne_bytes();
     } else {
-        let udp: *mut UdpHdr = ctx.at_mut(pkt.l4_off).ok_or(Reason::MALFORMED_L4)?;
+        let udp: *mut UdpHdr = ctx.at_mut(pkt.l4_off as usize).ok_or(Reason::MALFORMED_L4)?;
         // SAFETY: the header was bounds-checked by Frame::at_mut.
-        let udp = unsafe { &mut *udp };
-        match end {
-            End::Source => udp.src = port,
-            End::Destination => udp.dst = port,
-        }
-        let old = u16::from_ne_bytes(udp.check);
-        if !(old == 0 && pkt.family == Family::V4) {
-            let new = delta.apply(old);
-            udp.check = if new == 0 { 0xffff } else { new }.to_ne_bytes();
+        unsafe {
+            let port = match end {
+                End::Source => addr_of_mut!((*udp).src),
+                End::Destination => addr_of_mut!((*udp).dst),
+            };
+            store_u16(port, port_be);
+            let check = addr_of_mut!((*udp).check);
+            let old = load_u16(check);
+            if !(old == 0 && pkt.family() == Family::V4) {
+                let new = delta.apply(old);
+                store_u16(check, if new == 0 { 0xffff } else { new });
+            }
         }
     }
 
     match end {
         End::Source => {
-            pkt.src = *addr;
-            pkt.sport_be = port_be;
+            pkt.key.src = *addr;
+            pkt.key.sport_be = port_be;
         }
         End::Destination => {
-            pkt.dst = *addr;
-            pkt.dport_be = port_be;
+            pkt.key.dst = *addr;
+            pkt.key.dport_be = port_be;
         }
     }
     Ok(())

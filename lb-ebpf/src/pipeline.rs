@@ -1,22 +1,32 @@
 //! The packet pipeline, one for both address families:
-//! parse -> frontend lookup -> connection table or Maglev -> translate -> forward,
-//! or, for a backend's reply, connection table -> reverse-translate -> forward.
+//! parse -> connection table (one lookup of the packet's own tuple) ->
+//! - forward entry: translate to its backend -> send;
+//! - reply entry: translate the source back to the VIP -> send;
+//! - no usable entry: frontend lookup -> Maglev -> record the flow -> translate -> send.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    maps::{FrontendKey, FrontendValue},
-    stats::{Event, Reason},
+    maps::{CtKey, CtValue, FrontendKey, FrontendValue},
+    stats::{Event, Reason, XDP_PASS},
 };
 
 use crate::{
     config, conntrack,
-    fwd::{self, Outcome},
+    fwd::{self, NextHop, Outcome},
     maps::XLB_FRONTENDS,
     nat::{self, End},
     parse::{self, Packet},
     select,
     stats::{self, Counters},
 };
+
+/// What every stage needs: the context, this CPU's counters and the time. Bundled so that
+/// the non-inlined stages take few arguments (BPF functions take at most five).
+pub struct Env<'a> {
+    pub ctx: &'a XdpContext,
+    pub counters: Counters,
+    pub now: u64,
+}
 
 /// Runs the pipeline and counts the outcome.
 ///
@@ -27,105 +37,154 @@ use crate::{
 /// useful to go).
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    let counters = Counters::get();
-    let outcome = match process(ctx, &counters) {
-        Ok(outcome) => outcome,
-        Err(reason) => Outcome::new(reason.action(), reason),
-    };
-    counters.outcome(outcome.action, outcome.reason);
+    let env = Env { ctx, counters: Counters::get(), now: conntrack::now() };
+    let outcome = Outcome::of(process(&env));
+    env.counters.outcome(outcome.action, outcome.reason);
     outcome.action
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext, counters: &Counters) -> Result<Outcome, Reason> {
-    let mut pkt = parse::parse(ctx)?;
-    let fkey = FrontendKey {
-        addr: pkt.dst,
-        port_be: pkt.dport_be,
-        proto: pkt.proto,
-        family: pkt.family,
-    };
-    if let Some(frontend) = XLB_FRONTENDS.get_ptr(&fkey) {
-        // SAFETY: a pointer returned by the map, copied at once (16 bytes). The map is not
-        // preallocated, so the element cannot be recycled under us (see maps.rs).
-        let frontend = unsafe { *frontend };
-        return to_service(ctx, &mut pkt, &frontend, counters);
+fn process(env: &Env) -> Result<Outcome, Reason> {
+    let mut pkt = Packet::EMPTY;
+    match parse::parse_into(env.ctx, &mut pkt) {
+        u32::MAX => {}
+        reason => return Err(Reason(reason)),
     }
-    let rkey = conntrack::reply_key(&pkt);
-    if let Some(entry) = conntrack::lookup(&rkey) {
-        return from_backend(ctx, &mut pkt, &rkey, &entry);
+    // The key is copied: translation rewrites `pkt.key`, while the connection table must
+    // still be addressed by the tuple the packet arrived with.
+    let key = pkt.key;
+    if let Some(entry) = conntrack::lookup(&key) {
+        // SAFETY: a map value pointer, used during this run (see conntrack).
+        let e = unsafe { &*entry };
+        if conntrack::is_reply(e) {
+            return Ok(Outcome::unpack(from_backend(env, &mut pkt, &key, entry)));
+        }
+        if conntrack::usable(e, &pkt, env.now, &config::get()) {
+            return Ok(Outcome::unpack(established(env, &mut pkt, &key, entry)));
+        }
+        env.counters.event(Event::CT_RESELECT);
     }
-    Err(Reason::NOT_FRONTEND)
+    Ok(Outcome::unpack(new_flow(env, &mut pkt, &key)))
 }
 
-/// A packet from a client to a frontend.
+/// Checks shared by every path that translates a packet.
 #[inline(always)]
-fn to_service(
-    ctx: &XdpContext,
-    pkt: &mut Packet,
-    frontend: &FrontendValue,
-    counters: &Counters,
-) -> Result<Outcome, Reason> {
+fn translatable(pkt: &Packet) -> Result<(), Reason> {
     if pkt.first_fragment {
         return Err(Reason::FRAGMENTED_FLOW);
     }
     if pkt.ttl <= 1 {
         return Err(Reason::TTL_EXPIRED);
     }
-    let cfg = config::get();
-    let now = conntrack::now();
-    let key = conntrack::forward_key(pkt);
-    let service_id = frontend.service_id;
+    Ok(())
+}
 
-    let existing = conntrack::lookup(&key);
-    let (backend_id, addr, port_be, new_flow) = match existing {
-        Some(entry) if conntrack::usable(&entry, pkt, now, &cfg) => {
-            counters.event(Event::CT_HIT);
-            conntrack::refresh_forward(&key, &entry, pkt, now, counters);
-            (entry.backend_id, entry.nat_addr, entry.nat_port_be, false)
-        }
-        _ => {
-            if existing.is_some() {
-                counters.event(Event::CT_RESELECT);
+/// The next hop of a translated packet: the cached one while fresh, else the FIB's answer.
+/// `Err` is a pass reason (the kernel forwards the translated packet).
+#[inline(always)]
+fn next_hop(env: &Env, pkt: &Packet, entry: &CtValue) -> (Result<NextHop, Reason>, bool) {
+    let cached = conntrack::cached_next_hop(entry);
+    if cached.is_some() && !conntrack::is_stale(entry, env.now) {
+        return (Ok(cached), false);
+    }
+    (fwd::lookup(env.ctx, pkt), true)
+}
+
+/// The next hop a fresh lookup learned, NONE if none was made or it failed.
+#[inline(always)]
+fn learned(nh: &Result<NextHop, Reason>, fresh: bool) -> NextHop {
+    match nh {
+        Ok(nh) if fresh => *nh,
+        _ => NextHop::NONE,
+    }
+}
+
+#[inline(always)]
+fn send(ctx: &XdpContext, pkt: &Packet, nh: Result<NextHop, Reason>, reason: Reason) -> Result<Outcome, Reason> {
+    match nh {
+        Ok(nh) => fwd::transmit(ctx, pkt, &nh, reason),
+        Err(pass) => Ok(Outcome::new(XDP_PASS, pass)),
+    }
+}
+
+/// A packet of an established flow: to its backend, no frontend or Maglev lookup.
+///
+/// Each path is a function of its own (a cheap BPF-to-BPF call): inlined together, their
+/// temporaries and register spills overflow the 512-byte BPF stack.
+#[inline(never)]
+fn established(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtValue) -> u64 {
+    Outcome::of(established_inner(env, pkt, key, entry)).pack()
+}
+
+#[inline(always)]
+fn established_inner(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtValue) -> Result<Outcome, Reason> {
+    translatable(pkt)?;
+    env.counters.event(Event::CT_HIT);
+    // SAFETY: a map value pointer, used during this run (see conntrack).
+    let e = unsafe { &*entry };
+    nat::rewrite(env.ctx, pkt, End::Destination, &e.nat_addr, e.nat_port_be)?;
+    let (nh, fresh) = next_hop(env, pkt, e);
+    let (service_id, backend_id) = (e.service_id, e.backend_id);
+    conntrack::refresh_forward(key, entry, pkt, env.now, &learned(&nh, fresh), &env.counters);
+    stats::service(service_id, pkt.ip_len, false);
+    stats::backend(backend_id, pkt.ip_len, false, false);
+    send(env.ctx, pkt, nh, Reason::FORWARD_ESTABLISHED)
+}
+
+/// A new flow: Maglev picks the backend, the flow is recorded, then translated and sent.
+#[inline(never)]
+fn new_flow(env: &Env, pkt: &mut Packet, key: &CtKey) -> u64 {
+    Outcome::of(new_flow_inner(env, pkt, key)).pack()
+}
+
+#[inline(always)]
+fn new_flow_inner(env: &Env, pkt: &mut Packet, key: &CtKey) -> Result<Outcome, Reason> {
+    let fkey = FrontendKey {
+        addr: pkt.key.dst,
+        port_be: pkt.key.dport_be,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+    };
+    // SAFETY: a pointer returned by the map. The map is not preallocated, so the element
+    // is not recycled before an RCU grace period, i.e. not during this run (see maps.rs).
+    let frontend: &FrontendValue =
+        unsafe { &*XLB_FRONTENDS.get_ptr(&fkey).ok_or(Reason::NOT_FRONTEND)? };
+    translatable(pkt)?;
+    let service_id = frontend.service_id;
+    let (id, backend) = match select::backend(service_id, key) {
+        Ok(chosen) => chosen,
+        Err(reason) => {
+            if reason == Reason::NO_BACKEND {
+                stats::service_no_backend(service_id);
             }
-            let (id, backend) = match select::backend(service_id, &key) {
-                Ok(chosen) => chosen,
-                Err(reason) => {
-                    if reason == Reason::NO_BACKEND {
-                        stats::service_no_backend(service_id);
-                    }
-                    return Err(reason);
-                }
-            };
-            conntrack::create(&key, pkt, id, &backend, service_id, now, counters);
-            counters.event(Event::NEW_FLOW);
-            (id, backend.addr, backend.port_be, true)
+            return Err(reason);
         }
     };
-
-    nat::rewrite(ctx, pkt, End::Destination, &addr, port_be)?;
-    stats::service(service_id, pkt.ip_len, new_flow);
-    stats::backend(backend_id, pkt.ip_len, new_flow, false);
-    let reason = if new_flow { Reason::FORWARD_NEW } else { Reason::FORWARD_ESTABLISHED };
-    fwd::forward(ctx, pkt, reason)
+    nat::rewrite(env.ctx, pkt, End::Destination, &backend.addr, backend.port_be)?;
+    let nh = fwd::lookup(env.ctx, pkt);
+    let flow = conntrack::NewFlow::new(pkt, id, service_id, env.now, learned(&nh, true));
+    conntrack::create(key, backend, &flow, &env.counters);
+    env.counters.event(Event::NEW_FLOW);
+    stats::service(service_id, pkt.ip_len, true);
+    stats::backend(id, pkt.ip_len, true, false);
+    send(env.ctx, pkt, nh, Reason::FORWARD_NEW)
 }
 
 /// A reply from a backend to a client: the source becomes the VIP again.
+#[inline(never)]
+fn from_backend(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtValue) -> u64 {
+    Outcome::of(from_backend_inner(env, pkt, key, entry)).pack()
+}
+
 #[inline(always)]
-fn from_backend(
-    ctx: &XdpContext,
-    pkt: &mut Packet,
-    key: &lb_common::maps::CtKey,
-    entry: &lb_common::maps::CtValue,
-) -> Result<Outcome, Reason> {
-    if pkt.first_fragment {
-        return Err(Reason::FRAGMENTED_FLOW);
-    }
-    if pkt.ttl <= 1 {
-        return Err(Reason::TTL_EXPIRED);
-    }
-    conntrack::refresh_reply(key, entry, pkt, conntrack::now());
-    nat::rewrite(ctx, pkt, End::Source, &entry.nat_addr, entry.nat_port_be)?;
-    stats::backend(entry.backend_id, pkt.ip_len, false, true);
-    fwd::forward(ctx, pkt, Reason::FORWARD_REPLY)
+fn from_backend_inner(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtValue) -> Result<Outcome, Reason> {
+    translatable(pkt)?;
+    // SAFETY: a map value pointer, used during this run (see conntrack).
+    let e = unsafe { &*entry };
+    nat::rewrite(env.ctx, pkt, End::Source, &e.nat_addr, e.nat_port_be)?;
+    let (nh, fresh) = next_hop(env, pkt, e);
+    let backend_id = e.backend_id;
+    conntrack::refresh_reply(key, entry, pkt, env.now, &learned(&nh, fresh));
+    stats::backend(backend_id, pkt.ip_len, false, true);
+    send(env.ctx, pkt, nh, Reason::FORWARD_REPLY)
 }

@@ -9,9 +9,10 @@ use lb_common::{
 
 use crate::maps::{XLB_BACKENDS, XLB_MAGLEV};
 
-/// The backend id and backend chosen for the flow `key` of service `service_id`.
+/// The backend id chosen for the flow `key` of service `service_id`, and the backend,
+/// read in place (array elements are never freed; see maps.rs for why the slot is stable).
 #[inline(always)]
-pub fn backend(service_id: u32, key: &CtKey) -> Result<(u32, BackendValue), Reason> {
+pub fn backend<'a>(service_id: u32, key: &CtKey) -> Result<(u32, &'a BackendValue), Reason> {
     // SAFETY: the returned inner map stays valid for this program run (the kernel frees
     // a replaced inner map only after an RCU grace period), and we only read from it.
     let table = unsafe { XLB_MAGLEV.get(&service_id) }.ok_or(Reason::NO_BACKEND)?;
@@ -23,7 +24,7 @@ pub fn backend(service_id: u32, key: &CtKey) -> Result<(u32, BackendValue), Reas
     let index = maglev_slot(key.flow_hash(), size) + 1;
     let chunk = table.get(index / MAGLEV_CHUNK as u32).ok_or(Reason::INTERNAL)?;
     let id = chunk[(index % MAGLEV_CHUNK as u32) as usize];
-    let backend = *XLB_BACKENDS.get(id).ok_or(Reason::INTERNAL)?;
+    let backend = XLB_BACKENDS.get(id).ok_or(Reason::INTERNAL)?;
     if backend.flags & BACKEND_F_ACTIVE == 0 {
         return Err(Reason::INTERNAL);
     }

@@ -232,6 +232,16 @@ impl Datapath {
         Ok(PacketRun { action: result.return_value, output: out })
     }
 
+    /// The loaded program (e.g. to place it in another object's program array).
+    pub fn program_fd(&self) -> &aya::programs::ProgramFd {
+        let program: &Xdp = self
+            .ebpf
+            .program(names::PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("the program was checked at load");
+        program.fd().expect("the program is loaded")
+    }
+
     /// Typed handles on the maps the agent writes.
     pub fn maps(&mut self) -> Result<RealMaps, DatapathError> {
         RealMaps::from_ebpf(&mut self.ebpf)

@@ -10,6 +10,7 @@
 pub mod bpffs;
 pub mod client;
 pub mod cmd;
+pub mod fixture;
 pub mod lab;
 pub mod netns;
 pub mod packet;

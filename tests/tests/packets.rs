@@ -3,10 +3,9 @@
 //! an input frame, the expected verdict and checks on the output frame (Katran-style
 //! fixtures). Needs root (run by `cargo xtask test`).
 //!
-//! Every test runs in its own network namespace, where veth interfaces give the FIB
-//! lookups a deterministic answer: backends are behind `toback` (with permanent neighbour
-//! entries), clients behind `toclient`; 10.250.0.0/16 has no route and 10.201.9.0/24 no
-//! neighbour entry.
+//! Every test runs in its own network namespace (`xlb_tests::fixture`), where the FIB
+//! lookups have deterministic answers: backends behind `toback`, clients behind
+//! `toclient`, 10.250.0.0/16 without a route and 10.201.9.0/24 without neighbour entries.
 
 use std::{
     collections::BTreeSet,
@@ -14,7 +13,7 @@ use std::{
 };
 
 use lb_common::{
-    maps::{CT_DIR_FORWARD, CtKey},
+    maps::CtKey,
     stats::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     Addr, Family, Proto,
 };
@@ -24,10 +23,13 @@ use xlb::{
     sync::{self, Applied, BackendKey, PlanConfig},
     translate,
 };
-use xlb_tests::{bpffs::Bpffs, lab, netns::Netns, packet::*};
+use xlb_tests::{
+    bpffs::Bpffs,
+    fixture::{BACKEND_MAC, CLIENT_MAC, FibNamespace},
+    lab,
+    packet::*,
+};
 
-const BACKEND_MAC: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 1];
-const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 1];
 const CLIENT: [IpAddr; 2] = [IpAddr::V4(lab::CLIENT_V4), IpAddr::V6(lab::CLIENT_V6)];
 
 /// Extra Services beside the lab's defaults: one without endpoints, one whose backend has
@@ -72,48 +74,15 @@ struct Env {
     toclient_mac: [u8; 6],
 }
 
-fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
-    let out = ns.ip(&format!("-br link show {dev}")).unwrap();
-    let mac = out.split_whitespace().nth(2).unwrap();
-    let v: Vec<u8> = mac.split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-    v.try_into().unwrap()
-}
-
 /// Runs `f` in a fresh namespace with the datapath loaded and programmed.
 fn with_env(f: impl FnOnce(&mut Env) + Send + 'static) {
     xlb_tests::require_root().unwrap();
     let prefix = xlb_tests::run_prefix();
-    let ns = Netns::create(&format!("{prefix}-pkt")).unwrap();
+    let fib = FibNamespace::create(&format!("{prefix}-pkt")).unwrap();
     let bpffs = Bpffs::mount(&prefix).unwrap();
-    for cmd in [
-        "link add toback type veth peer name toback-peer",
-        "link add toclient type veth peer name toclient-peer",
-        "link set toback up",
-        "link set toclient up",
-        "link set toback-peer up",
-        "link set toclient-peer up",
-        "addr add 10.201.0.1/16 dev toback",
-        "addr add fd00:201::1/32 dev toback nodad",
-        "addr add 10.200.0.1/24 dev toclient",
-        "addr add fd00:200::1/64 dev toclient nodad",
-    ] {
-        ns.ip(cmd).unwrap();
-    }
-    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    for i in 1..=3 {
-        for addr in [lab::backend_v4(i).to_string(), lab::backend_v6(i).to_string()] {
-            ns.ip(&format!("neigh add {addr} lladdr {} dev toback nud permanent", mac(BACKEND_MAC))).unwrap();
-        }
-    }
-    for addr in CLIENT {
-        ns.ip(&format!("neigh add {addr} lladdr {} dev toclient nud permanent", mac(CLIENT_MAC))).unwrap();
-    }
-    ns.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
-    ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
-    let toback_mac = mac_of(&ns, "toback");
-    let toclient_mac = mac_of(&ns, "toclient");
+    let (toback_mac, toclient_mac) = (fib.toback_mac, fib.toclient_mac);
     let pin_dir = bpffs.path().join("pkt");
-    ns.run(move || {
+    fib.ns.run(move || {
         let mut dp = Datapath::load(&LoadOptions {
             pin_dir: pin_dir.clone(),
             config: Default::default(),
@@ -134,7 +103,7 @@ fn with_env(f: impl FnOnce(&mut Env) + Send + 'static) {
     })
     .expect("test thread");
     drop(bpffs);
-    drop(ns);
+    drop(fib);
 }
 
 fn all_manifests() -> String {
@@ -181,8 +150,7 @@ impl Env {
             dport_be: port.to_be(),
             proto,
             family: Family::of(&vip),
-            dir: CT_DIR_FORWARD,
-            _pad: 0,
+            _pad: [0; 2],
         };
         self.applied.predict(self.service_of(vip, port, proto), &key).expect("a prediction")
     }
