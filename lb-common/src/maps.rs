@@ -10,11 +10,15 @@
 //! | [`SERVICE_STATS`] | per-CPU array | service id -> [`crate::stats::ServiceStats`] | datapath |
 //! | [`BACKEND_STATS`] | per-CPU array | backend id -> [`crate::stats::BackendStats`] | datapath |
 //!
-//! A service's Maglev table is an inner array of [`MaglevChunk`]s: a flat sequence of u32
-//! whose index 0 holds the table size M and indices 1..=M the backend ids. Keeping M inside
-//! the table means a table swap (one update of the outer map) changes size and contents
-//! atomically together. Slots are packed 16 to an element because the kernel stores array
-//! elements with an 8-byte stride: bare u32 elements would waste half of every table.
+//! A service's Maglev tables live in its inner array of [`MaglevChunk`]s, which has two
+//! halves. The frontends of the service name the live one ([`FrontendValue::table_base`],
+//! its first chunk, and [`FrontendValue::table_size`], its M slots). A change is written
+//! into the other half, then the frontends are switched to it: each frontend update
+//! replaces the element whole (the map is not preallocated), so a packet sees either the
+//! old table or the new one, never a half-written one. The outer map changes only when a
+//! service appears, goes, or outgrows its array: each such syscall update waits for an RCU
+//! grace period, so the agent batches them. Slots are packed 16 to an element because the
+//! kernel stores array elements with an 8-byte stride.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -48,9 +52,9 @@ pub type MaglevChunk = [u32; MAGLEV_CHUNK];
 /// Largest Maglev table size the agent builds (a prime).
 pub const MAX_TABLE_SIZE: u32 = 1_048_573;
 
-/// Number of inner-array elements that hold a table of `size` slots (plus the size itself).
+/// Number of inner-array elements that hold a table of `size` slots.
 pub const fn maglev_chunks(size: u32) -> u32 {
-    (size + 1).div_ceil(MAGLEV_CHUNK as u32)
+    size.div_ceil(MAGLEV_CHUNK as u32)
 }
 /// `BPF_F_INNER_MAP`: inner maps may differ in `max_entries` from the template.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
@@ -86,16 +90,20 @@ impl FrontendKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FrontendValue {
-    /// Key of the service's Maglev table and index of its counters.
+    /// Key of the service's Maglev tables and index of its counters.
     pub service_id: u32,
     /// `FRONTEND_F_*` bits.
     pub flags: u32,
     /// Session affinity timeout in seconds (with [`FRONTEND_F_AFFINITY`]).
     pub affinity_timeout_s: u32,
+    /// Slots of the live Maglev table (0: the service has no backend).
+    pub table_size: u32,
+    /// First chunk of the live table in the service's inner array.
+    pub table_base: u32,
     pub _pad: u32,
 }
 crate::pod!(FrontendValue);
-const _: () = assert!(core::mem::size_of::<FrontendValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FrontendValue>() == 24);
 
 /// `sessionAffinity: ClientIP`: new flows of a client stick to its previous backend.
 pub const FRONTEND_F_AFFINITY: u32 = 1 << 0;

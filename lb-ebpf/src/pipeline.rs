@@ -151,7 +151,7 @@ fn new_flow_inner(env: &Env, pkt: &mut Packet, key: &CtKey) -> Result<Outcome, R
         unsafe { &*XLB_FRONTENDS.get_ptr(&fkey).ok_or(Reason::NOT_FRONTEND)? };
     translatable(pkt)?;
     let service_id = frontend.service_id;
-    let (id, backend) = match select::backend(service_id, key) {
+    let (id, backend) = match select::backend(frontend, key) {
         Ok(chosen) => chosen,
         Err(reason) => {
             if reason == Reason::NO_BACKEND {

@@ -110,6 +110,9 @@ async fn serve(args: &AgentArgs, dp: &mut Datapath) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Clears retired backends once their grace period is over.
+    let mut reap = tokio::time::interval(sync::BACKEND_GRACE);
+    reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut generation = 0u64;
     loop {
         generation += 1;
@@ -127,11 +130,20 @@ async fn serve(args: &AgentArgs, dp: &mut Datapath) -> anyhow::Result<()> {
             ),
             Err(e) => tracing::error!(generation, "sync failed: {e:#}"),
         }
-        tokio::select! {
-            _ = hup.recv() => tracing::info!("SIGHUP: re-reading manifests"),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: re-reading manifests");
+                    break;
+                }
+                _ = reap.tick() => {
+                    for e in sync::reap(&mut applied, &mut maps).errors {
+                        tracing::error!("map write failed: {e}");
+                    }
+                }
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+            }
         }
     }
-    Ok(())
 }

@@ -3,13 +3,16 @@
 //! The only module that uses aya.
 
 use std::{
-    os::unix::ffi::OsStrExt as _,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+        unix::ffi::OsStrExt as _,
+    },
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, HashOfMaps, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, HashOfMaps, IterableMap as _, Map, MapData, PerCpuArray},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
@@ -21,7 +24,7 @@ use lb_common::{
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
 
-use crate::sync::{Maps, MapsError};
+use crate::sync::{Maps, MapsError, TableWrite};
 
 /// The XDP object, embedded at build time (see build.rs).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("XLB_EBPF_OBJECT"));
@@ -256,19 +259,91 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError 
     move |source| DatapathError::Map { name, source }
 }
 
+/// `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` through the raw syscall: aya 0.14
+/// has no batch API. One syscall for a whole table, and, for the map of maps, one RCU
+/// grace period for a whole set of table swaps (the kernel waits once per syscall).
+mod batch {
+    use std::{io, os::fd::AsRawFd as _};
+
+    use super::BorrowedFd;
+
+    /// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+
+    fn call(cmd: libc::c_long, attr: &mut BatchAttr, want: usize) -> io::Result<()> {
+        // SAFETY: the bpf syscall with a valid attribute block; `keys`/`values` point to
+        // `count` elements of the map's key and value sizes (callers' contract).
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, size_of::<BatchAttr>() as u32)
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if attr.count as usize != want {
+            return Err(io::Error::other(format!("batch stopped after {} of {want}", attr.count)));
+        }
+        Ok(())
+    }
+
+    /// Sets `keys[i]` to `values[i]`. `K` and `V` must be the map's key and value types.
+    pub fn update<K: aya::Pod, V: aya::Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+        assert_eq!(keys.len(), values.len());
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        call(BPF_MAP_UPDATE_BATCH, &mut attr, keys.len())
+    }
+
+    /// Deletes `keys` (all must exist).
+    pub fn delete<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        call(BPF_MAP_DELETE_BATCH, &mut attr, keys.len())
+    }
+}
+
+type Inner = Array<MapData, MaglevChunk>;
+
 /// The maps the agent writes, implementing [`Maps`].
 pub struct RealMaps {
     frontends: HashMap<MapData, FrontendKey, FrontendValue>,
-    maglev: HashOfMaps<MapData, u32, Array<MapData, MaglevChunk>>,
+    /// The map of maps (`HashOfMaps<u32, Inner>`), kept whole: typed views are made per
+    /// use, and batch syscalls need its fd.
+    maglev: Map,
     backends: Array<MapData, BackendValue>,
 }
 
 impl RealMaps {
     fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        let maglev = take(ebpf, names::MAGLEV)?;
+        Self::check_maglev(&maglev)?;
         Ok(Self {
             frontends: HashMap::try_from(take(ebpf, names::FRONTENDS)?)
                 .map_err(map_err(names::FRONTENDS))?,
-            maglev: HashOfMaps::try_from(take(ebpf, names::MAGLEV)?).map_err(map_err(names::MAGLEV))?,
+            maglev,
             backends: Array::try_from(take(ebpf, names::BACKENDS)?).map_err(map_err(names::BACKENDS))?,
         })
     }
@@ -278,13 +353,29 @@ impl RealMaps {
         let open = |name: &'static str| {
             MapData::from_pin(dir.join(name)).map_err(map_err(name))
         };
+        let maglev = Map::HashOfMaps(open(names::MAGLEV)?);
+        Self::check_maglev(&maglev)?;
         Ok(Self {
             frontends: HashMap::try_from(Map::HashMap(open(names::FRONTENDS)?))
                 .map_err(map_err(names::FRONTENDS))?,
-            maglev: HashOfMaps::try_from(Map::HashOfMaps(open(names::MAGLEV)?))
-                .map_err(map_err(names::MAGLEV))?,
+            maglev,
             backends: Array::try_from(Map::Array(open(names::BACKENDS)?)).map_err(map_err(names::BACKENDS))?,
         })
+    }
+
+    fn check_maglev(map: &Map) -> Result<(), DatapathError> {
+        HashOfMaps::<&MapData, u32, Inner>::try_from(map).map(|_| ()).map_err(map_err(names::MAGLEV))
+    }
+
+    fn outer(&self) -> HashOfMaps<&MapData, u32, Inner> {
+        HashOfMaps::try_from(&self.maglev).expect("checked when opened")
+    }
+
+    fn outer_fd(&self) -> BorrowedFd<'_> {
+        match &self.maglev {
+            Map::HashOfMaps(data) => data.fd().as_fd(),
+            _ => unreachable!("checked when opened"),
+        }
     }
 
     /// Every programmed frontend.
@@ -296,20 +387,27 @@ impl RealMaps {
         self.backends.get(&id, 0).ok().filter(|b| b.flags != 0)
     }
 
-    /// A service's table as a flat slot array (`[0]` = size), if programmed.
-    pub fn table(&self, service: u32) -> Option<Vec<u32>> {
-        let inner = self.maglev.get(&service, 0).ok()?;
-        let mut flat = Vec::with_capacity(inner.len() as usize * MAGLEV_CHUNK);
-        for chunk in inner.iter() {
-            flat.extend_from_slice(&chunk.ok()?);
+    /// The live table a frontend names: its slots (backend ids).
+    pub fn table(&self, frontend: &FrontendValue) -> Option<Vec<u32>> {
+        if frontend.table_size == 0 {
+            return None;
         }
-        let size = *flat.first()? as usize;
-        flat.truncate(size + 1);
+        let inner = self.outer().get(&frontend.service_id, 0).ok()?;
+        let chunks = lb_common::maps::maglev_chunks(frontend.table_size);
+        let mut flat = Vec::with_capacity(chunks as usize * MAGLEV_CHUNK);
+        for i in 0..chunks {
+            flat.extend_from_slice(&inner.get(&(frontend.table_base + i), 0).ok()?);
+        }
+        flat.truncate(frontend.table_size as usize);
         Some(flat)
     }
 }
 
 fn write_err(map: &'static str, op: &'static str, what: String) -> impl FnOnce(aya::maps::MapError) -> MapsError {
+    move |e| MapsError { map, op, what, source: Box::new(e) }
+}
+
+fn io_err(map: &'static str, op: &'static str, what: String) -> impl FnOnce(std::io::Error) -> MapsError {
     move |e| MapsError { map, op, what, source: Box::new(e) }
 }
 
@@ -324,26 +422,49 @@ impl Maps for RealMaps {
             .map_err(write_err(names::BACKENDS, "clear", format!("backend {id}")))
     }
 
-    fn put_table(&mut self, service: u32, table: &[u32]) -> Result<(), MapsError> {
-        let what = || format!("table of service {service}");
-        let chunks = lb_common::maps::maglev_chunks(table.len() as u32 - 1);
-        // A new inner map beside the live one; the datapath keeps reading the old table
-        // until the single outer-map update below swaps it.
-        let mut inner = Array::<MapData, MaglevChunk>::create(chunks, BPF_F_INNER_MAP)
-            .map_err(write_err(names::MAGLEV, "create", what()))?;
-        for (i, slots) in table.chunks(MAGLEV_CHUNK).enumerate() {
-            let mut chunk = [0u32; MAGLEV_CHUNK];
-            chunk[..slots.len()].copy_from_slice(slots);
-            inner.set(i as u32, chunk, 0).map_err(write_err(names::MAGLEV, "fill", what()))?;
+    fn put_tables(&mut self, writes: &[TableWrite<'_>]) -> Result<(), MapsError> {
+        let mut created: Vec<(u32, Inner)> = Vec::new();
+        for w in writes {
+            let what = || format!("table of service {}", w.service);
+            let inner: Inner = match w.new_capacity {
+                Some(capacity) => Inner::create(2 * capacity, BPF_F_INNER_MAP)
+                    .map_err(write_err(names::MAGLEV, "create", what()))?,
+                None => self.outer().get(&w.service, 0).map_err(write_err(names::MAGLEV, "open", what()))?,
+            };
+            let chunks: Vec<MaglevChunk> = w
+                .slots
+                .chunks(MAGLEV_CHUNK)
+                .map(|slots| {
+                    let mut chunk = [0u32; MAGLEV_CHUNK];
+                    chunk[..slots.len()].copy_from_slice(slots);
+                    chunk
+                })
+                .collect();
+            let keys: Vec<u32> = (w.base..w.base + chunks.len() as u32).collect();
+            batch::update(inner.map().fd().as_fd(), &keys, &chunks)
+                .map_err(io_err(names::MAGLEV, "fill", what()))?;
+            if w.new_capacity.is_some() {
+                created.push((w.service, inner));
+            }
         }
-        self.maglev.insert(service, &inner, 0).map_err(write_err(names::MAGLEV, "swap", what()))
+        if !created.is_empty() {
+            // The new arrays take their services' places in one batch (one grace period).
+            let keys: Vec<u32> = created.iter().map(|(s, _)| *s).collect();
+            let fds: Vec<u32> = created.iter().map(|(_, m)| m.map().fd().as_fd().as_raw_fd() as u32).collect();
+            batch::update(self.outer_fd(), &keys, &fds)
+                .map_err(io_err(names::MAGLEV, "swap", format!("tables of {} services", keys.len())))?;
+        }
+        Ok(())
     }
 
-    fn delete_table(&mut self, service: u32) -> Result<(), MapsError> {
-        match self.maglev.remove(&service) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(write_err(names::MAGLEV, "remove", format!("table of service {service}"))(e)),
+    fn delete_tables(&mut self, services: &[u32]) -> Result<(), MapsError> {
+        let present: Vec<u32> =
+            services.iter().copied().filter(|s| self.outer().get(s, 0).is_ok()).collect();
+        if present.is_empty() {
+            return Ok(());
         }
+        batch::delete(self.outer_fd(), &present)
+            .map_err(io_err(names::MAGLEV, "remove", format!("tables of {} services", present.len())))
     }
 
     fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), MapsError> {

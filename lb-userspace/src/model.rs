@@ -92,13 +92,31 @@ pub struct Desired {
 
 impl Desired {
     /// Replaces everything translated from the Kubernetes Service `namespace/name`.
+    ///
+    /// The entries of one Service are adjacent in the map's order (namespace, then name):
+    /// they are found by a range, not by a scan of every service.
     pub fn replace_object(
         &mut self,
         namespace: &str,
         name: &str,
         services: impl IntoIterator<Item = (ServiceName, ServiceSpec)>,
     ) {
-        self.services.retain(|k, _| !(k.namespace == namespace && k.name == name));
+        let first = ServiceName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            port: String::new(),
+            family: Family(0),
+            scope: Scope::All,
+        };
+        let stale: Vec<ServiceName> = self
+            .services
+            .range(first..)
+            .take_while(|(k, _)| k.namespace == namespace && k.name == name)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.services.remove(&k);
+        }
         self.services.extend(services);
     }
 
@@ -108,5 +126,26 @@ impl Desired {
 
     pub fn backend_count(&self) -> usize {
         self.services.values().map(|s| s.backends.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(ns: &str, name: &str, port: &str) -> (ServiceName, ServiceSpec) {
+        (
+            ServiceName { namespace: ns.into(), name: name.into(), port: port.into(), family: Family::V4, scope: Scope::All },
+            ServiceSpec { proto: Proto::TCP, frontends: BTreeSet::new(), backends: vec![], affinity_timeout_s: None },
+        )
+    }
+
+    #[test]
+    fn replace_object_touches_only_that_object() {
+        let mut d = Desired::default();
+        d.services.extend([entry("a", "web", "80"), entry("a", "web", "443"), entry("a", "webx", "80"), entry("b", "web", "80")]);
+        d.replace_object("a", "web", [entry("a", "web", "8080")]);
+        let names: Vec<String> = d.services.keys().map(|k| format!("{}/{}:{}", k.namespace, k.name, k.port)).collect();
+        assert_eq!(names, ["a/web:8080", "a/webx:80", "b/web:80"]);
     }
 }

@@ -62,13 +62,15 @@ impl Report {
 pub fn read(dir: &Path) -> Result<Report, DatapathError> {
     let maps = RealMaps::from_pins(dir)?;
     let mut services: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let mut live = BTreeMap::new();
     for (key, value) in maps.frontends() {
         services.entry(value.service_id).or_default().push(crate::sync::describe_frontend(&key));
+        live.insert(value.service_id, value);
     }
     let mut backends: BTreeMap<u32, String> = BTreeMap::new();
-    for id in services.keys() {
-        if let Some(table) = maps.table(*id) {
-            for b in &table[1..] {
+    for frontend in live.values() {
+        if let Some(table) = maps.table(frontend) {
+            for b in &table {
                 if let std::collections::btree_map::Entry::Vacant(e) = backends.entry(*b) {
                     if let Some(v) = maps.backend(*b) {
                         e.insert(BackendKey::of(&v).to_string());

@@ -26,6 +26,8 @@ pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);
 pub const BACKEND_TCP_PORT: u16 = 8080;
 pub const BACKEND_UDP_PORT: u16 = 5353;
+/// Accepts and closes connections at once (new-connection benchmarks).
+pub const BACKEND_CLOSE_PORT: u16 = 8081;
 
 /// The VIPs of the embedded default manifests.
 pub const WEB_V4: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), 80);
@@ -80,6 +82,8 @@ impl Backend {
             &BACKEND_TCP_PORT.to_string(),
             "--udp-port",
             &BACKEND_UDP_PORT.to_string(),
+            "--close-port",
+            &BACKEND_CLOSE_PORT.to_string(),
         ]);
         let mut p = Process::spawn(&format!("server-{}", self.name), cmd)?;
         p.wait_for("ready", Duration::from_secs(10))?;

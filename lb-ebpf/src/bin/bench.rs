@@ -70,17 +70,15 @@ fn rotate(ctx: &XdpContext, cfg: &BenchConfig) {
     }
 }
 
-/// BPF_PROG_TEST_RUN reuses the frame across repeats, rewritten by the previous run. This
-/// restores it from the template (optionally with a new source port, so that every run is
-/// a new flow) and tail-calls the program under test. Its own cost is measured by
-/// tail-calling `bench_pass` and subtracted.
-#[xdp]
-pub fn bench_prep(ctx: XdpContext) -> u32 {
+/// Restores the frame's first bytes from the template and gives it the next source port
+/// of the configured range. Returns false if the frame is shorter than the template.
+#[inline(always)]
+fn restore(ctx: &XdpContext) -> bool {
     let (Some(tpl), Some(cfg)) = (BENCH_TEMPLATE.get(0), BENCH_CONFIG.get(0)) else {
-        return XDP_ABORTED;
+        return false;
     };
     let Some(frame) = ctx.at_mut::<[u64; TEMPLATE_LEN / 8]>(0) else {
-        return XDP_ABORTED;
+        return false;
     };
     let words = tpl as *const [u8; TEMPLATE_LEN] as *const [u64; TEMPLATE_LEN / 8];
     // Word by word: a whole-array assignment goes through an 80-byte stack temporary,
@@ -90,19 +88,32 @@ pub fn bench_prep(ctx: XdpContext) -> u32 {
         // size, 8-byte aligned as every map value.
         unsafe { (*frame)[i] = (*words)[i] };
     }
-    rotate(&ctx, cfg);
+    rotate(ctx, cfg);
+    true
+}
+
+/// BPF_PROG_TEST_RUN reuses the frame across repeats, rewritten by the previous run. This
+/// restores it from the template (optionally with a new source port, so that every run is
+/// a new flow) and tail-calls the program under test. Its own cost is measured by
+/// tail-calling `bench_pass` and subtracted.
+#[xdp]
+pub fn bench_prep(ctx: XdpContext) -> u32 {
+    if !restore(&ctx) {
+        return XDP_ABORTED;
+    }
     // SAFETY: a tail call; on failure control returns here.
     unsafe { BENCH_NEXT.tail_call(&ctx, 0) };
     XDP_ABORTED
 }
 
-/// Live-frames generator (xdp-trafficgen's technique): each frame leaves with the next
-/// source port of the configured range (UDP/IPv4 frames carry no checksum, so nothing
-/// else changes).
+/// Live-frames generator (xdp-trafficgen's technique). The kernel recycles the frames'
+/// pages without copying the frame again, and whoever forwarded a frame has rewritten its
+/// headers in place (MACs, TTL, NAT), so every frame is restored from the template first;
+/// then it leaves with the next source port of the configured range.
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
-    if let Some(cfg) = BENCH_CONFIG.get(0) {
-        rotate(&ctx, cfg);
+    if !restore(&ctx) {
+        return XDP_ABORTED;
     }
     XDP_TX
 }

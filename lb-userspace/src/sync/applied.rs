@@ -55,12 +55,23 @@ impl fmt::Display for BackendKey {
     }
 }
 
-/// A programmed Maglev table, summarised by what it was built from.
+/// A programmed Maglev table, summarised by what it was built from, and where it lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppliedTable {
     pub size: u32,
     /// The members and weights the table was built from, sorted.
     pub members: Vec<(BackendKey, u32)>,
+    /// Chunks per half of the service's inner array.
+    pub capacity: u32,
+    /// The live half (0 or 1).
+    pub half: u32,
+}
+
+impl AppliedTable {
+    /// First chunk of the live half.
+    pub const fn base(&self) -> u32 {
+        self.half * self.capacity
+    }
 }
 
 /// Lowest-free-first id allocation. Ids start at 1: 0 is never handed out, so an all-zero
@@ -126,6 +137,12 @@ pub struct Applied {
     pub(crate) backend_ids: BTreeMap<BackendKey, u32>,
     /// How many programmed tables reference each backend id.
     pub(crate) backend_refs: BTreeMap<u32, u32>,
+    /// Backends no table references any more, and since when: cleared after a grace
+    /// period (see `super::apply::BACKEND_GRACE`), unless a table takes them back.
+    pub(crate) retiring: BTreeMap<u32, std::time::Instant>,
+    /// When each service's live half last changed (a half is rewritten only after
+    /// `super::apply::HALF_GRACE`).
+    pub(crate) flipped: BTreeMap<u32, std::time::Instant>,
     pub(crate) service_pool: IdPool,
     pub(crate) backend_pool: IdPool,
 }
@@ -141,6 +158,8 @@ impl Applied {
             service_names: BTreeMap::new(),
             backend_ids: BTreeMap::new(),
             backend_refs: BTreeMap::new(),
+            retiring: BTreeMap::new(),
+            flipped: BTreeMap::new(),
             service_pool: IdPool::new(max_services),
             backend_pool: IdPool::new(max_backends),
         }
@@ -176,6 +195,7 @@ impl Applied {
     }
 
     pub(crate) fn delete_backend(&mut self, id: u32) {
+        self.retiring.remove(&id);
         if let Some(old) = self.backends.remove(&id) {
             self.backend_ids.remove(&BackendKey::of(&old));
             self.backend_pool.release(id);
@@ -187,12 +207,16 @@ impl Applied {
         for (key, _) in &table.members {
             if let Some(id) = self.backend_ids.get(key) {
                 *self.backend_refs.entry(*id).or_default() += 1;
+                // A retiring backend taken back by a table stays.
+                self.retiring.remove(id);
             }
         }
         self.tables.insert(service, table);
+        self.flipped.insert(service, std::time::Instant::now());
     }
 
     pub(crate) fn delete_table(&mut self, service: u32) {
+        self.flipped.remove(&service);
         if let Some(old) = self.tables.remove(&service) {
             for (key, _) in &old.members {
                 if let Some(id) = self.backend_ids.get(key) {
@@ -217,6 +241,11 @@ impl Applied {
 
     /// The backend the datapath picks for a new flow `key` (a forward connection-table key)
     /// of service `service`: the same flow hash over the same table, computed here.
+    /// Backends waiting for their grace period before being cleared.
+    pub fn retiring(&self) -> usize {
+        self.retiring.len()
+    }
+
     pub fn predict(&self, service: u32, key: &lb_common::maps::CtKey) -> Option<BackendKey> {
         let table = self.tables.get(&service)?;
         let slots = super::plan::table_slots(&table.members, table.size);

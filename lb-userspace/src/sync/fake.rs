@@ -1,24 +1,22 @@
 //! In-memory maps for tests: the same contract as the kernel maps, plus invariant checks
-//! that fail loudly when an operation would let the datapath see a broken state (a table
-//! pointing at a missing backend, a backend cleared while a table uses it), and a text dump
-//! of their contents for golden tests.
+//! that fail loudly when an operation would let the datapath see a broken state (a live
+//! table half written over, a table naming a missing backend, a backend cleared while a
+//! live table uses it), and a text dump of their contents for golden tests.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-};
+use std::{collections::BTreeMap, fmt::Write as _};
 
-use lb_common::maps::{BackendValue, FrontendKey, FrontendValue};
+use lb_common::maps::{BackendValue, FrontendKey, FrontendValue, MAGLEV_CHUNK};
 
 use super::{
     applied::{Applied, BackendKey},
-    apply::{Maps, MapsError},
+    apply::{Maps, MapsError, TableWrite},
     plan::describe,
 };
 
 #[derive(Clone, Debug, Default)]
 pub struct FakeMaps {
     pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    /// Each service's inner array, flattened to slots (both halves).
     pub tables: BTreeMap<u32, Vec<u32>>,
     pub backends: BTreeMap<u32, BackendValue>,
     /// Every write, in order: "put_table 3", ...
@@ -45,8 +43,25 @@ impl FakeMaps {
         Ok(())
     }
 
-    /// The maps as text: frontends, then tables with each backend's slot count, then
-    /// backends. Service names come from `applied` when given.
+    /// The live table of each service, as (base chunk, size), from its frontends.
+    fn live(&self) -> BTreeMap<u32, (u32, u32)> {
+        self.frontends
+            .values()
+            .filter(|v| v.table_size > 0)
+            .map(|v| (v.service_id, (v.table_base, v.table_size)))
+            .collect()
+    }
+
+    /// The slots of a service's live table.
+    pub fn live_table(&self, service: u32) -> Option<&[u32]> {
+        let (base, size) = *self.live().get(&service)?;
+        let t = self.tables.get(&service)?;
+        let start = (base as usize) * MAGLEV_CHUNK;
+        t.get(start..start + size as usize)
+    }
+
+    /// The maps as text: frontends, then each service's live table with each backend's
+    /// slot count, then backends. Service names come from `applied` when given.
     pub fn dump(&self, applied: Option<&Applied>) -> String {
         let mut out = String::new();
         let name = |id: u32| {
@@ -62,14 +77,23 @@ impl FakeMaps {
             }
             out.push('\n');
         }
-        for (service, table) in &self.tables {
-            let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
-            for id in &table[1..] {
-                *counts.entry(*id).or_default() += 1;
-            }
-            let _ = write!(out, "table {service}{} size={}:", name(*service), table[0]);
-            for (id, n) in counts {
-                let _ = write!(out, " {id}x{n}");
+        for (service, all) in &self.tables {
+            let capacity = all.len() / 2 / MAGLEV_CHUNK;
+            let _ = write!(out, "table {service}{} capacity={capacity}", name(*service));
+            match (self.live().get(service), self.live_table(*service)) {
+                (Some((base, size)), Some(slots)) => {
+                    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+                    for id in slots {
+                        *counts.entry(*id).or_default() += 1;
+                    }
+                    let _ = write!(out, " live=half{} size={size}:", *base as usize / capacity.max(1));
+                    for (id, n) in counts {
+                        let _ = write!(out, " {id}x{n}");
+                    }
+                }
+                _ => {
+                    let _ = write!(out, " (no frontend uses it)");
+                }
             }
             out.push('\n');
         }
@@ -78,27 +102,15 @@ impl FakeMaps {
         }
         out
     }
-
-    fn check_table(&self, service: u32, table: &[u32]) -> Result<(), String> {
-        let size = *table.first().ok_or("empty table")?;
-        if table.len() != size as usize + 1 {
-            return Err(format!("table {service}: size {size} but {} slots", table.len() - 1));
-        }
-        for id in &table[1..] {
-            if !self.backends.contains_key(id) {
-                return Err(format!("table {service} references backend {id}, which is not programmed"));
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Maps for FakeMaps {
     fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapsError> {
-        let in_use = self.tables.values().any(|t| t[1..].contains(&id));
+        let live = self.live();
+        let in_use = live.keys().any(|s| self.live_table(*s).is_some_and(|t| t.contains(&id)));
         assert!(
             !in_use || self.backends.get(&id) == Some(value),
-            "make-before-break violated: backend {id} rewritten while a table uses it"
+            "make-before-break violated: backend {id} rewritten while a live table uses it"
         );
         self.record("backends", format!("put_backend {id}"))?;
         self.backends.insert(id, *value);
@@ -106,25 +118,53 @@ impl Maps for FakeMaps {
     }
 
     fn delete_backend(&mut self, id: u32) -> Result<(), MapsError> {
-        let user = self.tables.iter().find(|(_, t)| t[1..].contains(&id)).map(|(s, _)| *s);
-        assert!(user.is_none(), "make-before-break violated: backend {id} cleared while table {user:?} uses it");
+        let user = self.live().keys().copied().find(|s| self.live_table(*s).is_some_and(|t| t.contains(&id)));
+        assert!(user.is_none(), "make-before-break violated: backend {id} cleared while the live table of {user:?} uses it");
         self.record("backends", format!("delete_backend {id}"))?;
         self.backends.remove(&id);
         Ok(())
     }
 
-    fn put_table(&mut self, service: u32, table: &[u32]) -> Result<(), MapsError> {
-        if let Err(e) = self.check_table(service, table) {
-            panic!("make-before-break violated: {e}");
+    fn put_tables(&mut self, writes: &[TableWrite<'_>]) -> Result<(), MapsError> {
+        let live = self.live();
+        for w in writes {
+            for id in w.slots {
+                assert!(
+                    self.backends.contains_key(id),
+                    "make-before-break violated: table of {} names backend {id}, which is not programmed",
+                    w.service
+                );
+            }
+            if w.new_capacity.is_none() {
+                let (base, _) = live.get(&w.service).copied().unwrap_or((u32::MAX, 0));
+                assert_ne!(base, w.base, "make-before-break violated: the live table of {} is written over", w.service);
+                let t = self.tables.get(&w.service).expect("an in-place write goes into an existing array");
+                assert!((w.base as usize) * MAGLEV_CHUNK + w.slots.len() <= t.len(), "table write past its array");
+            }
         }
-        self.record("maglev", format!("put_table {service}"))?;
-        self.tables.insert(service, table.to_vec());
+        let services: Vec<String> = writes.iter().map(|w| w.service.to_string()).collect();
+        self.record("maglev", format!("put_tables {}", services.join(" ")))?;
+        for w in writes {
+            if let Some(capacity) = w.new_capacity {
+                self.tables.insert(w.service, vec![0; 2 * capacity as usize * MAGLEV_CHUNK]);
+            }
+            let t = self.tables.get_mut(&w.service).expect("created above");
+            let start = (w.base as usize) * MAGLEV_CHUNK;
+            t[start..start + w.slots.len()].copy_from_slice(w.slots);
+        }
         Ok(())
     }
 
-    fn delete_table(&mut self, service: u32) -> Result<(), MapsError> {
-        self.record("maglev", format!("delete_table {service}"))?;
-        self.tables.remove(&service);
+    fn delete_tables(&mut self, services: &[u32]) -> Result<(), MapsError> {
+        let live = self.live();
+        for s in services {
+            assert!(!live.contains_key(s), "make-before-break violated: table of {s} deleted while a frontend uses it");
+        }
+        let names: Vec<String> = services.iter().map(u32::to_string).collect();
+        self.record("maglev", format!("delete_tables {}", names.join(" ")))?;
+        for s in services {
+            self.tables.remove(s);
+        }
         Ok(())
     }
 

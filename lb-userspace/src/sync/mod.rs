@@ -8,6 +8,8 @@
 //!   implementation, re-checks every operation against the mirror of what is programmed
 //!   (so a failed write never leaves a table pointing at a missing backend), and records
 //!   each success in [`Applied`], which therefore always mirrors the maps exactly.
+//!   Tables are written into the free half of their service's array and go live when the
+//!   frontends switch to them; backends no table uses are cleared after a grace period.
 //! - [`FakeMaps`] is an in-memory [`Maps`] for tests and golden dumps.
 
 mod applied;
@@ -16,6 +18,9 @@ mod fake;
 mod plan;
 
 pub use applied::{Applied, AppliedTable, BackendKey};
-pub use apply::{ApplyError, ApplyReport, Maps, MapsError, apply};
+pub use apply::{
+    ApplyConfig, ApplyError, ApplyReport, BACKEND_GRACE, HALF_GRACE, Maps, MapsError, TableWrite, apply,
+    apply_with, reap,
+};
 pub use fake::FakeMaps;
 pub use plan::{Op, Plan, PlanConfig, PlanError, describe as describe_frontend, plan, table_for, table_slots};

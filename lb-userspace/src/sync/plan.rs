@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::maps::{
-    BackendValue, FRONTEND_F_AFFINITY, FrontendKey, FrontendValue, MAX_TABLE_SIZE,
+    BackendValue, FRONTEND_F_AFFINITY, FrontendKey, FrontendValue, MAX_TABLE_SIZE, maglev_chunks,
 };
 
 use super::applied::{Applied, AppliedTable, BackendKey};
@@ -32,9 +32,11 @@ pub enum Op {
     /// Binds a service id to a desired service (bookkeeping only).
     BindService { name: ServiceName, id: u32 },
     PutBackend { id: u32, value: BackendValue },
-    /// Writes a new table beside the old one and swaps it in (one outer-map update).
-    /// `table[0]` is the size M, `table[1..=M]` the backend ids.
-    PutTable { service: u32, table: Vec<u32>, summary: AppliedTable },
+    /// Writes a table (`slots`: backend ids) into the half `summary` names: the service's
+    /// free half, or, with `realloc`, the first half of a new inner array of
+    /// `summary.capacity` chunks per half that replaces the old array. It goes live when
+    /// the service's frontends are switched to it (the `PutFrontend`s that follow).
+    PutTable { service: u32, slots: Vec<u32>, summary: AppliedTable, realloc: bool },
     PutFrontend { key: FrontendKey, value: FrontendValue },
     DeleteFrontend { key: FrontendKey },
     DeleteTable { service: u32 },
@@ -97,15 +99,30 @@ pub fn table_slots(members: &[(BackendKey, u32)], size: u32) -> Vec<u32> {
     maglev::build(&entries, size)
 }
 
-fn frontend_value(id: u32, spec: &ServiceSpec) -> FrontendValue {
-    match spec.affinity_timeout_s {
-        Some(t) => FrontendValue {
-            service_id: id,
-            flags: FRONTEND_F_AFFINITY,
-            affinity_timeout_s: t,
-            _pad: 0,
-        },
-        None => FrontendValue { service_id: id, flags: 0, affinity_timeout_s: 0, _pad: 0 },
+/// A frontend of service `id`, pointing at its live table `table` (none: no backend).
+fn frontend_value(id: u32, spec: &ServiceSpec, table: Option<&AppliedTable>) -> FrontendValue {
+    let (flags, affinity_timeout_s) = match spec.affinity_timeout_s {
+        Some(t) => (FRONTEND_F_AFFINITY, t),
+        None => (0, 0),
+    };
+    FrontendValue {
+        service_id: id,
+        flags,
+        affinity_timeout_s,
+        table_size: table.map_or(0, |t| t.size),
+        table_base: table.map_or(0, AppliedTable::base),
+        _pad: 0,
+    }
+}
+
+/// Where a changed table of `size` slots goes: the free half of the service's array when
+/// it fits without wasting most of it, else a new array with 25% headroom (so that a
+/// backend or two more or less does not reallocate, which costs an RCU grace period).
+fn placement(size: u32, old: Option<&AppliedTable>) -> (u32, u32, bool) {
+    let need = maglev_chunks(size);
+    match old {
+        Some(t) if need <= t.capacity && need * 4 >= t.capacity => (t.capacity, 1 - t.half, false),
+        _ => (need + (need / 4).max(1), 0, true),
     }
 }
 
@@ -172,6 +189,8 @@ pub fn plan(
             Some(t) => t.members == members && t.size == size,
             None => members.is_empty(),
         };
+        // The table the frontends will point at after this plan.
+        let mut live = if unchanged { old.cloned() } else { None };
         if !unchanged {
             let mut ids = Vec::with_capacity(members.len());
             let mut full = false;
@@ -196,6 +215,8 @@ pub fn plan(
                     service: (*name).clone(),
                     limit: backend_pool_limit(applied),
                 });
+                // No room for the new backends: the frontends keep the old table.
+                live = old.cloned();
             } else {
                 for (key, _) in &members {
                     *ref_delta.entry(*key).or_default() += 1;
@@ -209,20 +230,21 @@ pub fn plan(
                     delete_tables.push(Op::DeleteTable { service: id });
                 } else {
                     let (size, slots) = table_for(&members, cfg.max_table_size);
-                    let mut table = Vec::with_capacity(slots.len() + 1);
-                    table.push(size);
-                    table.extend(slots.iter().map(|i| ids[*i as usize]));
+                    let (capacity, half, realloc) = placement(size, old);
+                    let summary = AppliedTable { size, members, capacity, half };
+                    live = Some(summary.clone());
                     put_tables.push(Op::PutTable {
                         service: id,
-                        table,
-                        summary: AppliedTable { size, members },
+                        slots: slots.iter().map(|i| ids[*i as usize]).collect(),
+                        summary,
+                        realloc,
                     });
                 }
             }
         }
 
         // Frontends.
-        let value = frontend_value(id, spec);
+        let value = frontend_value(id, spec, live.as_ref());
         for fe in &spec.frontends {
             let key = FrontendKey::new(fe.ip, fe.port, spec.proto);
             if let Some(other) = claimed.get(&key) {

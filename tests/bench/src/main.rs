@@ -1,7 +1,10 @@
 //! xlb-bench: the benchmark runner behind `cargo xtask bench` (which builds everything and
 //! runs this as root). Prints one table and writes JSON and Markdown results.
 
+mod baselines;
+mod control;
 mod datapath;
+mod e2e;
 mod stats;
 
 use std::path::PathBuf;
@@ -16,6 +19,15 @@ struct Cli {
     /// The benchmark eBPF object.
     #[arg(long)]
     bench_object: PathBuf,
+    /// The xlb binary (release).
+    #[arg(long)]
+    xlb: Option<PathBuf>,
+    /// The lab's server binary.
+    #[arg(long)]
+    lab_server: Option<PathBuf>,
+    /// Suites to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Run only this datapath scenario, many times (for profiling with perf).
     #[arg(long)]
     profile: Option<String>,
@@ -31,7 +43,31 @@ fn main() -> anyhow::Result<()> {
     } else {
         datapath::Config { backend_counts: vec![1, 16, 256, 1024], rounds: 7, calls: 50, repeat: 2000, only: None }
     };
-    let r = datapath::run(&cfg, &cli.bench_object)?;
-    println!("{}", serde_json::to_string_pretty(&r)?);
+    let wants = |s: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == s);
+    if wants("datapath") {
+        let r = datapath::run(&cfg, &cli.bench_object)?;
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    }
+    if wants("e2e") {
+        let e = if cli.quick {
+            e2e::Config { seconds: 1.0, repeats: 1, paced_pps: 200_000 }
+        } else {
+            e2e::Config { seconds: 3.0, repeats: 3, paced_pps: 200_000 }
+        };
+        let xlb = cli.xlb.clone().unwrap_or_else(|| PathBuf::from("target/release/xlb"));
+        let server = cli.lab_server.clone().unwrap_or_else(|| PathBuf::from("target/release/xlb-lab-server"));
+        let r = e2e::run(&e, &xlb, &server, &cli.bench_object)?;
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    }
+    if wants("control") {
+        let c = if cli.quick {
+            control::Config { service_counts: vec![1000], endpoints: 10, changes: 100, baseline_changes: 3, rss: false }
+        } else {
+            control::Config { service_counts: vec![1000, 10_000], endpoints: 10, changes: 100, baseline_changes: 10, rss: true }
+        };
+        let xlb = cli.xlb.clone().unwrap_or_else(|| PathBuf::from("target/release/xlb"));
+        let r = control::run(&c, &xlb)?;
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    }
     Ok(())
 }

@@ -4,6 +4,8 @@
 //! stays open (so tests can hold long-lived connections); an HTTP GET gets a one-line HTTP
 //! response (so `curl http://VIP/` works in the demo). UDP: each datagram gets
 //! "<name> <datagram>". Listens dual-stack on [::]. Prints "ready" once listening.
+//! `--close-port P` also accepts connections on P and closes them at once (for measuring
+//! new connections per second without a thread per connection).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -14,17 +16,29 @@ use std::{
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut name, mut tcp, mut udp) = (String::from("backend"), 8080u16, 5353u16);
+    let mut close_port: Option<u16> = None;
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| anyhow::anyhow!("{a} needs a value"));
         match a.as_str() {
             "--name" => name = value()?,
             "--tcp-port" => tcp = value()?.parse()?,
             "--udp-port" => udp = value()?.parse()?,
-            other => anyhow::bail!("unknown argument {other}; usage: xlb-lab-server --name N --tcp-port P --udp-port P"),
+            "--close-port" => close_port = Some(value()?.parse()?),
+            other => anyhow::bail!(
+                "unknown argument {other}; usage: xlb-lab-server --name N --tcp-port P --udp-port P [--close-port P]"
+            ),
         }
     }
     let listener = TcpListener::bind(("::", tcp))?;
     let socket = UdpSocket::bind(("::", udp))?;
+    if let Some(port) = close_port {
+        let closer = TcpListener::bind(("::", port))?;
+        thread::spawn(move || {
+            for stream in closer.incoming() {
+                drop(stream);
+            }
+        });
+    }
     println!("ready {name} tcp {tcp} udp {udp}");
 
     let udp_name = name.clone();
