@@ -1,6 +1,7 @@
 //! `cargo xtask`: orchestration only. One module per subcommand; each options struct's doc
 //! comments are its help text.
 
+mod bench;
 mod build;
 mod run;
 mod test;
@@ -26,6 +27,9 @@ enum Command {
     /// Build and run every test: host unit tests, golden tests, BPF_PROG_TEST_RUN packet
     /// tables and network-namespace end-to-end tests (needs root).
     Test(test::TestOpts),
+    /// Measure xlb against kube-proxy-style iptables and nftables and the XDP floors, and
+    /// record the results in BENCHMARKS.md (needs root).
+    Bench(bench::BenchOpts),
 }
 
 fn main() {
@@ -34,6 +38,7 @@ fn main() {
         Command::Build(o) => build::run(&o).map(|_| ()),
         Command::Run(o) => run::run(&o),
         Command::Test(o) => test::run(&o),
+        Command::Bench(o) => bench::run(&o),
     };
     if let Err(e) = result {
         ui::fail(&format!("{e:#}"));

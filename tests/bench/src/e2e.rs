@@ -6,14 +6,16 @@
 //! - TCP throughput through the VIP (iperf3, one stream, a one-backend service, because
 //!   iperf3's control and data connections must reach the same server);
 //! - new TCP connections per second through the VIP (connect, then close at once);
-//! - node CPU time per forwarded packet: UDP frames at a fixed rate, from a generator that
-//!   is not the bottleneck (BPF_PROG_TEST_RUN live frames, xdp-trafficgen's technique,
-//!   injected on the client's interface), busy time of all CPUs (cpuidle residency, µs
-//!   resolution) divided by the packets the backends received (counted and dropped by an
-//!   XDP sink). A calibration run, with the sink at the node's ingress instead, measures
-//!   what the generator, the transmit and one XDP drop cost; subtracting it leaves the
-//!   node's forwarding work;
-//! - the highest delivered rate: the same generator flat out on every CPU.
+//! - UDP frames from a generator that is not the bottleneck (BPF_PROG_TEST_RUN live
+//!   frames, xdp-trafficgen's technique, injected on the client's interface, one thread on
+//!   CPU 0), counted and dropped by an XDP sink on the backends. The node's receive
+//!   processing runs as threaded NAPI on its ingress veth, pinned to the other CPU (veth
+//!   would otherwise process frames on the sending CPU): everything the node does for a
+//!   packet (GRO, netfilter, routing or XDP, transmit to the backend) happens in that one
+//!   kernel thread;
+//!   - node CPU time per forwarded packet: that thread's run time (/proc/<pid>/schedstat,
+//!     ns) per packet delivered, at a fixed rate;
+//!   - the highest delivered rate: the generator flat out.
 
 use std::{
     fs::File,
@@ -72,17 +74,20 @@ impl Mode {
     }
 }
 
+impl ModeResult {
+    pub fn mode_name(&self) -> &'static str {
+        self.mode.name()
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ModeResult {
     pub mode: Mode,
     pub tcp_gbit_s: Summary,
     pub new_connections_per_s: Summary,
-    /// Busy CPU time (all CPUs, generator and sink included) per delivered packet, paced.
-    pub cpu_ns_per_packet: Summary,
-    /// The node's forwarding work per packet: cpu_ns_per_packet minus the calibration run
-    /// (generator, transmit and an XDP drop at the node's ingress).
-    pub node_ns_per_packet: Option<f64>,
-    /// node_ns_per_packet relative to the iptables mode's.
+    /// CPU time of the node's receive thread per delivered packet, at a fixed rate.
+    pub node_ns_per_packet: Summary,
+    /// node_ns_per_packet relative to the iptables mode's (medians).
     pub cpu_vs_iptables: Option<f64>,
     /// max_delivered_pps relative to the iptables mode's (medians).
     pub rate_vs_iptables: Option<f64>,
@@ -319,8 +324,8 @@ impl Traffic {
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&eth0.to_ne_bytes());
         let ns_path = format!("/run/netns/{}", lab.client.name());
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let threads = if pps.is_some() { 1 } else { cpus };
+        // One generator thread, on CPU 0 (the node's NAPI thread has the last CPU).
+        let threads = 1;
         let sent = AtomicU64::new(0);
         let deadline = Instant::now() + Duration::from_secs_f64(seconds);
         std::thread::scope(|s| -> anyhow::Result<()> {
@@ -370,39 +375,66 @@ impl Traffic {
 }
 
 fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    pin_task(0, cpu);
+}
+
+/// Pins a task (0: the calling thread) to one CPU.
+fn pin_task(pid: i32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
-/// Idle time of all CPUs so far, in ns: from the cpuidle residency counters (µs), which
-/// are far finer than /proc/stat's 10 ms jiffies; /proc/stat where cpuidle is absent.
-fn idle_ns() -> anyhow::Result<u64> {
-    let mut total = 0u64;
-    let mut found = false;
-    for cpu in std::fs::read_dir("/sys/devices/system/cpu")?.flatten() {
-        let name = cpu.file_name().to_string_lossy().to_string();
-        if !name.starts_with("cpu") || !name[3..].chars().all(|c| c.is_ascii_digit()) {
-            continue;
+/// Threaded NAPI on the node's ingress veth, its kernel thread pinned to the last CPU, for
+/// as long as this lives.
+struct NodeNapi<'a> {
+    lab: &'a Lab,
+    threads: Vec<i32>,
+}
+
+fn napi_threads() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("napi/cli0-"))
+        })
+        .collect()
+}
+
+impl<'a> NodeNapi<'a> {
+    fn dedicate(lab: &'a Lab) -> anyhow::Result<Self> {
+        let before = napi_threads();
+        lab.node.exec("sh", &["-c", "echo 1 > /sys/class/net/cli0/threaded"])?;
+        let cpu = cpus().saturating_sub(1);
+        let threads: Vec<i32> = napi_threads().into_iter().filter(|p| !before.contains(p)).collect();
+        anyhow::ensure!(!threads.is_empty(), "no NAPI thread appeared for cli0");
+        for pid in &threads {
+            pin_task(*pid, cpu);
         }
-        for state in std::fs::read_dir(cpu.path().join("cpuidle")).into_iter().flatten().flatten() {
-            if let Ok(t) = std::fs::read_to_string(state.path().join("time")) {
-                total += t.trim().parse::<u64>().unwrap_or(0) * 1000;
-                found = true;
-            }
+        Ok(Self { lab, threads })
+    }
+
+    /// CPU time the node's receive threads have run, in ns.
+    fn runtime_ns(&self) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for pid in &self.threads {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
+            total += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).context("schedstat")?;
         }
+        Ok(total)
     }
-    if found {
-        return Ok(total);
+}
+
+impl Drop for NodeNapi<'_> {
+    fn drop(&mut self) {
+        let _ = self.lab.node.exec("sh", &["-c", "echo 0 > /sys/class/net/cli0/threaded"]);
     }
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().context("/proc/stat")?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    // user nice system idle iowait ...; USER_HZ = 100.
-    Ok((v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0)) * 10_000_000)
 }
 
 fn cpus() -> usize {
@@ -426,14 +458,7 @@ fn udp_frame(lab: &Lab, target: SocketAddr) -> anyhow::Result<Vec<u8>> {
     Ok(f)
 }
 
-/// One mode's results, and (routing mode only) the calibration cost per packet.
-fn run_mode(
-    mode: Mode,
-    cfg: &Config,
-    xlb: &Path,
-    server: &Path,
-    object: &Path,
-) -> anyhow::Result<(ModeResult, Option<f64>)> {
+fn run_mode(mode: Mode, cfg: &Config, xlb: &Path, server: &Path, object: &Path) -> anyhow::Result<ModeResult> {
     let mut lab = Lab::build(3)?;
     lab.start_servers(server)?;
     configure(mode, &mut lab, xlb)?;
@@ -457,11 +482,15 @@ fn run_mode(
     let frame = udp_frame(&lab, t.udp)?;
     let traffic =
         Traffic::setup(&lab, object, &frame, (mode != Mode::Xlb).then_some(bench::PROG_PASS))?;
+    let napi = NodeNapi::dedicate(&lab)?;
     // Warm up: conntrack entries, neighbour entries, caches.
     traffic.generate(&lab, &frame, 0.2, Some(cfg.paced_pps))?;
     let (mut cpu, mut rate, mut offered) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..cfg.repeats {
-        cpu.push(paced_cost(&traffic, &lab, &frame, cfg)?);
+        let (d0, r0) = (traffic.delivered()?, napi.runtime_ns()?);
+        traffic.generate(&lab, &frame, cfg.seconds, Some(cfg.paced_pps))?;
+        let (d1, r1) = (traffic.delivered()?, napi.runtime_ns()?);
+        cpu.push((r1 - r0) as f64 / (d1 - d0).max(1) as f64);
 
         let d0 = traffic.delivered()?;
         let started = Instant::now();
@@ -471,67 +500,37 @@ fn run_mode(
         rate.push((d1 - d0) as f64 / elapsed);
         offered.push(sent as f64 / elapsed);
     }
+    drop(napi);
     drop(traffic);
-    let calibration = if mode == Mode::Routing {
-        let traffic = Traffic::setup(&lab, object, &frame, Some(bench::PROG_SINK))?;
-        traffic.generate(&lab, &frame, 0.2, Some(cfg.paced_pps))?;
-        let v = (0..cfg.repeats).map(|_| paced_cost(&traffic, &lab, &frame, cfg)).collect::<anyhow::Result<Vec<_>>>()?;
-        Some(Summary::of(v).median)
-    } else {
-        None
-    };
-    Ok((ModeResult {
+    Ok(ModeResult {
         mode,
         tcp_gbit_s: Summary::of(tcp),
         new_connections_per_s: Summary::of(conns),
-        cpu_ns_per_packet: Summary::of(cpu),
-        node_ns_per_packet: None,
+        node_ns_per_packet: Summary::of(cpu),
         cpu_vs_iptables: None,
         rate_vs_iptables: None,
         max_delivered_pps: Summary::of(rate),
         offered_pps: Summary::of(offered),
-    }, calibration))
+    })
 }
 
-/// Busy CPU time per delivered packet of one paced run.
-fn paced_cost(traffic: &Traffic, lab: &Lab, frame: &[u8], cfg: &Config) -> anyhow::Result<f64> {
-    let (d0, i0, t0) = (traffic.delivered()?, idle_ns()?, Instant::now());
-    traffic.generate(lab, frame, cfg.seconds, Some(cfg.paced_pps))?;
-    let (d1, i1, wall) = (traffic.delivered()?, idle_ns()?, t0.elapsed());
-    let delivered = (d1 - d0).max(1);
-    let busy = (wall.as_nanos() as f64 * cpus() as f64 - (i1 - i0) as f64).max(0.0);
-    Ok(busy / delivered as f64)
-}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Results {
-    /// Generator, transmit and one XDP drop, per packet (subtracted from every mode).
-    pub calibration_ns_per_packet: Option<f64>,
     pub modes: Vec<ModeResult>,
 }
 
 pub fn run(cfg: &Config, xlb: &Path, server: &Path, object: &Path) -> anyhow::Result<Results> {
-    let mut results = Vec::new();
-    let mut calibration = None;
+    let mut modes = Vec::new();
     for mode in Mode::ALL {
         eprintln!("  end to end: {}", mode.name());
-        let (r, c) =
-            run_mode(mode, cfg, xlb, server, object).with_context(|| format!("mode {}", mode.name()))?;
-        calibration = calibration.or(c);
-        results.push(r);
+        modes.push(run_mode(mode, cfg, xlb, server, object).with_context(|| format!("mode {}", mode.name()))?);
     }
-    for r in &mut results {
-        r.node_ns_per_packet = calibration.map(|c| r.cpu_ns_per_packet.median - c);
-    }
-    let ipt = results.iter().find(|r| r.mode == Mode::Iptables).cloned();
-    if let Some(ipt) = ipt {
-        for r in &mut results {
-            r.cpu_vs_iptables = match (r.node_ns_per_packet, ipt.node_ns_per_packet) {
-                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-                _ => None,
-            };
+    if let Some(ipt) = modes.iter().find(|r| r.mode == Mode::Iptables).cloned() {
+        for r in &mut modes {
+            r.cpu_vs_iptables = Some(r.node_ns_per_packet.median / ipt.node_ns_per_packet.median);
             r.rate_vs_iptables = Some(r.max_delivered_pps.median / ipt.max_delivered_pps.median);
         }
     }
-    Ok(Results { calibration_ns_per_packet: calibration, modes: results })
+    Ok(Results { modes })
 }

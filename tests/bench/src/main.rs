@@ -5,6 +5,7 @@ mod baselines;
 mod control;
 mod datapath;
 mod e2e;
+mod report;
 mod stats;
 
 use std::path::PathBuf;
@@ -25,6 +26,15 @@ struct Cli {
     /// The lab's server binary.
     #[arg(long)]
     lab_server: Option<PathBuf>,
+    /// Where to write the JSON results.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where to write the Markdown results.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// The command line to record in the results.
+    #[arg(long, default_value = "cargo xtask bench")]
+    command: String,
     /// Suites to run (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -44,30 +54,45 @@ fn main() -> anyhow::Result<()> {
         datapath::Config { backend_counts: vec![1, 16, 256, 1024], rounds: 7, calls: 50, repeat: 2000, only: None }
     };
     let wants = |s: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == s);
+    let xlb = cli.xlb.clone().unwrap_or_else(|| PathBuf::from("target/release/xlb"));
+    let server = cli.lab_server.clone().unwrap_or_else(|| PathBuf::from("target/release/xlb-lab-server"));
+    let mut report = report::Report {
+        command: cli.command.clone(),
+        date: report::now_utc(),
+        machine: report::machine(),
+        datapath: None,
+        e2e: None,
+        control: None,
+    };
     if wants("datapath") {
-        let r = datapath::run(&cfg, &cli.bench_object)?;
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        eprintln!("datapath: BPF_PROG_TEST_RUN costs");
+        report.datapath = Some(datapath::run(&cfg, &cli.bench_object)?);
     }
     if wants("e2e") {
+        eprintln!("end to end: netns lab, xlb vs iptables vs nftables vs routing");
         let e = if cli.quick {
             e2e::Config { seconds: 1.0, repeats: 1, paced_pps: 200_000 }
         } else {
             e2e::Config { seconds: 3.0, repeats: 3, paced_pps: 200_000 }
         };
-        let xlb = cli.xlb.clone().unwrap_or_else(|| PathBuf::from("target/release/xlb"));
-        let server = cli.lab_server.clone().unwrap_or_else(|| PathBuf::from("target/release/xlb-lab-server"));
-        let r = e2e::run(&e, &xlb, &server, &cli.bench_object)?;
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        report.e2e = Some(e2e::run(&e, &xlb, &server, &cli.bench_object)?);
     }
     if wants("control") {
+        eprintln!("control plane");
         let c = if cli.quick {
             control::Config { service_counts: vec![1000], endpoints: 10, changes: 100, baseline_changes: 3, rss: false }
         } else {
             control::Config { service_counts: vec![1000, 10_000], endpoints: 10, changes: 100, baseline_changes: 10, rss: true }
         };
-        let xlb = cli.xlb.clone().unwrap_or_else(|| PathBuf::from("target/release/xlb"));
-        let r = control::run(&c, &xlb)?;
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        report.control = Some(control::run(&c, &xlb)?);
+    }
+    let md = report::markdown(&report);
+    println!("{md}");
+    if let Some(p) = &cli.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    if let Some(p) = &cli.markdown {
+        std::fs::write(p, &md)?;
     }
     Ok(())
 }

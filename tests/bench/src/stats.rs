@@ -28,15 +28,4 @@ impl Summary {
         let idx = ((v.len() - 1) as f64 * q).round() as usize;
         v[idx]
     }
-
-    /// "median (min-max)" with a unit.
-    pub fn show(&self, unit: &str, digits: usize) -> String {
-        format!(
-            "{:.d$} {unit} ({:.d$}-{:.d$})",
-            self.median,
-            self.min,
-            self.max,
-            d = digits
-        )
-    }
 }
