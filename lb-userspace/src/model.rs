@@ -84,6 +84,23 @@ impl ServiceSpec {
     }
 }
 
+/// The entries of `map` translated from the Kubernetes object `namespace/name`: adjacent in
+/// the map's order, so found by a range rather than a scan.
+pub fn object_range<'a, V>(
+    map: &'a BTreeMap<ServiceName, V>,
+    namespace: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = (&'a ServiceName, &'a V)> + 'a {
+    let first = ServiceName {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        port: String::new(),
+        family: Family(0),
+        scope: Scope::All,
+    };
+    map.range(first..).take_while(move |(k, _)| k.namespace == namespace && k.name == name)
+}
+
 /// All services the datapath should serve.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -101,19 +118,8 @@ impl Desired {
         name: &str,
         services: impl IntoIterator<Item = (ServiceName, ServiceSpec)>,
     ) {
-        let first = ServiceName {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            port: String::new(),
-            family: Family(0),
-            scope: Scope::All,
-        };
-        let stale: Vec<ServiceName> = self
-            .services
-            .range(first..)
-            .take_while(|(k, _)| k.namespace == namespace && k.name == name)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let stale: Vec<ServiceName> =
+            object_range(&self.services, namespace, name).map(|(k, _)| k.clone()).collect();
         for k in stale {
             self.services.remove(&k);
         }

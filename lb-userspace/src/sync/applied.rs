@@ -129,6 +129,8 @@ impl IdPool {
 #[derive(Clone, Debug)]
 pub struct Applied {
     pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    /// The frontends of each service id (an index of `frontends`).
+    pub(crate) service_frontends: BTreeMap<u32, BTreeSet<FrontendKey>>,
     pub tables: BTreeMap<u32, AppliedTable>,
     pub backends: BTreeMap<u32, BackendValue>,
     /// Which desired service each service id stands for.
@@ -152,6 +154,7 @@ impl Applied {
     pub fn new(max_services: u32, max_backends: u32) -> Self {
         Self {
             frontends: BTreeMap::new(),
+            service_frontends: BTreeMap::new(),
             tables: BTreeMap::new(),
             backends: BTreeMap::new(),
             services: BTreeMap::new(),
@@ -184,6 +187,35 @@ impl Applied {
             self.service_names.remove(&id);
             self.service_pool.release(id);
         }
+    }
+
+    pub(crate) fn put_frontend(&mut self, key: FrontendKey, value: FrontendValue) {
+        if let Some(old) = self.frontends.insert(key, value) {
+            if old.service_id != value.service_id {
+                self.unindex_frontend(old.service_id, &key);
+            }
+        }
+        self.service_frontends.entry(value.service_id).or_default().insert(key);
+    }
+
+    pub(crate) fn delete_frontend(&mut self, key: &FrontendKey) {
+        if let Some(old) = self.frontends.remove(key) {
+            self.unindex_frontend(old.service_id, key);
+        }
+    }
+
+    fn unindex_frontend(&mut self, service: u32, key: &FrontendKey) {
+        if let Some(set) = self.service_frontends.get_mut(&service) {
+            set.remove(key);
+            if set.is_empty() {
+                self.service_frontends.remove(&service);
+            }
+        }
+    }
+
+    /// The frontends that lead to service `id`.
+    pub fn frontends_of(&self, id: u32) -> impl Iterator<Item = &FrontendKey> {
+        self.service_frontends.get(&id).into_iter().flatten()
     }
 
     pub(crate) fn put_backend(&mut self, id: u32, value: &BackendValue) {

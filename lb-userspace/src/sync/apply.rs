@@ -133,11 +133,7 @@ pub fn apply_with(plan: Plan, applied: &mut Applied, maps: &mut impl Maps, cfg: 
                         t.size == value.table_size && t.base() == value.table_base
                     });
                 if ready {
-                    maps.put_frontend(&key, &value)
-                        .map(|()| {
-                            applied.frontends.insert(key, value);
-                        })
-                        .map_err(Into::into)
+                    maps.put_frontend(&key, &value).map(|()| applied.put_frontend(key, value)).map_err(Into::into)
                 } else {
                     Err(ApplyError::Unsafe(format!(
                         "frontend {}: the table of service {} was not written",
@@ -146,12 +142,9 @@ pub fn apply_with(plan: Plan, applied: &mut Applied, maps: &mut impl Maps, cfg: 
                     )))
                 }
             }
-            Op::DeleteFrontend { key } => maps
-                .delete_frontend(&key)
-                .map(|()| {
-                    applied.frontends.remove(&key);
-                })
-                .map_err(Into::into),
+            Op::DeleteFrontend { key } => {
+                maps.delete_frontend(&key).map(|()| applied.delete_frontend(&key)).map_err(Into::into)
+            }
             Op::DeleteTable { service } => {
                 let mut batch = vec![service];
                 while let Some(Op::DeleteTable { .. }) = ops.peek() {

@@ -10,7 +10,7 @@ use lb_common::maps::{
 use super::applied::{Applied, AppliedTable, BackendKey};
 use crate::{
     maglev,
-    model::{Desired, ServiceName, ServiceSpec},
+    model::{Desired, ServiceName, ServiceSpec, object_range},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,9 +137,9 @@ pub fn plan(
     scope: Option<&BTreeSet<(String, String)>>,
     cfg: &PlanConfig,
 ) -> Plan {
-    let in_scope = |n: &ServiceName| {
-        scope.is_none_or(|s| s.contains(&(n.namespace.clone(), n.name.clone())))
-    };
+    // Everything this plan looks at is found through the scope (ordered ranges and the
+    // per-service frontend index), so a scoped plan costs what its scope holds, not what
+    // the whole state holds.
     let mut plan = Plan::default();
     let mut service_pool = applied.service_pool.clone();
     let mut backend_pool = applied.backend_pool.clone();
@@ -160,8 +160,21 @@ pub fn plan(
     let mut claimed: BTreeMap<FrontendKey, &ServiceName> = BTreeMap::new();
     let mut frontend_count = applied.frontends.len() as u64;
 
-    let wanted: Vec<(&ServiceName, &ServiceSpec)> =
-        desired.services.iter().filter(|(n, _)| in_scope(n)).collect();
+    let wanted: Vec<(&ServiceName, &ServiceSpec)> = match scope {
+        None => desired.services.iter().collect(),
+        Some(objects) => objects
+            .iter()
+            .flat_map(|(ns, name)| object_range(&desired.services, ns, name))
+            .collect(),
+    };
+    // The applied services in scope.
+    let applied_in_scope: Vec<(&ServiceName, &u32)> = match scope {
+        None => applied.services.iter().collect(),
+        Some(objects) => objects
+            .iter()
+            .flat_map(|(ns, name)| object_range(&applied.services, ns, name))
+            .collect(),
+    };
 
     for (name, spec) in &wanted {
         let id = match applied.services.get(*name) {
@@ -293,20 +306,24 @@ pub fn plan(
     }
 
     // What the services in scope no longer want.
-    for (key, value) in &applied.frontends {
-        let Some(owner) = applied.service_name(value.service_id) else {
-            // Not bound to any service (left over): only a full plan prunes it.
-            if scope.is_none() && !claimed.contains_key(key) {
+    for (_, id) in &applied_in_scope {
+        for key in applied.frontends_of(**id) {
+            if !claimed.contains_key(key) {
                 delete_frontends.push(Op::DeleteFrontend { key: *key });
             }
-            continue;
-        };
-        if in_scope(owner) && !claimed.contains_key(key) {
-            delete_frontends.push(Op::DeleteFrontend { key: *key });
         }
     }
-    for (name, id) in &applied.services {
-        if in_scope(name) && !desired.services.contains_key(name) {
+    if scope.is_none() {
+        // Frontends not bound to any service (left over): prune.
+        for (key, value) in &applied.frontends {
+            if applied.service_name(value.service_id).is_none() && !claimed.contains_key(key) {
+                delete_frontends.push(Op::DeleteFrontend { key: *key });
+            }
+        }
+    }
+    for (name, id) in &applied_in_scope {
+        let (name, id) = (*name, *id);
+        if !desired.services.contains_key(name) {
             if let Some(old) = applied.tables.get(id) {
                 for (key, _) in &old.members {
                     *ref_delta.entry(*key).or_default() -= 1;
