@@ -12,7 +12,7 @@
 //!   processing runs as threaded NAPI on its ingress veth, pinned to the other CPU (veth
 //!   would otherwise process frames on the sending CPU): everything the node does for a
 //!   packet (GRO, netfilter, routing or XDP, transmit to the backend) happens in that one
-//!   kernel thread;
+//!   kernel thread; the backends' receive processing has threads of its own, on CPU 0;
 //!   - node CPU time per forwarded packet: that thread's run time (/proc/<pid>/schedstat,
 //!     ns) per packet delivered, at a fixed rate;
 //!   - the highest delivered rate: the generator flat out.
@@ -395,28 +395,38 @@ struct NodeNapi<'a> {
     threads: Vec<i32>,
 }
 
-fn napi_threads() -> Vec<i32> {
+/// Kernel threads whose name starts with `prefix` (e.g. "napi/cli0-").
+fn napi_threads(prefix: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("napi/cli0-"))
-        })
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with(prefix)))
         .collect()
 }
 
+/// Turns threaded NAPI on for `dev` in `ns` and pins the thread(s) that appear to `cpu`.
+fn thread_napi(ns: &xlb_tests::netns::Netns, dev: &str, cpu: usize) -> anyhow::Result<Vec<i32>> {
+    let prefix = format!("napi/{dev}-");
+    let before = napi_threads(&prefix);
+    ns.exec("sh", &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")])?;
+    let threads: Vec<i32> = napi_threads(&prefix).into_iter().filter(|p| !before.contains(p)).collect();
+    anyhow::ensure!(!threads.is_empty(), "no NAPI thread appeared for {dev} in {}", ns.name());
+    for pid in &threads {
+        pin_task(*pid, cpu);
+    }
+    Ok(threads)
+}
+
 impl<'a> NodeNapi<'a> {
+    /// The node's receive thread gets the last CPU. The backends' receive threads (their
+    /// veth and XDP sink) go to CPU 0 with the generator: their work is not the node's.
     fn dedicate(lab: &'a Lab) -> anyhow::Result<Self> {
-        let before = napi_threads();
-        lab.node.exec("sh", &["-c", "echo 1 > /sys/class/net/cli0/threaded"])?;
-        let cpu = cpus().saturating_sub(1);
-        let threads: Vec<i32> = napi_threads().into_iter().filter(|p| !before.contains(p)).collect();
-        anyhow::ensure!(!threads.is_empty(), "no NAPI thread appeared for cli0");
-        for pid in &threads {
-            pin_task(*pid, cpu);
+        for b in &lab.backends {
+            thread_napi(&b.ns, "eth0", 0)?;
         }
+        let threads = thread_napi(&lab.node, "cli0", cpus().saturating_sub(1))?;
         Ok(Self { lab, threads })
     }
 
@@ -434,6 +444,9 @@ impl<'a> NodeNapi<'a> {
 impl Drop for NodeNapi<'_> {
     fn drop(&mut self) {
         let _ = self.lab.node.exec("sh", &["-c", "echo 0 > /sys/class/net/cli0/threaded"]);
+        for b in &self.lab.backends {
+            let _ = b.ns.exec("sh", &["-c", "echo 0 > /sys/class/net/eth0/threaded"]);
+        }
     }
 }
 
