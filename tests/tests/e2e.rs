@@ -136,3 +136,23 @@ fn established_connections_survive_the_removal_of_a_backend() {
         lab.reload_agent().unwrap();
     }
 }
+
+#[test]
+fn attaches_in_generic_mode_where_native_xdp_is_missing() {
+    // Loopback has no native XDP: the agent must fall back to generic mode, say so, and
+    // still serve.
+    xlb_tests::require_root().unwrap();
+    let prefix = xlb_tests::run_prefix();
+    let ns = xlb_tests::netns::Netns::create(&format!("{prefix}-gen")).unwrap();
+    let bpffs = xlb_tests::bpffs::Bpffs::mount(&prefix).unwrap();
+    let dir = xlb_tests::lab::TempDir(std::env::temp_dir().join(format!("{prefix}-m")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns.name()]).arg(common::xlb_bin()).arg("agent");
+    cmd.arg("--manifests").arg(&dir.0).arg("--bpffs").arg(bpffs.path().join("x")).args(["--interface", "lo"]);
+    let mut agent = xlb_tests::process::Process::spawn("agent", cmd).unwrap();
+    agent.wait_for("sync complete", std::time::Duration::from_secs(20)).unwrap();
+    let out = agent.output().join("\n");
+    assert!(out.contains("attached in generic mode"), "{out}");
+    assert!(out.contains("mode=Skb"), "{out}");
+}
