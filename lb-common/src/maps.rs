@@ -6,6 +6,8 @@
 //! | [`MAGLEV`] | hash of arrays | service id -> inner array of [`MaglevChunk`] | agent |
 //! | [`BACKENDS`] | array | backend id -> [`BackendValue`] | agent |
 //! | [`CONNTRACK`] | LRU hash | [`CtKey`] -> [`CtValue`] | datapath |
+//! | [`AFFINITY`] | LRU hash | [`AffinityKey`] -> [`AffinityValue`] | datapath |
+//! | [`AFFINITY_MEMBERS`] | hash | [`MemberKey`] -> u32 | agent |
 //! | [`STATS`] | per-CPU array, 1 slot | 0 -> [`crate::stats::GlobalStats`] | datapath |
 //! | [`SERVICE_STATS`] | per-CPU array | service id -> [`crate::stats::ServiceStats`] | datapath |
 //! | [`BACKEND_STATS`] | per-CPU array | backend id -> [`crate::stats::BackendStats`] | datapath |
@@ -34,16 +36,31 @@ pub const CONNTRACK: &str = "XLB_CONNTRACK";
 pub const STATS: &str = "XLB_STATS";
 pub const SERVICE_STATS: &str = "XLB_SERVICE_STATS";
 pub const BACKEND_STATS: &str = "XLB_BACKEND_STATS";
+pub const AFFINITY: &str = "XLB_AFFINITY";
+pub const AFFINITY_MEMBERS: &str = "XLB_AFFINITY_MEMBERS";
 
 /// Every map the datapath defines, in a fixed order (used to pin and to adopt them).
-pub const ALL_MAPS: [&str; 7] =
-    [FRONTENDS, MAGLEV, BACKENDS, CONNTRACK, STATS, SERVICE_STATS, BACKEND_STATS];
+pub const ALL_MAPS: [&str; 9] = [
+    FRONTENDS,
+    MAGLEV,
+    BACKENDS,
+    CONNTRACK,
+    STATS,
+    SERVICE_STATS,
+    BACKEND_STATS,
+    AFFINITY,
+    AFFINITY_MEMBERS,
+];
 
 /// Default capacities, compiled into the object; the agent may override them at load time.
 pub const MAX_FRONTENDS: u32 = 65_536;
 pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_BACKENDS: u32 = 262_144;
 pub const CONNTRACK_ENTRIES: u32 = 262_144;
+/// Clients remembered for session affinity, over all services.
+pub const AFFINITY_ENTRIES: u32 = 131_072;
+/// (service, backend) pairs of the services with session affinity.
+pub const MAX_AFFINITY_MEMBERS: u32 = 262_144;
 
 /// u32 slots per element of a Maglev inner array.
 pub const MAGLEV_CHUNK: usize = 16;
@@ -220,3 +237,39 @@ pub struct CtValue {
 }
 crate::pod!(CtValue);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 56);
+
+/// Key of the session-affinity table: a client of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct AffinityKey {
+    pub client: Addr,
+    pub service_id: u32,
+    pub family: Family,
+    pub _pad: [u8; 3],
+}
+crate::pod!(AffinityKey);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
+
+/// The backend a client of a service was last sent to, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_coarse_ns` of the client's last new flow to the service.
+    pub last_seen_ns: u64,
+}
+crate::pod!(AffinityValue);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+/// Key of the affinity membership map: backend `backend_id` takes new flows of service
+/// `service_id`. The agent keeps one entry per member of the live table of every service
+/// with session affinity, so a remembered backend that left the service is not used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct MemberKey {
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+crate::pod!(MemberKey);
+const _: () = assert!(core::mem::size_of::<MemberKey>() == 8);

@@ -142,12 +142,15 @@ impl Event {
     pub const CT_INSERT_FAILED: Self = Self(3);
     /// A reply entry lost to LRU eviction was restored from its forward entry.
     pub const CT_REPLY_RESTORED: Self = Self(4);
+    /// A new flow of a client went to the backend its session affinity remembered.
+    pub const AFFINITY_HIT: Self = Self(5);
     pub const ALL: &'static [(Event, &'static str)] = &[
         (Self::NEW_FLOW, "new_flow"),
         (Self::CT_HIT, "ct_hit"),
         (Self::CT_RESELECT, "ct_reselect"),
         (Self::CT_INSERT_FAILED, "ct_insert_failed"),
         (Self::CT_REPLY_RESTORED, "ct_reply_restored"),
+        (Self::AFFINITY_HIT, "affinity_hit"),
     ];
 }
 

@@ -8,8 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{
-        BPF_F_INNER_MAP, BackendValue, CONNTRACK_ENTRIES, CtKey, CtValue, FrontendKey,
-        FrontendValue, MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MaglevChunk,
+        AFFINITY_ENTRIES, AffinityKey, AffinityValue, BPF_F_INNER_MAP, BackendValue,
+        CONNTRACK_ENTRIES, CtKey, CtValue, FrontendKey, FrontendValue, MAX_AFFINITY_MEMBERS,
+        MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MaglevChunk, MemberKey,
     },
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
@@ -50,3 +51,13 @@ pub static XLB_SERVICE_STATS: PerCpuArray<ServiceStats, { MAX_SERVICES as usize 
 #[btf_map]
 pub static XLB_BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
     PerCpuArray::new();
+
+/// Session affinity: the backend each client of a service was last sent to.
+#[btf_map]
+pub static XLB_AFFINITY: LruHashMap<AffinityKey, AffinityValue, { AFFINITY_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// The backends of each service with session affinity (written by the agent).
+#[btf_map]
+pub static XLB_AFFINITY_MEMBERS: HashMap<MemberKey, u32, { MAX_AFFINITY_MEMBERS as usize }, NO_PREALLOC> =
+    HashMap::new();

@@ -6,7 +6,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    maps::{CtKey, CtValue, FrontendKey, FrontendValue},
+    maps::{CtKey, CtValue, FRONTEND_F_AFFINITY, FrontendKey, FrontendValue},
     stats::{Event, Reason, XDP_PASS},
 };
 
@@ -151,7 +151,17 @@ fn new_flow_inner(env: &Env, pkt: &mut Packet, key: &CtKey) -> Result<Outcome, R
         unsafe { &*XLB_FRONTENDS.get_ptr(&fkey).ok_or(Reason::NOT_FRONTEND)? };
     translatable(pkt)?;
     let service_id = frontend.service_id;
-    let (id, backend) = match select::backend(frontend, key) {
+    let affinity = frontend.flags & FRONTEND_F_AFFINITY != 0;
+    let sticky = if affinity { select::remembered(frontend, key, env.now) } else { 0 };
+    let chosen = if sticky != 0 {
+        env.counters.event(Event::AFFINITY_HIT);
+        select::by_id(sticky)
+    } else if affinity {
+        select::backend(frontend, select::affinity_hash(key))
+    } else {
+        select::backend(frontend, key.flow_hash())
+    };
+    let (id, backend) = match chosen {
         Ok(chosen) => chosen,
         Err(reason) => {
             if reason == Reason::NO_BACKEND {
@@ -160,6 +170,9 @@ fn new_flow_inner(env: &Env, pkt: &mut Packet, key: &CtKey) -> Result<Outcome, R
             return Err(reason);
         }
     };
+    if affinity && sticky == 0 {
+        select::remember(service_id, key, id, env.now);
+    }
     nat::rewrite(env.ctx, pkt, End::Destination, &backend.addr, backend.port_be)?;
     let nh = fwd::lookup(env.ctx, pkt);
     let flow = conntrack::NewFlow::new(pkt, id, service_id, env.now, learned(&nh, true));

@@ -47,6 +47,7 @@ pub fn sync_manifests(
     let (desired, errors, warnings) = translate::translate_all(
         loaded.services.iter().map(|s| &s.object),
         loaded.slices.iter().map(|s| &s.object),
+        &translate::NodeInfo::default(),
     );
     for e in &errors {
         match origins.get(&(e.namespace.clone(), e.name.clone())) {

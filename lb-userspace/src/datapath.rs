@@ -19,7 +19,7 @@ use lb_common::{
     config::{CONFIG_GLOBAL, DatapathConfig},
     maps::{
         self as names, BPF_F_INNER_MAP, BackendValue, FrontendKey, FrontendValue, MAGLEV_CHUNK,
-        MaglevChunk,
+        MaglevChunk, MemberKey,
     },
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
@@ -334,6 +334,7 @@ pub struct RealMaps {
     /// use, and batch syscalls need its fd.
     maglev: Map,
     backends: Array<MapData, BackendValue>,
+    members: HashMap<MapData, MemberKey, u32>,
 }
 
 impl RealMaps {
@@ -345,6 +346,8 @@ impl RealMaps {
                 .map_err(map_err(names::FRONTENDS))?,
             maglev,
             backends: Array::try_from(take(ebpf, names::BACKENDS)?).map_err(map_err(names::BACKENDS))?,
+            members: HashMap::try_from(take(ebpf, names::AFFINITY_MEMBERS)?)
+                .map_err(map_err(names::AFFINITY_MEMBERS))?,
         })
     }
 
@@ -360,6 +363,8 @@ impl RealMaps {
                 .map_err(map_err(names::FRONTENDS))?,
             maglev,
             backends: Array::try_from(Map::Array(open(names::BACKENDS)?)).map_err(map_err(names::BACKENDS))?,
+            members: HashMap::try_from(Map::HashMap(open(names::AFFINITY_MEMBERS)?))
+                .map_err(map_err(names::AFFINITY_MEMBERS))?,
         })
     }
 
@@ -478,6 +483,30 @@ impl Maps for RealMaps {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(write_err(names::FRONTENDS, "remove", format!("{}:{}", key.ip(), key.port()))(e)),
         }
+    }
+
+    fn put_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError> {
+        let keys: Vec<MemberKey> = backends.iter().map(|b| MemberKey { service_id: service, backend_id: *b }).collect();
+        let values = vec![1u32; keys.len()];
+        batch::update(self.members.map().fd().as_fd(), &keys, &values).map_err(io_err(
+            names::AFFINITY_MEMBERS,
+            "insert",
+            format!("{} members of service {service}", keys.len()),
+        ))
+    }
+
+    fn delete_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError> {
+        // One by one: a batch delete stops at the first key already gone.
+        for b in backends {
+            let key = MemberKey { service_id: service, backend_id: *b };
+            match self.members.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(write_err(names::AFFINITY_MEMBERS, "remove", format!("member {b} of service {service}"))(e));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

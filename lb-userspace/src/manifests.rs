@@ -2,9 +2,10 @@
 //!
 //! Files ending in `.yaml`, `.yml` or `.json` (not hidden, not in subdirectories) are read in
 //! name order. A YAML file may hold several documents separated by `---` lines; a JSON file
-//! holds one object. `v1 List` objects are expanded. `v1 Service` and
-//! `discovery.k8s.io/v1 EndpointSlice` objects are kept; other kinds are ignored, so the
-//! directory may hold a whole application's manifests. Every object that cannot be used is
+//! holds one object. `v1 List` objects are expanded. `v1 Service`,
+//! `discovery.k8s.io/v1 EndpointSlice` and `v1 Node` objects are kept (the Node named like
+//! this node gives its addresses and zone); other kinds are ignored, so the directory may
+//! hold a whole application's manifests. Every object that cannot be used is
 //! reported with its file, document and reason, and skipped: the rest is still served.
 
 use std::{
@@ -12,7 +13,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde_json::Value;
 
 use crate::translate::{TranslateError, validate_slice};
@@ -69,6 +73,7 @@ pub struct Sourced<T> {
 pub struct Loaded {
     pub services: Vec<Sourced<Service>>,
     pub slices: Vec<Sourced<EndpointSlice>>,
+    pub nodes: Vec<Sourced<Node>>,
     /// Objects (or files) that were skipped, and why.
     pub errors: Vec<ManifestError>,
     /// Files read.
@@ -215,7 +220,11 @@ fn add_object(value: Value, origin: &Origin, loaded: &mut Loaded) {
                     .push(ManifestError::object(origin, format!("EndpointSlice {name}: {e}"))),
             }
         }
-        (_, "Service") | (_, "EndpointSlice") => loaded.errors.push(ManifestError::object(
+        ("v1", "Node") => match serde_json::from_value::<Node>(value) {
+            Ok(object) => loaded.nodes.push(Sourced { object, origin: origin.clone() }),
+            Err(e) => loaded.errors.push(ManifestError::object(origin, format!("Node {name}: {e}"))),
+        },
+        (_, "Service") | (_, "EndpointSlice") | (_, "Node") => loaded.errors.push(ManifestError::object(
             origin,
             format!("{kind} {name}: apiVersion {api_version:?} is not supported"),
         )),

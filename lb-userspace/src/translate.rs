@@ -1,18 +1,45 @@
 //! From Kubernetes objects to the desired state: the one translation both sources (the API
-//! server and manifest files) go through.
+//! server and manifest files) go through. Every rule below has a golden test
+//! (`testdata/golden/`).
 //!
-//! Rules implemented:
-//! - A Service's VIPs are its `clusterIPs` (or `clusterIP`) and `externalIPs`; headless
-//!   (`clusterIP: None`) and `ExternalName` Services are not load-balanced and are skipped.
-//! - Each Service port becomes one datapath service per address family that has a VIP.
-//! - Backends come from the EndpointSlices labelled `kubernetes.io/service-name: <name>` in
-//!   the Service's namespace, of the matching `addressType`; an endpoint takes new flows
-//!   when its `ready` condition is true or unset (the API's "unknown means ready").
-//! - The target port of a Service port is the slice port of the same name (the endpoint
-//!   controller has already resolved a named `targetPort` there); a slice port named like a
-//!   string `targetPort` also matches (hand-written slices); a slice port without a number
-//!   ("all ports") takes a numeric `targetPort`.
-//! - Protocols other than TCP and UDP are reported and skipped.
+//! Frontends
+//! - ClusterIPs (`clusterIPs`, or `clusterIP`): the in-cluster frontends.
+//! - `externalIPs`, `status.loadBalancer.ingress[].ip`, and, for NodePort and
+//!   LoadBalancer Services, `nodePort` on each of this node's addresses (its Node's
+//!   InternalIP and ExternalIP addresses): the external frontends.
+//! - Only in the Service's address families (`ipFamilies`, else those of its cluster IPs;
+//!   both for a Service without any): addresses of another family are reported and
+//!   skipped, as kube-proxy does.
+//! - Headless (`clusterIP: None`) and ExternalName Services are not load-balanced.
+//! - Every TCP or UDP port; other protocols are reported and skipped.
+//!
+//! Backends, per Service port and address family (EndpointSlices labelled
+//! `kubernetes.io/service-name` in the Service's namespace, of that `addressType`)
+//! - The target port is the slice port of the Service port's name (the endpoint
+//!   controller resolved a named `targetPort` there); a slice port named like a string
+//!   `targetPort` also matches (hand-written slices); a slice port without a number ("all
+//!   ports") takes a numeric `targetPort`.
+//! - Conditions, as kube-proxy applies them: `ready` endpoints (unset means ready) take new
+//!   flows; when none is ready, `serving` and `terminating` ones do; other endpoints take
+//!   none. Established connections are never cut by the translation: the datapath's
+//!   connection table keeps them on their backend.
+//! - `internalTrafficPolicy: Local` limits the in-cluster frontends, and
+//!   `externalTrafficPolicy: Local` the external ones, to endpoints whose `nodeName` is
+//!   this node (ready first, then serving-terminating, among those); with no such
+//!   endpoint the frontends drop, as kube-proxy's do.
+//! - Topology: for Cluster policies, when the Service asks for topology-aware routing
+//!   (`service.kubernetes.io/topology-mode` or the older `...topology-aware-hints`
+//!   annotation, set and not `disabled`, or `spec.trafficDistribution`), every usable
+//!   endpoint carries zone hints and one of them names this node's zone, only the
+//!   endpoints hinted for this zone are used. Otherwise hints are ignored.
+//! - Weights: the Service annotation [`WEIGHTS_ANNOTATION`] gives endpoints, by pod name
+//!   (the endpoint's `targetRef`) or by address, a Maglev weight (default 1); weight 0
+//!   takes no new flows.
+//! - `sessionAffinity: ClientIP`: new flows of a client go to its previous backend while
+//!   within `timeoutSeconds` (default 3 h) of its last new flow.
+//!
+//! When the in-cluster and external frontends end up with the same backends, one datapath
+//! service serves both; otherwise each set gets its own.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,8 +48,8 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{Service, ServicePort},
-        discovery::v1::EndpointSlice,
+        core::v1::{Node, Service, ServicePort, ServiceSpec as K8sServiceSpec},
+        discovery::v1::{Endpoint, EndpointSlice},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -34,6 +61,17 @@ use crate::model::{Backend, Desired, Frontend, Scope, ServiceName, ServiceSpec};
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Namespace of objects that do not name one (as `kubectl apply` does).
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// Service annotation with endpoint weights: comma-separated `key=weight`, where `key` is
+/// a pod name (the endpoint's `targetRef.name`) or an endpoint address, and `weight` an
+/// integer 0..=1000. Unlisted endpoints weigh 1; weight 0 takes no new flows.
+pub const WEIGHTS_ANNOTATION: &str = "xlb.dev/endpoint-weights";
+/// Node label holding its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
+const TOPOLOGY_HINTS_ANNOTATION: &str = "service.kubernetes.io/topology-aware-hints";
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+const DEFAULT_AFFINITY_TIMEOUT_S: i32 = 10_800;
+const MAX_WEIGHT: u32 = 1000;
 
 /// Why an object was rejected. The object is skipped; everything else is still served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +81,37 @@ pub struct TranslateError {
     pub namespace: String,
     pub name: String,
     pub reason: String,
+}
+
+/// What the translation needs to know about the node it runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: Option<String>,
+    /// Addresses NodePorts are served on.
+    pub addresses: Vec<IpAddr>,
+    pub zone: Option<String>,
+}
+
+impl NodeInfo {
+    /// From the Node object: InternalIP and ExternalIP addresses, the zone label.
+    pub fn from_node(node: &Node) -> Self {
+        let addresses = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect::<BTreeSet<IpAddr>>()
+            .into_iter()
+            .collect();
+        Self {
+            name: node.metadata.name.clone(),
+            addresses,
+            zone: node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned(),
+        }
+    }
 }
 
 /// What one Service translated to, and what of it was skipped.
@@ -77,6 +146,7 @@ pub fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
 pub fn translate_all<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &NodeInfo,
 ) -> (Desired, Vec<TranslateError>, Vec<String>) {
     let mut by_owner: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
@@ -90,7 +160,7 @@ pub fn translate_all<'a>(
     for svc in services {
         let key = service_key(svc);
         let slices = by_owner.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-        match translate_service(svc, slices) {
+        match translate_service(svc, slices, node) {
             Ok(t) => {
                 desired.services.extend(t.services);
                 warnings.extend(t.warnings);
@@ -101,10 +171,15 @@ pub fn translate_all<'a>(
     (desired, errors, warnings)
 }
 
+fn policy_is_local(policy: Option<&String>) -> bool {
+    policy.is_some_and(|p| p == "Local")
+}
+
 /// Translates one Service and its EndpointSlices.
 pub fn translate_service(
     svc: &Service,
     slices: &[&EndpointSlice],
+    node: &NodeInfo,
 ) -> Result<Translated, TranslateError> {
     let (namespace, name) = service_key(svc);
     let err = |reason: String| TranslateError {
@@ -123,7 +198,6 @@ pub fn translate_service(
     if spec.type_.as_deref() == Some("ExternalName") {
         return Ok(out);
     }
-
     let cluster_ips: Vec<&String> = match (&spec.cluster_ips, &spec.cluster_ip) {
         (Some(ips), _) if !ips.is_empty() => ips.iter().collect(),
         (_, Some(ip)) => vec![ip],
@@ -133,21 +207,53 @@ pub fn translate_service(
         // Headless: clients resolve the endpoints directly; nothing to balance.
         return Ok(out);
     }
-    let mut vips = Vec::new();
-    for (field, ips) in [("clusterIPs", cluster_ips), ("externalIPs", spec.external_ips.iter().flatten().collect())] {
-        for ip in ips {
-            let parsed: IpAddr =
-                ip.parse().map_err(|_| err(format!("{field}: {ip:?} is not an IP address")))?;
-            vips.push(parsed);
+    let parse = |field: &str, ips: Vec<&String>| -> Result<Vec<IpAddr>, TranslateError> {
+        ips.into_iter()
+            .map(|ip| ip.parse().map_err(|_| err(format!("{field}: {ip:?} is not an IP address"))))
+            .collect()
+    };
+    let cluster_vips = parse("clusterIPs", cluster_ips)?;
+    let mut external_vips = parse("externalIPs", spec.external_ips.iter().flatten().collect())?;
+    let ingress: Vec<&String> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_ref())
+        .collect();
+    external_vips.extend(parse("status.loadBalancer.ingress", ingress)?);
+    // The Service's address families: `ipFamilies`, else those of its cluster IPs, else
+    // (a hand-written Service without cluster IPs) both.
+    let families: Vec<Family> = match &spec.ip_families {
+        Some(names) if !names.is_empty() => names
+            .iter()
+            .map(|f| match f.as_str() {
+                "IPv4" => Ok(Family::V4),
+                "IPv6" => Ok(Family::V6),
+                other => Err(err(format!("ipFamilies: {other:?} is neither IPv4 nor IPv6"))),
+            })
+            .collect::<Result<_, _>>()?,
+        _ if !cluster_vips.is_empty() => {
+            [Family::V4, Family::V6].into_iter().filter(|f| cluster_vips.iter().any(|ip| Family::of(ip) == *f)).collect()
+        }
+        _ => vec![Family::V4, Family::V6],
+    };
+    for ip in cluster_vips.iter().chain(&external_vips) {
+        if !families.contains(&Family::of(ip)) {
+            out.warnings.push(format!(
+                "Service {namespace}/{name}: {ip} skipped: the Service has no {} family",
+                Family::of(ip).name()
+            ));
         }
     }
-    if vips.is_empty() {
-        out.warnings.push(format!(
-            "Service {namespace}/{name}: no clusterIP or externalIPs, nothing to serve"
-        ));
-        return Ok(out);
-    }
+    let node_ports = matches!(spec.type_.as_deref(), Some("NodePort") | Some("LoadBalancer"));
     let affinity_timeout_s = session_affinity(spec).map_err(err)?;
+    let weights = weights(svc).map_err(err)?;
+    let topology = wants_topology(svc, spec);
+    let internal_local = policy_is_local(spec.internal_traffic_policy.as_ref());
+    let external_local = policy_is_local(spec.external_traffic_policy.as_ref());
 
     let ports = spec.ports.as_deref().unwrap_or(&[]);
     let mut seen_ports = BTreeSet::new();
@@ -169,35 +275,66 @@ pub fn translate_service(
         if !seen_ports.insert((number, proto)) {
             return Err(err(format!("ports[{i}]: port {number}/{} is listed twice", proto.name())));
         }
+        let node_port = if node_ports {
+            match port.node_port {
+                Some(p) => Some(u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
+                    err(format!("ports[{i}].nodePort: {p} is not a valid port"))
+                })?),
+                None => None,
+            }
+        } else {
+            None
+        };
         let port_id = port.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| number.to_string());
 
-        for family in [Family::V4, Family::V6] {
-            let frontends: BTreeSet<Frontend> = vips
-                .iter()
-                .filter(|ip| Family::of(ip) == family)
-                .map(|ip| Frontend { ip: *ip, port: number })
-                .collect();
-            if frontends.is_empty() {
+        for family in families.iter().copied() {
+            let of_family = |ips: &[IpAddr], p: u16| -> BTreeSet<Frontend> {
+                ips.iter().filter(|ip| Family::of(ip) == family).map(|ip| Frontend { ip: *ip, port: p }).collect()
+            };
+            let internal = of_family(&cluster_vips, number);
+            let mut external = of_family(&external_vips, number);
+            if let Some(np) = node_port {
+                external.extend(of_family(&node.addresses, np));
+            }
+            if internal.is_empty() && external.is_empty() {
                 continue;
             }
-            let backends = backends_for(port, proto, family, slices);
-            out.services.push((
-                ServiceName {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    port: port_id.clone(),
-                    family,
-                    scope: Scope::All,
-                },
-                ServiceSpec { proto, frontends, backends, affinity_timeout_s },
-            ));
+            let candidates = candidates(port, proto, family, slices, &weights);
+            let cluster_set = if topology { by_zone(&candidates, node) } else { candidates.clone() };
+            let internal_backends =
+                if internal_local { usable(local(&candidates, node)) } else { usable(cluster_set.clone()) };
+            let external_backends =
+                if external_local { usable(local(&candidates, node)) } else { usable(cluster_set) };
+
+            let name_for = |scope| ServiceName {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                port: port_id.clone(),
+                family,
+                scope,
+            };
+            let spec_for = |frontends: BTreeSet<Frontend>, backends: Vec<Backend>| ServiceSpec {
+                proto,
+                frontends,
+                backends,
+                affinity_timeout_s,
+            };
+            if external.is_empty() || internal.is_empty() || internal_backends == external_backends {
+                let backends =
+                    if internal.is_empty() { external_backends } else { internal_backends };
+                let all: BTreeSet<Frontend> = internal.union(&external).copied().collect();
+                out.services.push((name_for(Scope::All), spec_for(all, backends)));
+            } else {
+                out.services.push((name_for(Scope::Internal), spec_for(internal, internal_backends)));
+                out.services.push((name_for(Scope::External), spec_for(external, external_backends)));
+            }
         }
     }
     Ok(out)
 }
 
-/// The `sessionAffinity: ClientIP` timeout (Kubernetes' default is 3 hours).
-fn session_affinity(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Option<u32>, String> {
+/// The `sessionAffinity: ClientIP` timeout.
+fn session_affinity(spec: &K8sServiceSpec) -> Result<Option<u32>, String> {
     match spec.session_affinity.as_deref() {
         None | Some("None") => Ok(None),
         Some("ClientIP") => {
@@ -206,7 +343,7 @@ fn session_affinity(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Op
                 .as_ref()
                 .and_then(|c| c.client_ip.as_ref())
                 .and_then(|c| c.timeout_seconds)
-                .unwrap_or(10_800);
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S);
             if !(1..=86_400).contains(&t) {
                 return Err(format!(
                     "sessionAffinityConfig.clientIP.timeoutSeconds: {t} is outside 1..=86400"
@@ -218,35 +355,133 @@ fn session_affinity(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Op
     }
 }
 
-/// The ready endpoints of `slices` for one Service port and family, sorted and unique.
-fn backends_for(
+/// The weights annotation, parsed (see [`WEIGHTS_ANNOTATION`]).
+fn weights(svc: &Service) -> Result<BTreeMap<String, u32>, String> {
+    let Some(text) = svc.metadata.annotations.as_ref().and_then(|a| a.get(WEIGHTS_ANNOTATION)) else {
+        return Ok(BTreeMap::new());
+    };
+    let mut out = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (key, weight) = item
+            .split_once('=')
+            .ok_or_else(|| format!("annotation {WEIGHTS_ANNOTATION}: {item:?} is not key=weight"))?;
+        let weight: u32 = weight.trim().parse().ok().filter(|w| *w <= MAX_WEIGHT).ok_or_else(|| {
+            format!("annotation {WEIGHTS_ANNOTATION}: weight {weight:?} of {key:?} is not an integer 0..={MAX_WEIGHT}")
+        })?;
+        out.insert(key.trim().to_string(), weight);
+    }
+    Ok(out)
+}
+
+/// Whether the Service asks for topology-aware routing.
+fn wants_topology(svc: &Service, spec: &K8sServiceSpec) -> bool {
+    let annotations = svc.metadata.annotations.as_ref();
+    let annotated = [TOPOLOGY_MODE_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION].iter().any(|a| {
+        annotations.and_then(|m| m.get(*a)).is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case("disabled"))
+    });
+    annotated || spec.traffic_distribution.is_some()
+}
+
+/// An endpoint address with what the policies look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Candidate {
+    backend: Backend,
+    ready: bool,
+    serving_terminating: bool,
+    node: Option<String>,
+    /// Zones the endpoint is hinted for; None: no hints.
+    zones: Option<BTreeSet<String>>,
+}
+
+/// Every endpoint address of `family` that serves `port`, with its conditions.
+fn candidates(
     port: &ServicePort,
     proto: Proto,
     family: Family,
     slices: &[&EndpointSlice],
-) -> Vec<Backend> {
+    weights: &BTreeMap<String, u32>,
+) -> Vec<Candidate> {
     let address_type = if family == Family::V4 { "IPv4" } else { "IPv6" };
-    let mut set = BTreeSet::new();
+    let mut out: BTreeMap<(IpAddr, u16), Candidate> = BTreeMap::new();
     for slice in slices.iter().filter(|s| s.address_type == address_type) {
         let Some(target) = target_port(port, proto, slice) else {
             continue;
         };
         for ep in &slice.endpoints {
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if !ready {
-                continue;
-            }
+            let (ready, serving, terminating) = conditions(ep);
+            let pod = ep.target_ref.as_ref().and_then(|r| r.name.clone());
+            let zones = ep
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|zs| zs.iter().map(|z| z.name.clone()).collect());
             for addr in &ep.addresses {
-                // Slices are validated when loaded; an unparsable address is skipped here.
-                if let Ok(ip) = addr.parse::<IpAddr>() {
-                    if Family::of(&ip) == family {
-                        set.insert(Backend { ip, port: target, weight: 1 });
+                // Slices are validated when read; an unparsable address is skipped here.
+                let Ok(ip) = addr.parse::<IpAddr>() else { continue };
+                if Family::of(&ip) != family {
+                    continue;
+                }
+                let weight = pod
+                    .as_ref()
+                    .and_then(|p| weights.get(p))
+                    .or_else(|| weights.get(addr))
+                    .copied()
+                    .unwrap_or(1);
+                let c = Candidate {
+                    backend: Backend { ip, port: target, weight },
+                    ready,
+                    serving_terminating: serving && terminating,
+                    node: ep.node_name.clone(),
+                    zones: zones.clone(),
+                };
+                // The same address in two slices: the ready one wins.
+                match out.get(&(ip, target)) {
+                    Some(existing) if existing.ready && !c.ready => {}
+                    _ => {
+                        out.insert((ip, target), c);
                     }
                 }
             }
         }
     }
-    set.into_iter().collect()
+    out.into_values().collect()
+}
+
+/// `ready` (unset: ready), `serving` (unset: as ready), `terminating` (unset: false).
+fn conditions(ep: &Endpoint) -> (bool, bool, bool) {
+    let c = ep.conditions.as_ref();
+    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+    (ready, serving, terminating)
+}
+
+/// The backends that take new flows: the ready ones, else the serving-terminating ones.
+fn usable(candidates: Vec<Candidate>) -> Vec<Backend> {
+    let ready: Vec<Backend> = candidates.iter().filter(|c| c.ready).map(|c| c.backend).collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    candidates.iter().filter(|c| c.serving_terminating).map(|c| c.backend).collect()
+}
+
+/// The candidates on this node.
+fn local(candidates: &[Candidate], node: &NodeInfo) -> Vec<Candidate> {
+    candidates.iter().filter(|c| node.name.is_some() && c.node == node.name).cloned().collect()
+}
+
+/// Topology-aware filtering (see the module docs): the candidates hinted for this node's
+/// zone, when the hints can be used; all of them otherwise.
+fn by_zone(candidates: &[Candidate], node: &NodeInfo) -> Vec<Candidate> {
+    let Some(zone) = node.zone.as_ref() else {
+        return candidates.to_vec();
+    };
+    let relevant: Vec<&Candidate> =
+        candidates.iter().filter(|c| c.ready || c.serving_terminating).collect();
+    let complete = !relevant.is_empty() && relevant.iter().all(|c| c.zones.is_some());
+    let mine: Vec<Candidate> =
+        candidates.iter().filter(|c| c.zones.as_ref().is_some_and(|z| z.contains(zone))).cloned().collect();
+    if complete && mine.iter().any(|c| c.ready || c.serving_terminating) { mine } else { candidates.to_vec() }
 }
 
 /// The port number endpoints of `slice` serve Service port `port` on (see the module docs).

@@ -40,9 +40,18 @@ fn run_case(dir: &Path) -> String {
         let mut loaded = manifests::Loaded::default();
         let text = std::fs::read_to_string(&step).unwrap();
         manifests::load_text(Path::new(step.file_name().unwrap()), &text, &mut loaded);
+        // The node under test is always `node-a`; its Node object, if the step has one,
+        // gives its addresses and zone.
+        let node = loaded
+            .nodes
+            .iter()
+            .find(|n| n.object.metadata.name.as_deref() == Some("node-a"))
+            .map(|n| translate::NodeInfo::from_node(&n.object))
+            .unwrap_or(translate::NodeInfo { name: Some("node-a".into()), ..Default::default() });
         let (desired, errors, warnings) = translate::translate_all(
             loaded.services.iter().map(|s| &s.object),
             loaded.slices.iter().map(|s| &s.object),
+            &node,
         );
         let _ = writeln!(out, "### {}", step.file_name().unwrap().to_string_lossy());
         for e in &loaded.errors {

@@ -121,6 +121,7 @@ fn program(env: &mut Env, text: &str) {
     let (desired, errors, _) = translate::translate_all(
         loaded.services.iter().map(|s| &s.object),
         loaded.slices.iter().map(|s| &s.object),
+        &translate::NodeInfo::default(),
     );
     assert!(errors.is_empty(), "{errors:?}");
     let plan = sync::plan(&desired, &env.applied, None, &PlanConfig::default());

@@ -139,6 +139,8 @@ pub struct Applied {
     pub(crate) backend_ids: BTreeMap<BackendKey, u32>,
     /// How many programmed tables reference each backend id.
     pub(crate) backend_refs: BTreeMap<u32, u32>,
+    /// Affinity memberships: service id -> backend ids.
+    pub members: BTreeMap<u32, BTreeSet<u32>>,
     /// Backends no table references any more, and since when: cleared after a grace
     /// period (see `super::apply::BACKEND_GRACE`), unless a table takes them back.
     pub(crate) retiring: BTreeMap<u32, std::time::Instant>,
@@ -161,6 +163,7 @@ impl Applied {
             service_names: BTreeMap::new(),
             backend_ids: BTreeMap::new(),
             backend_refs: BTreeMap::new(),
+            members: BTreeMap::new(),
             retiring: BTreeMap::new(),
             flipped: BTreeMap::new(),
             service_pool: IdPool::new(max_services),
@@ -263,6 +266,32 @@ impl Applied {
         }
     }
 
+    /// The backends that are affinity members of service `id`.
+    pub fn members_of(&self, id: u32) -> &BTreeSet<u32> {
+        static EMPTY: BTreeSet<u32> = BTreeSet::new();
+        self.members.get(&id).unwrap_or(&EMPTY)
+    }
+
+    /// Whether backend `id` is an affinity member of any service.
+    pub fn is_member(&self, id: u32) -> bool {
+        self.members.values().any(|m| m.contains(&id))
+    }
+
+    pub(crate) fn put_members(&mut self, service: u32, backends: &[u32]) {
+        self.members.entry(service).or_default().extend(backends.iter().copied());
+    }
+
+    pub(crate) fn delete_members(&mut self, service: u32, backends: &[u32]) {
+        if let Some(m) = self.members.get_mut(&service) {
+            for b in backends {
+                m.remove(b);
+            }
+            if m.is_empty() {
+                self.members.remove(&service);
+            }
+        }
+    }
+
     pub(crate) fn service_pool_limit(&self) -> u32 {
         self.service_pool.limit()
     }
@@ -271,17 +300,26 @@ impl Applied {
         self.backend_pool.limit()
     }
 
-    /// The backend the datapath picks for a new flow `key` (a forward connection-table key)
-    /// of service `service`: the same flow hash over the same table, computed here.
     /// Backends waiting for their grace period before being cleared.
     pub fn retiring(&self) -> usize {
         self.retiring.len()
     }
 
+    /// The backend the datapath picks for a new flow `key` (a forward connection-table key)
+    /// of service `service`, when no session affinity remembers one: the same hash (of
+    /// the flow, or of the client for affinity services) over the same table, computed
+    /// here.
     pub fn predict(&self, service: u32, key: &lb_common::maps::CtKey) -> Option<BackendKey> {
         let table = self.tables.get(&service)?;
+        let affinity = self
+            .frontends_of(service)
+            .next()
+            .and_then(|k| self.frontends.get(k))
+            .is_some_and(|v| v.flags & lb_common::maps::FRONTEND_F_AFFINITY != 0);
+        let hash =
+            if affinity { lb_common::flow::client_hash(key.family, &key.src) } else { key.flow_hash() };
         let slots = super::plan::table_slots(&table.members, table.size);
-        let slot = lb_common::flow::maglev_slot(key.flow_hash(), table.size);
+        let slot = lb_common::flow::maglev_slot(hash, table.size);
         let member = *slots.get(slot as usize)?;
         table.members.get(member as usize).map(|(k, _)| *k)
     }

@@ -43,6 +43,10 @@ pub trait Maps {
     fn delete_tables(&mut self, services: &[u32]) -> Result<(), MapsError>;
     fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), MapsError>;
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError>;
+    /// Adds affinity memberships of `service` (one batch).
+    fn put_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError>;
+    /// Removes affinity memberships of `service` (one batch).
+    fn delete_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError>;
 }
 
 /// A map write that failed.
@@ -142,6 +146,21 @@ pub fn apply_with(plan: Plan, applied: &mut Applied, maps: &mut impl Maps, cfg: 
                     )))
                 }
             }
+            Op::PutMembers { service, backends } => {
+                match backends.iter().find(|b| !applied.backends.contains_key(b)) {
+                    Some(b) => Err(ApplyError::Unsafe(format!(
+                        "affinity members of service {service}: backend {b} is not programmed"
+                    ))),
+                    None => maps
+                        .put_members(service, &backends)
+                        .map(|()| applied.put_members(service, &backends))
+                        .map_err(Into::into),
+                }
+            }
+            Op::DeleteMembers { service, backends } => maps
+                .delete_members(service, &backends)
+                .map(|()| applied.delete_members(service, &backends))
+                .map_err(Into::into),
             Op::DeleteFrontend { key } => {
                 maps.delete_frontend(&key).map(|()| applied.delete_frontend(&key)).map_err(Into::into)
             }
@@ -259,7 +278,9 @@ fn reap_older_than(applied: &mut Applied, maps: &mut impl Maps, grace: Duration)
     let due: Vec<u32> = applied
         .retiring
         .iter()
-        .filter(|(id, since)| since.elapsed() >= grace && applied.backend_refs(**id) == 0)
+        .filter(|(id, since)| {
+            since.elapsed() >= grace && applied.backend_refs(**id) == 0 && !applied.is_member(**id)
+        })
         .map(|(id, _)| *id)
         .collect();
     for id in due {

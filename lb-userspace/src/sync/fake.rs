@@ -19,6 +19,8 @@ pub struct FakeMaps {
     /// Each service's inner array, flattened to slots (both halves).
     pub tables: BTreeMap<u32, Vec<u32>>,
     pub backends: BTreeMap<u32, BackendValue>,
+    /// Affinity memberships (service, backend).
+    pub members: std::collections::BTreeSet<(u32, u32)>,
     /// Every write, in order: "put_table 3", ...
     pub log: Vec<String>,
     /// Writes to fail, by log prefix (e.g. "put_backend 2").
@@ -72,6 +74,9 @@ impl FakeMaps {
         };
         for (key, value) in &self.frontends {
             let _ = write!(out, "frontend {} -> service {}", describe(key), value.service_id);
+            if value.table_size == 0 {
+                out.push_str(" (no backend: dropped)");
+            }
             if value.flags != 0 {
                 let _ = write!(out, " flags={:#x} affinity={}s", value.flags, value.affinity_timeout_s);
             }
@@ -97,6 +102,13 @@ impl FakeMaps {
             }
             out.push('\n');
         }
+        let mut by_service: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for (service, backend) in &self.members {
+            by_service.entry(*service).or_default().push(backend.to_string());
+        }
+        for (service, backends) in by_service {
+            let _ = writeln!(out, "affinity members of {service}: {}", backends.join(" "));
+        }
         for (id, value) in &self.backends {
             let _ = writeln!(out, "backend {id} {}", BackendKey::of(value));
         }
@@ -120,6 +132,8 @@ impl Maps for FakeMaps {
     fn delete_backend(&mut self, id: u32) -> Result<(), MapsError> {
         let user = self.live().keys().copied().find(|s| self.live_table(*s).is_some_and(|t| t.contains(&id)));
         assert!(user.is_none(), "make-before-break violated: backend {id} cleared while the live table of {user:?} uses it");
+        let member = self.members.iter().find(|(_, b)| *b == id);
+        assert!(member.is_none(), "backend {id} cleared while it is an affinity member of {member:?}");
         self.record("backends", format!("delete_backend {id}"))?;
         self.backends.remove(&id);
         Ok(())
@@ -177,6 +191,23 @@ impl Maps for FakeMaps {
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError> {
         self.record("frontends", format!("delete_frontend {}", describe(key)))?;
         self.frontends.remove(key);
+        Ok(())
+    }
+
+    fn put_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError> {
+        for b in backends {
+            assert!(self.backends.contains_key(b), "affinity member {b} of {service} is not programmed");
+        }
+        self.record("affinity_members", format!("put_members {service}"))?;
+        self.members.extend(backends.iter().map(|b| (service, *b)));
+        Ok(())
+    }
+
+    fn delete_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError> {
+        self.record("affinity_members", format!("delete_members {service}"))?;
+        for b in backends {
+            self.members.remove(&(service, *b));
+        }
         Ok(())
     }
 }

@@ -37,8 +37,13 @@ pub enum Op {
     /// `summary.capacity` chunks per half that replaces the old array. It goes live when
     /// the service's frontends are switched to it (the `PutFrontend`s that follow).
     PutTable { service: u32, slots: Vec<u32>, summary: AppliedTable, realloc: bool },
+    /// Makes backends members of a service with session affinity (before its frontends
+    /// switch to a table that holds them).
+    PutMembers { service: u32, backends: Vec<u32> },
     PutFrontend { key: FrontendKey, value: FrontendValue },
     DeleteFrontend { key: FrontendKey },
+    /// Ends memberships (after the frontends left the tables that held them).
+    DeleteMembers { service: u32, backends: Vec<u32> },
     DeleteTable { service: u32 },
     DeleteBackend { id: u32 },
     /// Releases a service id (bookkeeping only).
@@ -147,8 +152,10 @@ pub fn plan(
     let mut bind = Vec::new();
     let mut put_backends = Vec::new();
     let mut put_tables = Vec::new();
+    let mut put_members = Vec::new();
     let mut put_frontends = Vec::new();
     let mut delete_frontends = Vec::new();
+    let mut delete_members = Vec::new();
     let mut delete_tables = Vec::new();
     let mut delete_backends = Vec::new();
     let mut unbind = Vec::new();
@@ -256,6 +263,25 @@ pub fn plan(
             }
         }
 
+        // Affinity memberships: the members of the live table, for affinity services.
+        let want_members: BTreeSet<u32> = match (&live, spec.affinity_timeout_s) {
+            (Some(t), Some(_)) => t
+                .members
+                .iter()
+                .filter_map(|(k, _)| applied.backend_id(k).or_else(|| new_backends.get(k).copied()))
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        let have_members = applied.members_of(id);
+        let added: Vec<u32> = want_members.iter().filter(|b| !have_members.contains(b)).copied().collect();
+        let removed: Vec<u32> = have_members.iter().filter(|b| !want_members.contains(b)).copied().collect();
+        if !added.is_empty() {
+            put_members.push(Op::PutMembers { service: id, backends: added });
+        }
+        if !removed.is_empty() {
+            delete_members.push(Op::DeleteMembers { service: id, backends: removed });
+        }
+
         // Frontends.
         let value = frontend_value(id, spec, live.as_ref());
         for fe in &spec.frontends {
@@ -324,6 +350,10 @@ pub fn plan(
     for (name, id) in &applied_in_scope {
         let (name, id) = (*name, *id);
         if !desired.services.contains_key(name) {
+            let members = applied.members_of(*id);
+            if !members.is_empty() {
+                delete_members.push(Op::DeleteMembers { service: *id, backends: members.iter().copied().collect() });
+            }
             if let Some(old) = applied.tables.get(id) {
                 for (key, _) in &old.members {
                     *ref_delta.entry(*key).or_default() -= 1;
@@ -341,6 +371,14 @@ pub fn plan(
                     *ref_delta.entry(*key).or_default() -= 1;
                 }
                 delete_tables.push(Op::DeleteTable { service: *id });
+            }
+        }
+    }
+    if scope.is_none() {
+        // Memberships of services no longer bound (left over): prune.
+        for (id, members) in &applied.members {
+            if applied.service_name(*id).is_none() {
+                delete_members.push(Op::DeleteMembers { service: *id, backends: members.iter().copied().collect() });
             }
         }
     }
@@ -370,8 +408,10 @@ pub fn plan(
         .into_iter()
         .chain(put_backends)
         .chain(put_tables)
+        .chain(put_members)
         .chain(put_frontends)
         .chain(delete_frontends)
+        .chain(delete_members)
         .chain(delete_tables)
         .chain(delete_backends)
         .chain(unbind)

@@ -33,7 +33,7 @@ use xlb::{
     maglev,
     model::Desired,
     sync::{self, Applied, PlanConfig},
-    translate,
+    translate::{self, NodeInfo},
 };
 use xlb_tests::{bpffs::Bpffs, netns::Netns, process::Process};
 
@@ -148,7 +148,7 @@ fn xlb_scale(maps: &mut RealMaps, n: usize, endpoints: usize, changes: usize) ->
     let mut applied = Applied::new(names::MAX_SERVICES, names::MAX_BACKENDS);
 
     let (programmed, full_ms) = timed(|| -> anyhow::Result<(Desired, usize)> {
-        let (desired, errors, _) = translate::translate_all(services.iter(), slices.iter());
+        let (desired, errors, _) = translate::translate_all(services.iter(), slices.iter(), &NodeInfo::default());
         anyhow::ensure!(errors.is_empty(), "{errors:?}");
         let plan = sync::plan(&desired, &applied, None, &cfg);
         anyhow::ensure!(plan.errors.is_empty(), "{:?}", plan.errors);
@@ -167,7 +167,7 @@ fn xlb_scale(maps: &mut RealMaps, n: usize, endpoints: usize, changes: usize) ->
         let changed = slice(i, &addrs);
         let (result, ms) = timed(|| -> anyhow::Result<()> {
             // What the agent does when it sees one EndpointSlice change.
-            let t = translate::translate_service(&services[i], &[&changed])?;
+            let t = translate::translate_service(&services[i], &[&changed], &NodeInfo::default())?;
             desired.replace_object("bench", &format!("svc-{i}"), t.services);
             let scope = BTreeSet::from([("bench".to_string(), format!("svc-{i}"))]);
             let plan = sync::plan(&desired, &applied, Some(&scope), &cfg);
