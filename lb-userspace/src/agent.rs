@@ -1,85 +1,76 @@
-//! The agent: loads and attaches the datapath, then keeps its maps in sync with the
-//! manifests directory until it is told to stop.
+//! The agent: loads and attaches the datapath, then keeps its maps in sync with a source
+//! until it is told to stop.
+//!
+//! Threads: the async runtime runs the source (manifest watcher or Kubernetes watchers),
+//! the HTTP endpoint and signal handling; one dedicated thread, the reconciler, owns the
+//! store, the desired and applied state and the maps, and is the only writer of the maps.
+//! Sources hand it events through a channel; it drains whatever has arrived, then syncs
+//! once for the lot.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    path::Path,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::AgentArgs,
-    datapath::{self, Datapath, LoadOptions},
-    manifests::{self, Origin},
-    sync::{self, Applied, Maps, PlanConfig},
-    translate,
+    datapath::{self, Datapath, LoadOptions, RealMaps},
+    metrics::{self, Metrics, errors},
+    reconcile::Reconciler,
+    sources::{self, manifests::ManifestSource},
+    store::{Change, Store},
+    sync::{Applied, ApplyConfig, PlanConfig},
+    translate::NodeInfo,
 };
 
-/// What one synchronisation did.
-#[derive(Debug, Default)]
-pub struct SyncReport {
-    pub services: usize,
-    pub frontends: usize,
-    pub backends: usize,
-    pub writes: usize,
-    /// Problems found (objects skipped, writes failed); each was logged.
-    pub problems: usize,
+/// What the reconciler thread is sent.
+#[derive(Debug)]
+pub enum Msg {
+    Change(Change),
+    Stop,
 }
 
-/// Reads the manifests, translates, plans and applies. Every problem is logged with where
-/// it comes from; whatever is valid is programmed.
-pub fn sync_manifests(
-    dir: &Path,
-    applied: &mut Applied,
-    maps: &mut impl Maps,
-    cfg: &PlanConfig,
-) -> anyhow::Result<SyncReport> {
-    let loaded = manifests::load_dir(dir)?;
-    let mut report = SyncReport::default();
-    for e in &loaded.errors {
-        tracing::warn!("skipped: {e}");
-        report.problems += 1;
+/// How often the reconciler does its periodic work (reaping retired backends, metrics
+/// names, heartbeat).
+const TICK: Duration = Duration::from_millis(500);
+
+/// This host's name (the default node name with --manifests).
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
     }
-    let origins: BTreeMap<(String, String), Origin> = loaded
-        .services
-        .iter()
-        .map(|s| (translate::service_key(&s.object), s.origin.clone()))
-        .collect();
-    let (desired, errors, warnings) = translate::translate_all(
-        loaded.services.iter().map(|s| &s.object),
-        loaded.slices.iter().map(|s| &s.object),
-        &translate::NodeInfo::default(),
-    );
-    for e in &errors {
-        match origins.get(&(e.namespace.clone(), e.name.clone())) {
-            Some(origin) => tracing::warn!("skipped: {origin}: {e}"),
-            None => tracing::warn!("skipped: {e}"),
-        }
-        report.problems += 1;
-    }
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
-    let plan = sync::plan(&desired, applied, None, cfg);
-    for e in &plan.errors {
-        tracing::warn!("not programmed: {e}");
-        report.problems += 1;
-    }
-    let applied_report = sync::apply(plan, applied, maps);
-    for e in &applied_report.errors {
-        tracing::error!("map write failed: {e}");
-        report.problems += 1;
-    }
-    report.services = desired.services.len();
-    report.frontends = desired.frontend_count();
-    report.backends = desired.backend_count();
-    report.writes = applied_report.writes;
-    Ok(report)
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).ok().filter(|s| !s.is_empty())
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    if !args.manifests.is_dir() {
-        anyhow::bail!("--manifests {}: not a directory", args.manifests.display());
+    // Everything that can be wrong with the command line fails here, before the datapath
+    // is touched.
+    let node_name = match (&args.node_name, args.kubernetes) {
+        (Some(name), _) => name.clone(),
+        (None, true) => anyhow::bail!("--kubernetes needs this node's name: give --node-name or set NODE_NAME"),
+        (None, false) => hostname().context("no --node-name given and the host name is unreadable")?,
+    };
+    if let Some(dir) = &args.manifests {
+        if !dir.is_dir() {
+            anyhow::bail!("--manifests {}: not a directory", dir.display());
+        }
     }
+    let listener = metrics::bind(args.metrics_addr).await?;
+    let client = if args.kubernetes {
+        Some(sources::kube::client(args.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
+
     if args.bpffs.exists() {
         tracing::info!(dir = %args.bpffs.display(), "removing pins left by a previous run");
         datapath::remove_pins(&args.bpffs)?;
@@ -90,61 +81,206 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         conntrack_entries: args.datapath.conntrack_entries,
     };
     let mut dp = Datapath::load(&opts).context("loading the datapath")?;
-    let result = serve(&args, &mut dp).await;
+    let result = serve(&args, &mut dp, node_name, listener, client).await;
     dp.detach_all();
     drop(dp);
-    datapath::remove_pins(&args.bpffs)?;
-    tracing::info!("detached and stopped");
+    if args.cleanup_on_exit {
+        datapath::remove_pins(&args.bpffs)?;
+        tracing::info!("detached, pins removed, stopped");
+    } else {
+        tracing::info!(dir = %args.bpffs.display(), "detached and stopped; the maps stay pinned for the next agent");
+    }
     result
 }
 
-async fn serve(args: &AgentArgs, dp: &mut Datapath) -> anyhow::Result<()> {
+async fn serve(
+    args: &AgentArgs,
+    dp: &mut Datapath,
+    node_name: String,
+    listener: tokio::net::TcpListener,
+    client: Option<kube::Client>,
+) -> anyhow::Result<()> {
     for interface in &args.interfaces {
         let mode = dp.attach(interface, args.xdp_mode)?;
         tracing::info!(interface, ?mode, "attached");
     }
-    let mut maps = dp.maps()?;
-    let mut applied =
-        Applied::new(lb_common::maps::MAX_SERVICES, lb_common::maps::MAX_BACKENDS);
-    let cfg = PlanConfig { max_table_size: args.datapath.max_table_size, ..PlanConfig::default() };
+    let maps = dp.maps()?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.beat();
+    let registry = metrics.registry(Some(args.bpffs.clone()));
+    let addr = listener.local_addr()?;
+    let http = tokio::spawn(metrics::serve(listener, metrics.clone(), registry));
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
 
-    let mut hup = signal(SignalKind::hangup())?;
+    let fallback = NodeInfo {
+        name: Some(node_name.clone()),
+        addresses: args.node_addresses.clone(),
+        zone: args.node_zone.clone(),
+    };
+    let reconciler = Reconciler::new(
+        Store::new(Some(node_name.clone())),
+        fallback,
+        Applied::new(lb_common::maps::MAX_SERVICES, lb_common::maps::MAX_BACKENDS),
+        PlanConfig { max_table_size: args.datapath.max_table_size, ..PlanConfig::default() },
+        ApplyConfig::default(),
+        metrics.clone(),
+    );
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let worker = std::thread::Builder::new()
+        .name("xlb-reconcile".into())
+        .spawn(move || reconcile_loop(reconciler, maps, rx))
+        .context("starting the reconciler thread")?;
+
+    let source = match (&args.manifests, client) {
+        (Some(dir), _) => tokio::spawn(run_manifests(dir.clone(), tx.clone(), metrics.clone())),
+        (None, Some(client)) => tokio::spawn(run_kubernetes(client, node_name, tx.clone(), metrics.clone())),
+        (None, None) => unreachable!("clap requires a source"),
+    };
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    // Clears retired backends once their grace period is over.
-    let mut reap = tokio::time::interval(sync::BACKEND_GRACE);
-    reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut generation = 0u64;
-    loop {
-        generation += 1;
-        let started = std::time::Instant::now();
-        match sync_manifests(&args.manifests, &mut applied, &mut maps, &cfg) {
-            Ok(r) => tracing::info!(
-                generation,
-                services = r.services,
-                frontends = r.frontends,
-                backends = r.backends,
-                writes = r.writes,
-                problems = r.problems,
-                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                "sync complete"
-            ),
-            Err(e) => tracing::error!(generation, "sync failed: {e:#}"),
-        }
-        loop {
-            tokio::select! {
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: re-reading manifests");
-                    break;
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let result = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+            _ = check.tick() => {
+                if worker.is_finished() {
+                    break Err(anyhow::anyhow!("the reconciler thread stopped unexpectedly"));
                 }
-                _ = reap.tick() => {
-                    for e in sync::reap(&mut applied, &mut maps).errors {
-                        tracing::error!("map write failed: {e}");
+                if source.is_finished() {
+                    break Err(anyhow::anyhow!("the source stopped unexpectedly"));
+                }
+            }
+        }
+    };
+    source.abort();
+    http.abort();
+    let _ = tx.send(Msg::Stop);
+    match tokio::task::spawn_blocking(move || worker.join()).await {
+        Ok(Ok(())) => {}
+        _ => tracing::error!("the reconciler thread panicked"),
+    }
+    if let Ok(Err(e)) = source.await {
+        tracing::error!("source failed: {e:#}");
+    }
+    result
+}
+
+/// The reconciler thread: applies changes as they come, syncing after each batch.
+fn reconcile_loop(mut rec: Reconciler, mut maps: RealMaps, rx: mpsc::Receiver<Msg>) {
+    let mut next_tick = Instant::now() + TICK;
+    let mut waiting_logged = Instant::now();
+    loop {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(timeout) {
+            Ok(Msg::Change(change)) => {
+                rec.handle(&change);
+                // Take everything that has arrived meanwhile: one sync for the batch.
+                loop {
+                    match rx.try_recv() {
+                        Ok(Msg::Change(change)) => rec.handle(&change),
+                        Ok(Msg::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
+                        Err(mpsc::TryRecvError::Empty) => break,
                     }
                 }
-                _ = term.recv() => return Ok(()),
-                _ = int.recv() => return Ok(()),
+            }
+            Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(r) = rec.sync(&mut maps) {
+            let ms = r.elapsed.as_secs_f64() * 1e3;
+            if r.full || r.writes > 0 || !r.problems.is_empty() {
+                tracing::info!(
+                    full = r.full,
+                    translated = r.translated,
+                    services = r.services,
+                    frontends = r.frontends,
+                    backends = r.backends,
+                    writes = r.writes,
+                    problems = r.problems.len(),
+                    elapsed_ms = ms,
+                    "sync complete"
+                );
+            } else {
+                tracing::debug!(translated = r.translated, elapsed_ms = ms, "sync: nothing to write");
+            }
+        } else if !rec.store.listed() && waiting_logged.elapsed() >= Duration::from_secs(5) {
+            waiting_logged = Instant::now();
+            tracing::info!(kinds = ?rec.store.unlisted(), "waiting for the first complete list before programming");
+        }
+        if Instant::now() >= next_tick {
+            rec.tick(&mut maps);
+            next_tick = Instant::now() + TICK;
+        }
+    }
+}
+
+/// The manifests source: reloads on file changes (debounced) and on SIGHUP.
+async fn run_manifests(dir: std::path::PathBuf, tx: mpsc::Sender<Msg>, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let mut source = ManifestSource::new(&dir);
+    let (trigger_tx, mut trigger) = tokio::sync::mpsc::unbounded_channel();
+    let _watcher = sources::manifests::watch(&dir, trigger_tx)?;
+    let mut hup = signal(SignalKind::hangup())?;
+    reload(&mut source, &tx, &metrics, "start")?;
+    loop {
+        tokio::select! {
+            Some(()) = trigger.recv() => reload(&mut source, &tx, &metrics, "files changed")?,
+            _ = hup.recv() => reload(&mut source, &tx, &metrics, "SIGHUP")?,
+        }
+    }
+}
+
+fn reload(source: &mut ManifestSource, tx: &mpsc::Sender<Msg>, metrics: &Metrics, why: &str) -> anyhow::Result<()> {
+    let r = source.reload();
+    for p in &r.problems {
+        tracing::warn!("{p}");
+        metrics.error(errors::INVALID_MANIFEST);
+    }
+    tracing::info!(dir = %source.dir().display(), files = r.files, objects = r.objects, why, "manifests read");
+    for change in r.changes {
+        tx.send(Msg::Change(change)).map_err(|_| anyhow::anyhow!("the reconciler is gone"))?;
+    }
+    Ok(())
+}
+
+/// The Kubernetes source: the watch streams, forwarded; errors are logged and counted
+/// (the watchers retry with backoff, and the maps keep serving meanwhile).
+async fn run_kubernetes(
+    client: kube::Client,
+    node_name: String,
+    tx: mpsc::Sender<Msg>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let mut stream = sources::kube::watch(client, &node_name);
+    let mut failing = false;
+    while let Some(report) = stream.next().await {
+        match report {
+            sources::kube::Report::Change(change) => {
+                if failing {
+                    failing = false;
+                    tracing::info!("Kubernetes API reachable again");
+                }
+                tx.send(Msg::Change(change)).map_err(|_| anyhow::anyhow!("the reconciler is gone"))?;
+            }
+            sources::kube::Report::Error { kind, error } => {
+                failing = true;
+                metrics.error(errors::SOURCE);
+                tracing::warn!(kind, "Kubernetes API: {error}; retrying with backoff, the programmed state keeps serving");
             }
         }
     }
+    anyhow::bail!("the Kubernetes watch streams ended")
+}
+
+/// Reads `dir` once through the manifests source and programs it (no datapath needed
+/// beyond `maps`): what the agent does at start, for tools and tests.
+pub fn program_dir(dir: &Path, rec: &mut Reconciler, maps: &mut impl crate::sync::Maps) -> Vec<String> {
+    let mut source = ManifestSource::new(dir);
+    let r = source.reload();
+    for change in &r.changes {
+        rec.handle(change);
+    }
+    rec.sync(maps);
+    r.problems
 }

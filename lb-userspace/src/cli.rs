@@ -20,18 +20,37 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the datapath, attach it to interfaces and keep its maps in sync with the
-    /// Services and EndpointSlices read from a manifests directory.
+    /// Services and EndpointSlices of a manifests directory or the Kubernetes API.
     Agent(AgentArgs),
     /// Print the datapath counters of a running agent (read from its pinned maps).
     Stats(StatsArgs),
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubernetes"])))]
 pub struct AgentArgs {
-    /// Directory of Kubernetes manifests (*.yaml, *.yml, *.json) holding v1 Services and
-    /// discovery.k8s.io/v1 EndpointSlices. SIGHUP re-reads it.
+    /// Read Services, EndpointSlices and Nodes from a directory of Kubernetes manifests
+    /// (*.yaml, *.yml, *.json), reloaded when its files change (SIGHUP also reloads).
     #[arg(long, value_name = "DIR")]
-    pub manifests: PathBuf,
+    pub manifests: Option<PathBuf>,
+    /// Watch Services, EndpointSlices and this node's Node through the Kubernetes API.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubeconfig for --kubernetes (default: the in-cluster configuration).
+    #[arg(long, value_name = "PATH", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name: its Node object gives the NodePort addresses and the zone, and
+    /// endpoints with this nodeName are local. Default: $NODE_NAME, else (manifests
+    /// only) the host name.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Address NodePorts are served on when this node has no Node object (or it lists
+    /// none); repeatable.
+    #[arg(long = "node-address", value_name = "IP")]
+    pub node_addresses: Vec<std::net::IpAddr>,
+    /// This node's zone (for topology hints) when its Node object has no zone label.
+    #[arg(long, value_name = "ZONE")]
+    pub node_zone: Option<String>,
     /// Interface to attach the XDP program to; repeat for every interface that carries
     /// Service traffic or backend replies.
     #[arg(long = "interface", short = 'i', value_name = "IF", required = true)]
@@ -42,6 +61,13 @@ pub struct AgentArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: AttachMode,
+    /// Address of the HTTP endpoint with /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// On exit, also remove the pinned maps (by default they stay, so that the next
+    /// agent adopts the programmed state and the connection table).
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
     #[command(flatten)]
     pub datapath: DatapathArgs,
 }

@@ -19,7 +19,11 @@ use k8s_openapi::api::{
 };
 use serde_json::Value;
 
-use crate::translate::{TranslateError, validate_slice};
+use crate::translate::{DEFAULT_NAMESPACE, TranslateError, validate_slice};
+
+/// Annotation the manifests source sets on every object it reads: its file, document and
+/// line.
+pub const ORIGIN_ANNOTATION: &str = "xlb.dev/origin";
 
 /// Where an object came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,13 +55,15 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
+    /// A document or object that cannot be used; `identity` when the object's kind and
+    /// name could be read.
     #[error("{origin}: {reason}")]
-    Object { origin: Origin, reason: String },
+    Object { origin: Origin, reason: String, identity: Option<Identity> },
 }
 
 impl ManifestError {
     fn object(origin: &Origin, reason: impl Into<String>) -> Self {
-        Self::Object { origin: origin.clone(), reason: reason.into() }
+        Self::Object { origin: origin.clone(), reason: reason.into(), identity: None }
     }
 }
 
@@ -179,20 +185,70 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
-fn add_object(value: Value, origin: &Origin, loaded: &mut Loaded) {
-    let Some(obj) = value.as_object() else {
+/// The kind, namespace and name of an object, when they could be read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identity {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind == "Node" {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
+    let Some(obj) = value.as_object_mut() else {
         loaded.errors.push(ManifestError::object(origin, "not a Kubernetes object (expected a mapping)"));
         return;
     };
-    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
     let name = obj
         .get("metadata")
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("<unnamed>")
         .to_string();
-    match (api_version, kind) {
+    // Namespaced kinds without a namespace go to the default one (as `kubectl apply`).
+    if matches!(kind.as_str(), "Service" | "EndpointSlice") {
+        if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
+            if meta.get("namespace").and_then(Value::as_str).is_none_or(str::is_empty) {
+                meta.insert("namespace".into(), Value::String(DEFAULT_NAMESPACE.into()));
+            }
+        }
+    }
+    // Objects remember where they were read, so that later stages (the translation) can
+    // say where a problem is.
+    if matches!(kind.as_str(), "Service" | "EndpointSlice" | "Node") {
+        if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
+            let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+            if let Value::Object(a) = annotations {
+                a.insert(ORIGIN_ANNOTATION.into(), Value::String(origin.to_string()));
+            }
+        }
+    }
+    let namespace = obj
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let identity = Identity { kind: kind.clone(), namespace, name: name.clone() };
+    let fail = |loaded: &mut Loaded, reason: String| {
+        loaded.errors.push(ManifestError::Object {
+            origin: origin.clone(),
+            reason: format!("{identity}: {reason}"),
+            identity: Some(identity.clone()),
+        });
+    };
+    match (api_version.as_str(), kind.as_str()) {
         ("v1", "List") => match obj.get("items").and_then(Value::as_array) {
             Some(items) => {
                 for item in items.clone() {
@@ -203,31 +259,22 @@ fn add_object(value: Value, origin: &Origin, loaded: &mut Loaded) {
         },
         ("v1", "Service") => match serde_json::from_value::<Service>(value) {
             Ok(object) => loaded.services.push(Sourced { object, origin: origin.clone() }),
-            Err(e) => loaded
-                .errors
-                .push(ManifestError::object(origin, format!("Service {name}: {e}"))),
+            Err(e) => fail(loaded, e.to_string()),
         },
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            match serde_json::from_value::<EndpointSlice>(value) {
-                Ok(object) => match validate_slice(&object) {
-                    Ok(()) => loaded.slices.push(Sourced { object, origin: origin.clone() }),
-                    Err(TranslateError { reason, .. }) => loaded.errors.push(
-                        ManifestError::object(origin, format!("EndpointSlice {name}: {reason}")),
-                    ),
-                },
-                Err(e) => loaded
-                    .errors
-                    .push(ManifestError::object(origin, format!("EndpointSlice {name}: {e}"))),
-            }
-        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => match serde_json::from_value::<EndpointSlice>(value) {
+            Ok(object) => match validate_slice(&object) {
+                Ok(()) => loaded.slices.push(Sourced { object, origin: origin.clone() }),
+                Err(TranslateError { reason, .. }) => fail(loaded, reason),
+            },
+            Err(e) => fail(loaded, e.to_string()),
+        },
         ("v1", "Node") => match serde_json::from_value::<Node>(value) {
             Ok(object) => loaded.nodes.push(Sourced { object, origin: origin.clone() }),
-            Err(e) => loaded.errors.push(ManifestError::object(origin, format!("Node {name}: {e}"))),
+            Err(e) => fail(loaded, e.to_string()),
         },
-        (_, "Service") | (_, "EndpointSlice") | (_, "Node") => loaded.errors.push(ManifestError::object(
-            origin,
-            format!("{kind} {name}: apiVersion {api_version:?} is not supported"),
-        )),
+        (_, "Service") | (_, "EndpointSlice") | (_, "Node") => {
+            fail(loaded, format!("apiVersion {api_version:?} is not supported"))
+        }
         ("", _) | (_, "") => loaded
             .errors
             .push(ManifestError::object(origin, "apiVersion and kind are required")),
@@ -266,7 +313,7 @@ mod tests {
         let l = load("b.yml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: 80\n");
         assert!(l.services.is_empty());
         let msg = l.errors[0].to_string();
-        assert!(msg.contains("Service web") && msg.contains("b.yml (document 1, line 1)"), "{msg}");
+        assert!(msg.contains("Service default/web") && msg.contains("b.yml (document 1, line 1)"), "{msg}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - Only in the Service's address families (`ipFamilies`, else those of its cluster IPs;
 //!   both for a Service without any): addresses of another family are reported and
 //!   skipped, as kube-proxy does.
-//! - Headless (`clusterIP: None`) and ExternalName Services are not load-balanced.
+//! - Headless (`clusterIP: None`) and ExternalName Services are not load-balanced, nor
+//!   are Services labelled `service.kubernetes.io/service-proxy-name` (another proxy's).
 //! - Every TCP or UDP port; other protocols are reported and skipped.
 //!
 //! Backends, per Service port and address family (EndpointSlices labelled
@@ -65,6 +66,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// a pod name (the endpoint's `targetRef.name`) or an endpoint address, and `weight` an
 /// integer 0..=1000. Unlisted endpoints weigh 1; weight 0 takes no new flows.
 pub const WEIGHTS_ANNOTATION: &str = "xlb.dev/endpoint-weights";
+/// Services labelled with it are handled by the proxy it names, not by xlb (as for
+/// kube-proxy).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Node label holding its zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
@@ -196,6 +200,10 @@ pub fn translate_service(
     };
     let mut out = Translated::default();
     if spec.type_.as_deref() == Some("ExternalName") {
+        return Ok(out);
+    }
+    if svc.metadata.labels.as_ref().is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
+        // Delegated to another proxy.
         return Ok(out);
     }
     let cluster_ips: Vec<&String> = match (&spec.cluster_ips, &spec.cluster_ip) {

@@ -1,4 +1,6 @@
-//! Golden tests of the control plane: Kubernetes YAML in, map contents out.
+//! Golden tests of the control plane: Kubernetes YAML in, map contents out, through the
+//! agent's own path (manifests source, store, reconciler: translation, planning,
+//! applying) into the fake maps.
 //!
 //! Each directory under `testdata/golden/` is a case: `step1.yaml`, `step2.yaml`, ... are
 //! the complete manifests at successive moments; `expected.txt` holds, for every step, the
@@ -11,8 +13,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::sync::Arc;
+
 use xlb::{
     manifests,
+    metrics::Metrics,
+    reconcile::Reconciler,
+    sources::manifests::ManifestSource,
+    store::Store,
     sync::{self, Applied, FakeMaps, PlanConfig},
     translate,
 };
@@ -32,50 +40,48 @@ fn steps(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn run_case(dir: &Path) -> String {
-    let mut applied = Applied::new(1024, 4096);
     let mut maps = FakeMaps::default();
-    let cfg = PlanConfig::default();
+    // The node under test is always `node-a`; its Node object, if a step has one, gives
+    // its addresses and zone. Zero grace: retired backends are cleared at once, so each
+    // dump is the end state.
+    let node = translate::NodeInfo { name: Some("node-a".into()), ..Default::default() };
+    let mut rec = Reconciler::new(
+        Store::new(Some("node-a".into())),
+        node,
+        Applied::new(1024, 4096),
+        PlanConfig::default(),
+        sync::ApplyConfig { backend_grace: std::time::Duration::ZERO },
+        Arc::new(Metrics::new()),
+    );
+    let mut source = ManifestSource::new(dir);
     let mut out = String::new();
     for step in steps(dir) {
         let mut loaded = manifests::Loaded::default();
         let text = std::fs::read_to_string(&step).unwrap();
-        manifests::load_text(Path::new(step.file_name().unwrap()), &text, &mut loaded);
-        // The node under test is always `node-a`; its Node object, if the step has one,
-        // gives its addresses and zone.
-        let node = loaded
-            .nodes
-            .iter()
-            .find(|n| n.object.metadata.name.as_deref() == Some("node-a"))
-            .map(|n| translate::NodeInfo::from_node(&n.object))
-            .unwrap_or(translate::NodeInfo { name: Some("node-a".into()), ..Default::default() });
-        let (desired, errors, warnings) = translate::translate_all(
-            loaded.services.iter().map(|s| &s.object),
-            loaded.slices.iter().map(|s| &s.object),
-            &node,
-        );
+        let file = Path::new(step.file_name().unwrap());
+        manifests::load_text(file, &text, &mut loaded);
+        loaded.files.push(file.to_path_buf());
+        let reload = source.absorb(loaded);
         let _ = writeln!(out, "### {}", step.file_name().unwrap().to_string_lossy());
-        for e in &loaded.errors {
-            let _ = writeln!(out, "rejected: {e}");
+        for p in &reload.problems {
+            let _ = writeln!(out, "{p}");
         }
-        for e in &errors {
-            let _ = writeln!(out, "rejected: {e}");
-        }
-        for w in &warnings {
-            let _ = writeln!(out, "warning: {w}");
-        }
-        let plan = sync::plan(&desired, &applied, None, &cfg);
-        for e in &plan.errors {
-            let _ = writeln!(out, "not programmed: {e}");
+        for change in &reload.changes {
+            rec.handle(change);
         }
         maps.log.clear();
-        // Zero grace: retired backends are cleared at once, so each dump is the end state.
-        let no_grace = sync::ApplyConfig { backend_grace: std::time::Duration::ZERO };
-        let report = sync::apply_with(plan, &mut applied, &mut maps, &no_grace);
-        assert!(report.errors.is_empty(), "{}: {:?}", step.display(), report.errors);
+        let report = rec.sync(&mut maps).expect("every kind is listed");
+        for p in &report.problems {
+            assert!(!p.starts_with("map write failed"), "{}: {p}", step.display());
+            let _ = writeln!(out, "{p}");
+        }
+        for w in &report.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
         let _ = writeln!(out, "writes: {}", maps.log.join(", "));
-        out.push_str(&maps.dump(Some(&applied)));
+        out.push_str(&maps.dump(Some(&rec.applied)));
         // Planning again against the result must find nothing to do (idempotence).
-        let again = sync::plan(&desired, &applied, None, &cfg);
+        let again = sync::plan(rec.desired(), &rec.applied, None, &PlanConfig::default());
         assert!(again.ops.is_empty(), "{}: not idempotent: {:?}", step.display(), again.ops);
     }
     out

@@ -224,12 +224,19 @@ impl Lab {
         self.agent.as_mut().expect("agent started")
     }
 
-    /// Asks the agent to re-read its manifests and waits until it has synced again.
-    pub fn reload_agent(&mut self) -> anyhow::Result<()> {
-        let agent = self.agent();
-        let done = agent.count("sync complete");
-        agent.signal(libc::SIGHUP)?;
-        agent.wait_for_count("sync complete", done + 1, Duration::from_secs(10))
+    /// Writes a manifest file and waits until the agent, which watches the directory,
+    /// has programmed the change (the change must lead to map writes).
+    pub fn update_manifest(&mut self, name: &str, text: &str) -> anyhow::Result<()> {
+        let done = self.agent().count("sync complete");
+        self.write_manifest(name, text)?;
+        self.agent().wait_for_count("sync complete", done + 1, Duration::from_secs(10))
+    }
+
+    /// [`Self::update_manifest`] for every default manifest.
+    pub fn restore_default_manifests(&mut self) -> anyhow::Result<()> {
+        let done = self.agent().count("sync complete");
+        self.write_default_manifests()?;
+        self.agent().wait_for_count("sync complete", done + 1, Duration::from_secs(10))
     }
 }
 

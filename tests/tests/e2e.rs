@@ -109,8 +109,7 @@ fn established_connections_survive_the_removal_of_a_backend() {
         let names: std::collections::BTreeSet<&str> = sessions.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names.len(), 3, "{vip}: connections on every backend");
 
-        lab.write_manifest("endpointslices.yaml", &web_without_b3()).unwrap();
-        lab.reload_agent().unwrap();
+        lab.update_manifest("endpointslices.yaml", &web_without_b3()).unwrap();
 
         // Every established connection keeps working with the same backend, including the
         // ones on b3 (still running, just no longer taking new flows).
@@ -132,8 +131,7 @@ fn established_connections_survive_the_removal_of_a_backend() {
         assert_eq!(seen.len(), 2, "{vip}: {seen:?}");
 
         // Restore for the next family.
-        lab.write_default_manifests().unwrap();
-        lab.reload_agent().unwrap();
+        lab.restore_default_manifests().unwrap();
     }
 }
 

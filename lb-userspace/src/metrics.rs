@@ -1,0 +1,279 @@
+//! The agent's own metrics (Prometheus/OpenMetrics, prometheus-client) and its HTTP
+//! endpoint: `/metrics`, `/healthz` (the process serves), `/readyz` (the first complete
+//! sync is done).
+//!
+//! Datapath counters are read from the pinned maps at each scrape, so `/metrics` shows
+//! exactly what `xlb stats` shows.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// `/healthz` fails when the reconciler has not gone round its loop for this long.
+pub const HEALTHY_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabel {
+    pub scope: &'static str,
+}
+
+/// Kinds of sync errors (the `kind` label of `xlb_sync_errors_total`).
+pub mod errors {
+    /// A manifest file or document that could not be read or parsed.
+    pub const INVALID_MANIFEST: &str = "invalid_manifest";
+    /// An object rejected by the translation (the reason is logged).
+    pub const INVALID_OBJECT: &str = "invalid_object";
+    /// A desired service the planner could not program (conflict, capacity).
+    pub const PLAN: &str = "plan";
+    /// A map write that failed.
+    pub const MAP_WRITE: &str = "map_write";
+    /// The source lost its connection (watch errors; it retries with backoff).
+    pub const SOURCE: &str = "source";
+}
+
+/// Everything the agent measures about itself.
+#[derive(Debug)]
+pub struct Metrics {
+    /// From a change seen by a source to the maps written.
+    pub programming_latency: Histogram,
+    pub sync_duration: Family<ScopeLabel, Histogram>,
+    pub sync_errors: Family<KindLabel, Counter>,
+    pub map_writes: Counter,
+    pub services: Gauge,
+    pub frontends: Gauge,
+    pub backends: Gauge,
+    pub rejected_objects: Gauge,
+    ready: AtomicBool,
+    /// When the reconciler last went round its loop (ms since `started`).
+    heartbeat_ms: AtomicU64,
+    started: std::time::Instant,
+    /// Service id -> name and backend id -> address, for the datapath counters' labels.
+    names: Mutex<Names>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Names {
+    pub services: BTreeMap<u32, String>,
+    pub backends: BTreeMap<u32, String>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 us .. ~52 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 21))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            programming_latency: latency_histogram(),
+            sync_duration: Family::new_with_constructor(latency_histogram),
+            sync_errors: Family::default(),
+            map_writes: Counter::default(),
+            services: Gauge::default(),
+            frontends: Gauge::default(),
+            backends: Gauge::default(),
+            rejected_objects: Gauge::default(),
+            ready: AtomicBool::new(false),
+            heartbeat_ms: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            names: Mutex::new(Names::default()),
+        }
+    }
+
+    pub fn error(&self, kind: &'static str) {
+        self.sync_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn errors(&self, kind: &'static str) -> u64 {
+        self.sync_errors.get_or_create(&KindLabel { kind }).get()
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The reconciler is alive (it calls this at least every second).
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    /// Whether the reconciler went round its loop within `HEALTHY_WITHIN`.
+    pub fn is_alive(&self) -> bool {
+        let last = self.heartbeat_ms.load(Ordering::Acquire);
+        (self.started.elapsed().as_millis() as u64).saturating_sub(last) <= HEALTHY_WITHIN.as_millis() as u64
+    }
+
+    pub fn set_names(&self, names: Names) {
+        *self.names.lock().expect("not poisoned") = names;
+    }
+
+    fn names(&self) -> Names {
+        self.names.lock().expect("not poisoned").clone()
+    }
+
+    /// A registry with these metrics, and the datapath counters of the instance pinned at
+    /// `pin_dir` when given.
+    pub fn registry(self: &Arc<Self>, pin_dir: Option<PathBuf>) -> Registry {
+        let mut r = Registry::with_prefix("xlb");
+        r.register(
+            "programming_latency_seconds",
+            "Time from a change seen by a source to the maps written",
+            self.programming_latency.clone(),
+        );
+        r.register("sync_duration_seconds", "Duration of a sync (translate, plan, apply)", self.sync_duration.clone());
+        r.register("sync_errors", "Sync errors by kind", self.sync_errors.clone());
+        r.register("map_writes", "Datapath map writes made by the agent", self.map_writes.clone());
+        r.register("services", "Datapath services programmed", self.services.clone());
+        r.register("frontends", "Frontends (VIP, port, protocol) programmed", self.frontends.clone());
+        r.register("backends", "Backends programmed", self.backends.clone());
+        r.register("rejected_objects", "Objects currently rejected as invalid", self.rejected_objects.clone());
+        if let Some(dir) = pin_dir {
+            r.register_collector(Box::new(DatapathCollector { dir, metrics: self.clone() }));
+        }
+        r
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reads the datapath counters from the pins at each scrape.
+#[derive(Debug)]
+struct DatapathCollector {
+    dir: PathBuf,
+    metrics: Arc<Metrics>,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Vec<(&str, String)>, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (labels, value) in rows {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let report = match crate::stats::read(&self.dir) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "datapath counters not readable");
+                return Ok(());
+            }
+        };
+        let names = self.metrics.names();
+        let packets: Vec<_> = report
+            .packets
+            .iter()
+            .map(|p| (vec![("verdict", p.verdict.to_string()), ("reason", p.reason.to_string())], p.packets))
+            .collect();
+        counter(&mut encoder, "datapath_packets", "Packets by XDP verdict and reason", &packets)?;
+        let events: Vec<_> = report.events.iter().map(|(e, n)| (vec![("event", e.to_string())], *n)).collect();
+        counter(&mut encoder, "datapath_events", "Datapath events (flows, connection table)", &events)?;
+        let service = |id: u32| names.services.get(&id).cloned().unwrap_or_else(|| format!("id-{id}"));
+        let backend = |id: u32| names.backends.get(&id).cloned().unwrap_or_else(|| format!("id-{id}"));
+        let rows = |f: fn(&crate::stats::ServiceReport) -> u64| -> Vec<_> {
+            report.services.iter().map(|s| (vec![("service", service(s.id))], f(s))).collect()
+        };
+        counter(&mut encoder, "service_packets", "Packets to a service's frontends", &rows(|s| s.packets))?;
+        counter(&mut encoder, "service_new_flows", "New flows of a service", &rows(|s| s.new_flows))?;
+        counter(&mut encoder, "service_no_backend", "Packets dropped: the service had no backend", &rows(|s| s.no_backend))?;
+        let rows = |f: fn(&crate::stats::BackendReport) -> u64| -> Vec<_> {
+            report.backends.iter().map(|b| (vec![("backend", backend(b.id))], f(b))).collect()
+        };
+        counter(&mut encoder, "backend_new_flows", "New flows sent to a backend", &rows(|b| b.new_flows))?;
+        counter(&mut encoder, "backend_packets", "Packets sent to a backend", &rows(|b| b.packets))?;
+        counter(&mut encoder, "backend_reply_packets", "Reply packets from a backend", &rows(|b| b.reply_packets))?;
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+}
+
+async fn metrics_page(State(s): State<HttpState>) -> impl IntoResponse {
+    let mut body = String::new();
+    match encode(&mut body, &s.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        ),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], e.to_string()),
+    }
+}
+
+async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
+    if s.metrics.is_alive() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy: the reconciler is stuck\n")
+    }
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    if s.metrics.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the first sync has not completed\n")
+    }
+}
+
+/// Binds the HTTP endpoint (so that a bad address fails the start, not later).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: cannot listen: {e}"))
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, registry: Registry) -> anyhow::Result<()> {
+    let state = HttpState { metrics, registry: Arc::new(registry) };
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
