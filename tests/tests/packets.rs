@@ -358,3 +358,86 @@ fn every_case_of_the_table_gets_its_documented_verdict_and_counter() {
         }
     });
 }
+
+/// `sticky` (10.96.0.15:80, `sessionAffinity: ClientIP`, 1 s timeout) with the given lab
+/// backends (1..=3).
+fn sticky(backends: &[usize]) -> String {
+    let endpoints: String =
+        backends.iter().map(|i| format!("- {{addresses: [\"{}\"]}}\n", lab::backend_v4(*i))).collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: sticky}}\nspec:\n  clusterIP: 10.96.0.15\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 1}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: sticky-1, labels: {{kubernetes.io/service-name: sticky}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{endpoints}"
+    )
+}
+
+#[test]
+fn session_affinity_keeps_a_client_on_its_backend_until_it_leaves_or_times_out() {
+    with_env(|env| {
+        let vip: IpAddr = "10.96.0.15".parse().unwrap();
+        let clients: Vec<IpAddr> = (0..200u32).map(|i| IpAddr::V4(Ipv4Addr::new(10, 203, (i >> 8) as u8, i as u8 + 1))).collect();
+        let b1 = IpAddr::V4(lab::backend_v4(1));
+        let new_flow = |env: &Env, client: IpAddr, sport: u16| {
+            let (action, out) = env.run(&frame(true, client, vip, sport, 80, b""));
+            assert_eq!(action, XDP_REDIRECT, "{client}:{sport}");
+            summary(&out).dst
+        };
+        let base = all_manifests();
+
+        // All flows of a client, whatever their source port, go to one backend: the one
+        // the client hash picks (the agent's prediction).
+        program(env, &format!("{base}\n---\n{}", sticky(&[1, 2, 3])));
+        let mut used = BTreeSet::new();
+        for client in &clients[..30] {
+            let want = env.predict(*client, 1, vip, 80, Proto::TCP).ip;
+            for sport in 50_000..50_004u16 {
+                assert_eq!(new_flow(env, *client, sport), want, "{client}: every flow on the predicted backend");
+            }
+            used.insert(want);
+        }
+        assert_eq!(used.len(), 3, "clients spread over every backend");
+
+        // Only b1: every client is remembered on it. Then b2 and b3 come back: the hash
+        // would move most clients, but within the timeout each stays on b1.
+        program(env, &format!("{base}\n---\n{}", sticky(&[1])));
+        let started = std::time::Instant::now();
+        for client in &clients {
+            assert_eq!(new_flow(env, *client, 51_000), b1);
+        }
+        program(env, &format!("{base}\n---\n{}", sticky(&[1, 2, 3])));
+        let moved: Vec<IpAddr> =
+            clients.iter().copied().filter(|c| env.predict(*c, 1, vip, 80, Proto::TCP).ip != b1).collect();
+        assert!(moved.len() > 100, "the hash would move most clients: {}", moved.len());
+        for client in &moved[..20] {
+            assert_eq!(new_flow(env, *client, 51_001), b1, "{client}: sticks to b1 within the timeout");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_millis(900), "the test itself was too slow");
+        assert!(env.stats().events["affinity_hit"] >= 20);
+
+        // Once a client has been quiet for the timeout, it goes where the hash says. Each
+        // probe uses a client not seen since the first round (a probe refreshes the
+        // memory of the client it sticks).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut expired_after = None;
+        for client in &moved[20..] {
+            let want = env.predict(*client, 1, vip, 80, Proto::TCP).ip;
+            if new_flow(env, *client, 51_002) == want {
+                expired_after = Some(started.elapsed());
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "affinity never expired");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let expired_after = expired_after.expect("a probe client went where the hash says");
+        assert!(expired_after >= std::time::Duration::from_millis(950), "expired too early: {expired_after:?}");
+
+        // A backend that leaves the service takes no remembered client any more.
+        let fresh: Vec<IpAddr> = (0..40u32).map(|i| IpAddr::V4(Ipv4Addr::new(10, 204, 0, i as u8 + 1))).collect();
+        for client in &fresh {
+            new_flow(env, *client, 52_000);
+        }
+        program(env, &format!("{base}\n---\n{}", sticky(&[2, 3])));
+        for client in &fresh {
+            let got = new_flow(env, *client, 52_001);
+            assert_ne!(got, b1, "{client}: b1 left the service");
+        }
+    });
+}
