@@ -8,6 +8,7 @@
 //! | [`CONNTRACK`] | LRU hash | [`CtKey`] -> [`CtValue`] | datapath |
 //! | [`AFFINITY`] | LRU hash | [`AffinityKey`] -> [`AffinityValue`] | datapath |
 //! | [`AFFINITY_MEMBERS`] | hash | [`MemberKey`] -> u32 | agent |
+//! | [`META`] | array, 1 slot | 0 -> [`Meta`] | agent |
 //! | [`STATS`] | per-CPU array, 1 slot | 0 -> [`crate::stats::GlobalStats`] | datapath |
 //! | [`SERVICE_STATS`] | per-CPU array | service id -> [`crate::stats::ServiceStats`] | datapath |
 //! | [`BACKEND_STATS`] | per-CPU array | backend id -> [`crate::stats::BackendStats`] | datapath |
@@ -38,9 +39,11 @@ pub const SERVICE_STATS: &str = "XLB_SERVICE_STATS";
 pub const BACKEND_STATS: &str = "XLB_BACKEND_STATS";
 pub const AFFINITY: &str = "XLB_AFFINITY";
 pub const AFFINITY_MEMBERS: &str = "XLB_AFFINITY_MEMBERS";
+pub const META: &str = "XLB_META";
 
 /// Every map the datapath defines, in a fixed order (used to pin and to adopt them).
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
+    META,
     FRONTENDS,
     MAGLEV,
     BACKENDS,
@@ -51,6 +54,22 @@ pub const ALL_MAPS: [&str; 9] = [
     AFFINITY,
     AFFINITY_MEMBERS,
 ];
+
+/// Version of the layout of the pinned maps (names, kinds, key and value formats, and
+/// what their contents mean). An agent adopts pinned maps only of its own layout
+/// version; bump it with any change that an agent of the previous version would
+/// misread.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// The single slot of [`META`]: written by the agent that created the maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Meta {
+    /// [`LAYOUT_VERSION`] of the agent that created the maps; 0 until it was written.
+    pub layout_version: u32,
+    pub _pad: u32,
+}
+crate::pod!(Meta);
 
 /// Default capacities, compiled into the object; the agent may override them at load time.
 pub const MAX_FRONTENDS: u32 = 65_536;

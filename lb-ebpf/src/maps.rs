@@ -10,7 +10,7 @@ use lb_common::{
     maps::{
         AFFINITY_ENTRIES, AffinityKey, AffinityValue, BPF_F_INNER_MAP, BackendValue,
         CONNTRACK_ENTRIES, CtKey, CtValue, FrontendKey, FrontendValue, MAX_AFFINITY_MEMBERS,
-        MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MaglevChunk, MemberKey,
+        MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MaglevChunk, MemberKey, Meta,
     },
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
@@ -61,3 +61,7 @@ pub static XLB_AFFINITY: LruHashMap<AffinityKey, AffinityValue, { AFFINITY_ENTRI
 #[btf_map]
 pub static XLB_AFFINITY_MEMBERS: HashMap<MemberKey, u32, { MAX_AFFINITY_MEMBERS as usize }, NO_PREALLOC> =
     HashMap::new();
+
+/// The layout version of the pinned maps (written by the agent; not read by the program).
+#[btf_map]
+pub static XLB_META: Array<Meta, 1> = Array::new();

@@ -71,10 +71,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None
     };
 
-    if args.bpffs.exists() {
-        tracing::info!(dir = %args.bpffs.display(), "removing pins left by a previous run");
-        datapath::remove_pins(&args.bpffs)?;
-    }
     let opts = LoadOptions {
         pin_dir: args.bpffs.clone(),
         config: args.datapath.config(),
@@ -105,6 +101,21 @@ async fn serve(
         tracing::info!(interface, ?mode, "attached");
     }
     let maps = dp.maps()?;
+    let applied = if dp.adopted() {
+        let (applied, found) =
+            Applied::adopt(maps.programmed()?, lb_common::maps::MAX_SERVICES, lb_common::maps::MAX_BACKENDS);
+        tracing::info!(
+            dir = %args.bpffs.display(),
+            frontends = found.frontends,
+            tables = found.tables,
+            backends = found.backends,
+            broken_tables = found.broken_tables,
+            "adopted the maps an earlier agent pinned (connection table included); the first sync keeps what is right and prunes the rest"
+        );
+        applied
+    } else {
+        Applied::new(lb_common::maps::MAX_SERVICES, lb_common::maps::MAX_BACKENDS)
+    };
     let metrics = Arc::new(Metrics::new());
     metrics.beat();
     let registry = metrics.registry(Some(args.bpffs.clone()));
@@ -120,7 +131,7 @@ async fn serve(
     let reconciler = Reconciler::new(
         Store::new(Some(node_name.clone())),
         fallback,
-        Applied::new(lb_common::maps::MAX_SERVICES, lb_common::maps::MAX_BACKENDS),
+        applied,
         PlanConfig { max_table_size: args.datapath.max_table_size, ..PlanConfig::default() },
         ApplyConfig::default(),
         metrics.clone(),

@@ -24,6 +24,16 @@ pub enum Command {
     Agent(AgentArgs),
     /// Print the datapath counters of a running agent (read from its pinned maps).
     Stats(StatsArgs),
+    /// Remove an agent's pinned maps (stop the agent first). This drops the connection
+    /// table: established connections through the node break.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The agent's pin directory.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/xlb")]
+    pub bpffs: PathBuf,
 }
 
 #[derive(Debug, Args)]

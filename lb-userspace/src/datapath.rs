@@ -54,6 +54,14 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error(
+        "the maps pinned at {dir} cannot be adopted: {reason}. Stop the agent that uses them, \
+         then remove them with `xlb cleanup --bpffs {dir}` (this drops the connection table: \
+         established connections through this node break)"
+    )]
+    IncompatiblePins { dir: PathBuf, reason: String },
+    #[error("cannot read the pinned maps back: {0}")]
+    ReadBack(String),
     #[error("cannot attach to interface {interface}: {source}")]
     Attach {
         interface: String,
@@ -94,6 +102,71 @@ pub struct Datapath {
     ebpf: Ebpf,
     links: Vec<(String, XdpLinkId)>,
     pin_dir: PathBuf,
+    adopted: bool,
+}
+
+/// Key and value sizes of every map, as this agent lays them out.
+fn expected_layout() -> [(&'static str, usize, usize); 10] {
+    use lb_common::{
+        maps::{AffinityKey, AffinityValue, CtKey, CtValue, Meta},
+        stats::{BackendStats, GlobalStats, ServiceStats},
+    };
+    [
+        (names::META, 4, size_of::<Meta>()),
+        (names::FRONTENDS, size_of::<FrontendKey>(), size_of::<FrontendValue>()),
+        (names::MAGLEV, 4, 4),
+        (names::BACKENDS, 4, size_of::<BackendValue>()),
+        (names::CONNTRACK, size_of::<CtKey>(), size_of::<CtValue>()),
+        (names::STATS, 4, size_of::<GlobalStats>()),
+        (names::SERVICE_STATS, 4, size_of::<ServiceStats>()),
+        (names::BACKEND_STATS, 4, size_of::<BackendStats>()),
+        (names::AFFINITY, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
+        (names::AFFINITY_MEMBERS, size_of::<MemberKey>(), 4),
+    ]
+}
+
+/// Whether `dir` holds pins of an earlier agent, and whether this agent can adopt them:
+/// all of them present, of this layout version, with the expected key and value sizes.
+/// Returns whether there is anything to adopt.
+pub fn check_pins(dir: &Path, conntrack_entries: u32) -> Result<bool, DatapathError> {
+    let present: Vec<&str> = names::ALL_MAPS.iter().copied().filter(|n| dir.join(n).exists()).collect();
+    if present.is_empty() {
+        return Ok(false);
+    }
+    let incompatible = |reason: String| DatapathError::IncompatiblePins { dir: dir.into(), reason };
+    if present.len() != names::ALL_MAPS.len() {
+        let missing: Vec<&str> = names::ALL_MAPS.iter().copied().filter(|n| !present.contains(n)).collect();
+        return Err(incompatible(format!("maps {missing:?} are missing (another version's pins?)")));
+    }
+    let meta: Array<MapData, lb_common::maps::Meta> = MapData::from_pin(dir.join(names::META))
+        .map_err(|e| e.to_string())
+        .and_then(|m| Array::try_from(Map::Array(m)).map_err(|e| e.to_string()))
+        .map_err(|e| incompatible(format!("{}: {e}", names::META)))?;
+    let version = meta.get(&0, 0).map_err(|e| incompatible(format!("{}: {e}", names::META)))?.layout_version;
+    if version != names::LAYOUT_VERSION {
+        return Err(incompatible(format!(
+            "their layout version is {version}, this agent's is {}",
+            names::LAYOUT_VERSION
+        )));
+    }
+    for (name, key, value) in expected_layout() {
+        let info = aya::maps::MapInfo::from_pin(dir.join(name)).map_err(|e| incompatible(format!("{name}: {e}")))?;
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            return Err(incompatible(format!(
+                "{name} has {}-byte keys and {}-byte values, this agent expects {key} and {value}",
+                info.key_size(),
+                info.value_size()
+            )));
+        }
+        if name == names::CONNTRACK && info.max_entries() != conntrack_entries {
+            tracing::warn!(
+                pinned = info.max_entries(),
+                requested = conntrack_entries,
+                "the pinned connection table keeps its size; --conntrack-entries applies once the pins are removed"
+            );
+        }
+    }
+    Ok(true)
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -144,9 +217,14 @@ fn raise_memlock() {
 
 impl Datapath {
     /// Loads the program and creates (and pins) its maps.
+    ///
+    /// Maps an earlier agent pinned in `opts.pin_dir` are reused (see [`check_pins`]):
+    /// their contents, the connection table included, carry over; [`Self::adopted`] says
+    /// so.
     pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
         raise_memlock();
         prepare_pin_dir(&opts.pin_dir)?;
+        let adopted = check_pins(&opts.pin_dir, opts.conntrack_entries)?;
         let pins: Vec<(&'static str, PathBuf)> =
             names::ALL_MAPS.iter().map(|n| (*n, opts.pin_dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
@@ -162,7 +240,20 @@ impl Datapath {
             .try_into()
             .map_err(DatapathError::Program)?;
         program.load().map_err(DatapathError::Program)?;
-        Ok(Self { ebpf, links: Vec::new(), pin_dir: opts.pin_dir.clone() })
+        if !adopted {
+            let mut meta: Array<&mut MapData, lb_common::maps::Meta> = Array::try_from(
+                ebpf.map_mut(names::META).ok_or(DatapathError::MissingMap(names::META))?,
+            )
+            .map_err(map_err(names::META))?;
+            let value = lb_common::maps::Meta { layout_version: names::LAYOUT_VERSION, _pad: 0 };
+            meta.set(0, value, 0).map_err(map_err(names::META))?;
+        }
+        Ok(Self { ebpf, links: Vec::new(), pin_dir: opts.pin_dir.clone(), adopted })
+    }
+
+    /// Whether the maps were adopted from an earlier agent's pins.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -313,6 +404,45 @@ mod batch {
         call(BPF_MAP_UPDATE_BATCH, &mut attr, keys.len())
     }
 
+    /// Every (key, value) of a map, `chunk` at a time (arrays and hashes; not per-CPU).
+    pub fn lookup_all<K: aya::Pod + bytemuck::Zeroable, V: aya::Pod + bytemuck::Zeroable>(map: BorrowedFd<'_>, chunk: usize) -> io::Result<Vec<(K, V)>> {
+        const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+        let mut out = Vec::new();
+        let mut keys: Vec<K> = vec![bytemuck::Zeroable::zeroed(); chunk];
+        let mut values: Vec<V> = vec![bytemuck::Zeroable::zeroed(); chunk];
+        // The batch position token (a u32 for arrays and hashes); 8 bytes leave room.
+        let mut token_in = 0u64;
+        let mut token_out = 0u64;
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { &token_in as *const u64 as u64 },
+                out_batch: &mut token_out as *mut u64 as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: chunk as u32,
+                map_fd: map.as_raw_fd() as u32,
+                ..Default::default()
+            };
+            // SAFETY: as in `call`; `keys`/`values` hold `chunk` elements of the map's
+            // key and value sizes (callers' contract), the tokens 8 bytes each.
+            let rc = unsafe {
+                libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as u32)
+            };
+            let n = attr.count as usize;
+            out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENOENT) {
+                    return Ok(out);
+                }
+                return Err(e);
+            }
+            token_in = token_out;
+            first = false;
+        }
+    }
+
     /// Deletes `keys` (all must exist).
     pub fn delete<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
         let mut attr = BatchAttr {
@@ -381,6 +511,36 @@ impl RealMaps {
             Map::HashOfMaps(data) => data.fd().as_fd(),
             _ => unreachable!("checked when opened"),
         }
+    }
+
+    /// Everything programmed, read back (to adopt it).
+    pub fn programmed(&self) -> Result<crate::sync::Programmed, DatapathError> {
+        let err = |what: &str, e: &dyn std::fmt::Display| DatapathError::ReadBack(format!("{what}: {e}"));
+        let mut p = crate::sync::Programmed::default();
+        for entry in self.frontends.iter() {
+            p.frontends.push(entry.map_err(|e| err(names::FRONTENDS, &e))?);
+        }
+        let backends: Vec<(u32, BackendValue)> =
+            batch::lookup_all(self.backends.map().fd().as_fd(), 65_536).map_err(|e| err(names::BACKENDS, &e))?;
+        p.backends = backends.into_iter().filter(|(_, v)| v.flags & lb_common::maps::BACKEND_F_ACTIVE != 0).collect();
+        let ids: Vec<u32> = self.outer().keys().collect::<Result<_, _>>().map_err(|e| err(names::MAGLEV, &e))?;
+        for id in ids {
+            let inner = self.outer().get(&id, 0).map_err(|e| err(names::MAGLEV, &e))?;
+            let chunks: Vec<(u32, MaglevChunk)> =
+                batch::lookup_all(inner.map().fd().as_fd(), 4096).map_err(|e| err(names::MAGLEV, &e))?;
+            let mut flat = vec![0u32; chunks.len() * MAGLEV_CHUNK];
+            for (i, chunk) in chunks {
+                let start = i as usize * MAGLEV_CHUNK;
+                if let Some(dst) = flat.get_mut(start..start + MAGLEV_CHUNK) {
+                    dst.copy_from_slice(&chunk);
+                }
+            }
+            p.tables.insert(id, flat);
+        }
+        for key in self.members.keys() {
+            p.members.push(key.map_err(|e| err(names::AFFINITY_MEMBERS, &e))?);
+        }
+        Ok(p)
     }
 
     /// Every programmed frontend.

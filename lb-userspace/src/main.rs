@@ -26,5 +26,10 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Cleanup(args) => {
+            xlb::datapath::remove_pins(&args.bpffs)?;
+            eprintln!("removed the pins in {}", args.bpffs.display());
+            Ok(())
+        }
     }
 }

@@ -204,19 +204,43 @@ impl Lab {
         self.bpffs.path().join("node")
     }
 
-    /// Starts `xlb agent` in the node namespace and waits for its first complete sync.
+    /// Starts `xlb agent` on the manifests directory in the node namespace and waits for
+    /// its first complete sync.
     pub fn start_agent(&mut self, xlb_bin: &Path, extra: &[&str]) -> anyhow::Result<()> {
+        let source = vec!["--manifests".into(), self.manifests_dir().into_os_string()];
+        self.start_agent_with(xlb_bin, &source, extra)
+    }
+
+    /// Starts `xlb agent` with the given source arguments (e.g. `--kubernetes ...`) and
+    /// waits for its first complete sync.
+    pub fn start_agent_with(
+        &mut self,
+        xlb_bin: &Path,
+        source: &[std::ffi::OsString],
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.node.name()]).arg(xlb_bin).arg("agent");
-        cmd.arg("--manifests").arg(self.manifests_dir());
+        cmd.args(source);
+        cmd.arg("--node-name").arg("node-1");
         cmd.arg("--bpffs").arg(self.pin_dir());
         for i in self.node_interfaces() {
             cmd.args(["--interface", &i]);
         }
         cmd.args(extra);
         let mut agent = Process::spawn("agent", cmd)?;
-        agent.wait_for("sync complete", Duration::from_secs(20))?;
+        agent.wait_for("sync complete", Duration::from_secs(30))?;
         self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// Stops the agent with `signal` and waits for it to exit.
+    pub fn stop_agent(&mut self, signal: i32) -> anyhow::Result<()> {
+        let mut agent = self.agent.take().context("no agent running")?;
+        agent.signal(signal)?;
+        crate::wait::until("the agent exits", Duration::from_secs(10), Duration::from_millis(10), || {
+            (!agent.is_running()).then_some(())
+        })?;
         Ok(())
     }
 

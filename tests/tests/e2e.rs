@@ -154,3 +154,43 @@ fn attaches_in_generic_mode_where_native_xdp_is_missing() {
     assert!(out.contains("attached in generic mode"), "{out}");
     assert!(out.contains("mode=Skb"), "{out}");
 }
+
+#[test]
+fn a_restarted_agent_adopts_the_pinned_maps_and_established_connections_survive() {
+    let mut lab = common::default_lab();
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        let sessions = lab
+            .client
+            .run(|| {
+                [WEB_V4, WEB_V6]
+                    .into_iter()
+                    .flat_map(|vip| (0..12).map(move |_| vip))
+                    .map(|vip| {
+                        let mut s = TcpSession::connect(vip).unwrap();
+                        let name = s.ask().unwrap();
+                        (s, name)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+
+        lab.stop_agent(signal).unwrap();
+        lab.start_agent(&common::xlb_bin(), &[]).unwrap();
+        let out = lab.agent().output();
+        assert!(out.iter().any(|l| l.contains("adopted the maps")), "signal {signal}: adopted: {out:#?}");
+        let first_sync = out.iter().find(|l| l.contains("sync complete")).unwrap();
+        assert!(first_sync.contains("writes=0"), "signal {signal}: the first sync rewrote nothing: {first_sync}");
+
+        // Every connection opened before the restart still works, on the same backend
+        // (the connection table was pinned, so it carried over).
+        let after = lab
+            .client
+            .run(move || sessions.into_iter().map(|(mut s, before)| (before, s.ask().unwrap())).collect::<Vec<_>>())
+            .unwrap();
+        for (before, now) in &after {
+            assert_eq!(before, now, "signal {signal}: a connection changed backend across the restart");
+        }
+        let seen = tcp_spread(&lab, WEB_V4);
+        assert_eq!(seen.len(), 3, "new connections use every backend: {seen:?}");
+    }
+}

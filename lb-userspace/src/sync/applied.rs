@@ -9,7 +9,7 @@ use std::{
 
 use lb_common::{
     Family, Proto,
-    maps::{BackendValue, FrontendKey, FrontendValue},
+    maps::{BackendValue, FrontendKey, FrontendValue, MAGLEV_CHUNK, MemberKey},
 };
 
 use crate::model::ServiceName;
@@ -65,6 +65,11 @@ pub struct AppliedTable {
     pub capacity: u32,
     /// The live half (0 or 1).
     pub half: u32,
+    /// For a table adopted from maps an earlier agent programmed: its live slots (backend
+    /// ids). Its `members` then carry no weights (slot counts do not give them back):
+    /// the first plan compares the slots it would write with these instead, and adopts
+    /// the table as it is when they are equal.
+    pub adopted: Option<Vec<u32>>,
 }
 
 impl AppliedTable {
@@ -204,7 +209,31 @@ impl Applied {
     pub(crate) fn delete_frontend(&mut self, key: &FrontendKey) {
         if let Some(old) = self.frontends.remove(key) {
             self.unindex_frontend(old.service_id, key);
+            self.release_if_orphan(old.service_id);
         }
+    }
+
+    /// Releases the id of a service no name is bound to once nothing uses it (adopted
+    /// leftovers being pruned).
+    fn release_if_orphan(&mut self, id: u32) {
+        if self.service_name(id).is_none()
+            && !self.tables.contains_key(&id)
+            && !self.service_frontends.contains_key(&id)
+            && !self.members.contains_key(&id)
+        {
+            self.service_pool.release(id);
+        }
+    }
+
+    /// Replaces the bookkeeping of a table without writing it (an adopted table found
+    /// equal to the one the plan would write).
+    pub(crate) fn adopt_table(&mut self, service: u32, summary: AppliedTable) {
+        let flipped = self.flipped.get(&service).copied();
+        self.put_table(service, summary);
+        match flipped {
+            Some(t) => self.flipped.insert(service, t),
+            None => self.flipped.remove(&service),
+        };
     }
 
     fn unindex_frontend(&mut self, service: u32, key: &FrontendKey) {
@@ -238,7 +267,7 @@ impl Applied {
     }
 
     pub(crate) fn put_table(&mut self, service: u32, table: AppliedTable) {
-        self.delete_table(service);
+        self.unref_table(service);
         for (key, _) in &table.members {
             if let Some(id) = self.backend_ids.get(key) {
                 *self.backend_refs.entry(*id).or_default() += 1;
@@ -251,6 +280,11 @@ impl Applied {
     }
 
     pub(crate) fn delete_table(&mut self, service: u32) {
+        self.unref_table(service);
+        self.release_if_orphan(service);
+    }
+
+    fn unref_table(&mut self, service: u32) {
         self.flipped.remove(&service);
         if let Some(old) = self.tables.remove(&service) {
             for (key, _) in &old.members {
@@ -288,6 +322,7 @@ impl Applied {
             }
             if m.is_empty() {
                 self.members.remove(&service);
+                self.release_if_orphan(service);
             }
         }
     }
@@ -326,6 +361,81 @@ impl Applied {
 
     pub fn backend_refs(&self, id: u32) -> u32 {
         self.backend_refs.get(&id).copied().unwrap_or(0)
+    }
+}
+
+/// What the maps hold, read back from them (to adopt an earlier agent's work).
+#[derive(Clone, Debug, Default)]
+pub struct Programmed {
+    pub frontends: Vec<(FrontendKey, FrontendValue)>,
+    /// Each service's inner array, flattened to slots (both halves).
+    pub tables: BTreeMap<u32, Vec<u32>>,
+    /// Programmed (active) backends.
+    pub backends: BTreeMap<u32, BackendValue>,
+    pub members: Vec<MemberKey>,
+}
+
+/// What adoption found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    pub frontends: usize,
+    pub tables: usize,
+    pub backends: usize,
+    /// Tables no frontend uses, or that name backends not programmed: rewritten or
+    /// pruned by the first plan.
+    pub broken_tables: usize,
+}
+
+impl Applied {
+    /// The applied state of maps an earlier agent programmed. Service ids are not bound
+    /// to names yet: the first plan binds each desired service to the id its frontends
+    /// lead to, keeps what is already right, and prunes the rest.
+    pub fn adopt(p: Programmed, max_services: u32, max_backends: u32) -> (Self, Adopted) {
+        let mut a = Self::new(max_services, max_backends);
+        let mut report = Adopted::default();
+        for (id, value) in &p.backends {
+            a.put_backend(*id, value);
+        }
+        report.backends = p.backends.len();
+        // Live table of each service, from its frontends.
+        let mut live: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+        for (key, value) in &p.frontends {
+            a.service_pool.mark_used(value.service_id);
+            a.put_frontend(*key, *value);
+            if value.table_size > 0 {
+                live.entry(value.service_id).or_insert((value.table_base, value.table_size));
+            }
+        }
+        report.frontends = p.frontends.len();
+        for (service, all) in &p.tables {
+            a.service_pool.mark_used(*service);
+            let capacity = (all.len() / 2 / MAGLEV_CHUNK) as u32;
+            let table = live.get(service).and_then(|(base, size)| {
+                let start = *base as usize * MAGLEV_CHUNK;
+                let slots = all.get(start..start + *size as usize)?;
+                if capacity == 0 || base % capacity != 0 {
+                    return None;
+                }
+                let mut members: Vec<(BackendKey, u32)> = Vec::new();
+                for id in slots.iter().collect::<BTreeSet<_>>() {
+                    members.push((BackendKey::of(p.backends.get(id)?), 0));
+                }
+                members.sort();
+                Some(AppliedTable { size: *size, members, capacity, half: base / capacity, adopted: Some(slots.to_vec()) })
+            });
+            let table = table.unwrap_or_else(|| {
+                report.broken_tables += 1;
+                AppliedTable { size: 0, members: Vec::new(), capacity, half: 0, adopted: None }
+            });
+            a.put_table(*service, table);
+            a.flipped.remove(service);
+            report.tables += 1;
+        }
+        for m in &p.members {
+            a.service_pool.mark_used(m.service_id);
+            a.put_members(m.service_id, &[m.backend_id]);
+        }
+        (a, report)
     }
 }
 

@@ -115,6 +115,10 @@ pub fn apply_with(plan: Plan, applied: &mut Applied, maps: &mut impl Maps, cfg: 
                 applied.unbind_service(&name);
                 continue;
             }
+            Op::AdoptTable { service, summary } => {
+                applied.adopt_table(service, summary);
+                continue;
+            }
             Op::PutBackend { id, value } => match applied.backends.get(&id) {
                 Some(existing) if applied.backend_refs(id) > 0 && *existing != value => {
                     Err(ApplyError::Unsafe(format!("backend {id} is in use by a table")))

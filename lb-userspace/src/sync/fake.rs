@@ -116,6 +116,22 @@ impl FakeMaps {
     }
 }
 
+impl FakeMaps {
+    /// The contents, as the real maps' read-back gives them (to test adoption).
+    pub fn programmed(&self) -> super::Programmed {
+        super::Programmed {
+            frontends: self.frontends.iter().map(|(k, v)| (*k, *v)).collect(),
+            tables: self.tables.clone(),
+            backends: self.backends.clone(),
+            members: self
+                .members
+                .iter()
+                .map(|(s, b)| lb_common::maps::MemberKey { service_id: *s, backend_id: *b })
+                .collect(),
+        }
+    }
+}
+
 impl Maps for FakeMaps {
     fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapsError> {
         let live = self.live();

@@ -17,7 +17,7 @@ mod apply;
 mod fake;
 mod plan;
 
-pub use applied::{Applied, AppliedTable, BackendKey};
+pub use applied::{Adopted, Applied, AppliedTable, BackendKey, Programmed};
 pub use apply::{
     ApplyConfig, ApplyError, ApplyReport, BACKEND_GRACE, HALF_GRACE, Maps, MapsError, TableWrite, apply,
     apply_with, reap,

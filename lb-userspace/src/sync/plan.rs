@@ -48,6 +48,9 @@ pub enum Op {
     DeleteBackend { id: u32 },
     /// Releases a service id (bookkeeping only).
     UnbindService { name: ServiceName },
+    /// Records that an adopted table is exactly the one this plan would write
+    /// (bookkeeping only).
+    AdoptTable { service: u32, summary: AppliedTable },
 }
 
 /// A desired service that could not be (fully) programmed.
@@ -183,9 +186,24 @@ pub fn plan(
             .collect(),
     };
 
+    // Adopted service ids (unbound) claimed in this plan.
+    let mut adopting: BTreeSet<u32> = BTreeSet::new();
     for (name, spec) in &wanted {
+        // An unbound id one of the service's frontends leads to: adopted from an earlier
+        // agent's maps; binding to it keeps its table and frontends as they are.
+        let adoptable = || {
+            spec.frontends.iter().find_map(|fe| {
+                let id = applied.frontends.get(&FrontendKey::new(fe.ip, fe.port, spec.proto))?.service_id;
+                (applied.service_name(id).is_none() && !adopting.contains(&id)).then_some(id)
+            })
+        };
         let id = match applied.services.get(*name) {
             Some(id) => *id,
+            None if let Some(id) = adoptable() => {
+                adopting.insert(id);
+                bind.push(Op::BindService { name: (*name).clone(), id });
+                id
+            }
             None => match service_pool.take() {
                 Some(id) => {
                     bind.push(Op::BindService { name: (*name).clone(), id });
@@ -206,11 +224,19 @@ pub fn plan(
         let old = applied.tables.get(&id);
         let size = maglev::table_size(members.len(), cfg.max_table_size.min(MAX_TABLE_SIZE));
         let unchanged = match old {
+            Some(t) if t.adopted.is_some() => adopted_matches(t, &members, size, applied),
             Some(t) => t.members == members && t.size == size,
             None => members.is_empty(),
         };
         // The table the frontends will point at after this plan.
         let mut live = if unchanged { old.cloned() } else { None };
+        if let (true, Some(t)) = (unchanged, old) {
+            if t.adopted.is_some() {
+                let summary = AppliedTable { members: members.clone(), adopted: None, ..t.clone() };
+                live = Some(summary.clone());
+                bind.push(Op::AdoptTable { service: id, summary });
+            }
+        }
         if !unchanged {
             let mut ids = Vec::with_capacity(members.len());
             let mut full = false;
@@ -251,7 +277,7 @@ pub fn plan(
                 } else {
                     let (size, slots) = table_for(&members, cfg.max_table_size);
                     let (capacity, half, realloc) = placement(size, old);
-                    let summary = AppliedTable { size, members, capacity, half };
+                    let summary = AppliedTable { size, members, capacity, half, adopted: None };
                     live = Some(summary.clone());
                     put_tables.push(Op::PutTable {
                         service: id,
@@ -366,7 +392,7 @@ pub fn plan(
     if scope.is_none() {
         // Tables no bound service owns (left over): prune.
         for (id, old) in &applied.tables {
-            if applied.service_name(*id).is_none() {
+            if applied.service_name(*id).is_none() && !adopting.contains(id) {
                 for (key, _) in &old.members {
                     *ref_delta.entry(*key).or_default() -= 1;
                 }
@@ -377,7 +403,7 @@ pub fn plan(
     if scope.is_none() {
         // Memberships of services no longer bound (left over): prune.
         for (id, members) in &applied.members {
-            if applied.service_name(*id).is_none() {
+            if applied.service_name(*id).is_none() && !adopting.contains(id) {
                 delete_members.push(Op::DeleteMembers { service: *id, backends: members.iter().copied().collect() });
             }
         }
@@ -417,6 +443,18 @@ pub fn plan(
         .chain(unbind)
         .collect();
     plan
+}
+
+/// Whether an adopted table holds exactly the slots a table of `members` would.
+fn adopted_matches(t: &AppliedTable, members: &[(BackendKey, u32)], size: u32, applied: &Applied) -> bool {
+    let Some(live) = &t.adopted else { return false };
+    if t.size != size || members.is_empty() {
+        return false;
+    }
+    let Some(ids) = members.iter().map(|(k, _)| applied.backend_id(k)).collect::<Option<Vec<u32>>>() else {
+        return false;
+    };
+    table_slots(members, size).iter().map(|i| ids[*i as usize]).eq(live.iter().copied())
 }
 
 fn service_pool_limit(applied: &Applied) -> u32 {
