@@ -148,7 +148,9 @@ impl Reconciler {
             self.desired = desired;
             self.rejected = rejected;
             let plan = sync::plan(&self.desired, &self.applied, None, &self.plan_cfg);
-            let mut since = vec![since];
+            // The first sync's start is the agent's, not a change's: only the changes
+            // it carries count as programming latency.
+            let mut since: Vec<Instant> = if self.synced { vec![since] } else { Vec::new() };
             since.extend(pending.into_values());
             (plan, since)
         } else {

@@ -7,10 +7,12 @@
 //! (see [`run_prefix`]); interfaces are created directly inside the lab's namespaces, so
 //! they never clash with other tenants' interfaces.
 
+pub mod apiserver;
 pub mod bpffs;
 pub mod client;
 pub mod cmd;
 pub mod fixture;
+pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod packet;

@@ -51,17 +51,26 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        let file = File::open(&path).with_context(|| format!("open {path}"))?;
-        let handle = std::thread::spawn(move || {
-            // SAFETY: setns on a valid namespace fd; it affects only this thread.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
-            }
-            Ok(f())
-        });
-        handle.join().map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
+        run_in(&self.path(), f)
     }
+
+    /// The namespace's bind mount (what `setns` opens).
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+/// Runs `f` on a new thread that has entered the namespace at `path`.
+pub fn run_in<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    let file = File::open(path).with_context(|| format!("open {path}"))?;
+    let handle = std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd; it affects only this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
+        }
+        Ok(f())
+    });
+    handle.join().map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
 }
 
 impl Drop for Netns {

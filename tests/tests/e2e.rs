@@ -3,49 +3,22 @@
 
 mod common;
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use xlb_tests::{
-    client::{self, TcpSession},
+    client::TcpSession,
     lab::{DNS_V4, DNS_V6, WEB_V4, WEB_V6},
 };
 
 const CONNECTIONS: usize = 90;
 const DATAGRAMS: usize = 90;
 
-/// Many TCP connections (each from its own ephemeral source port) through a VIP; returns
-/// how many each backend served. Every connection must be established with the VIP itself.
 fn tcp_spread(lab: &xlb_tests::lab::Lab, vip: SocketAddr) -> BTreeMap<String, usize> {
-    lab.client
-        .run(move || {
-            let mut seen = BTreeMap::new();
-            for i in 0..CONNECTIONS {
-                let mut s = TcpSession::connect(vip)
-                    .unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"));
-                assert_eq!(s.peer().unwrap(), vip, "the connection is with the VIP");
-                let name = s.ask().unwrap_or_else(|e| panic!("request {i} to {vip}: {e}"));
-                *seen.entry(name).or_insert(0) += 1;
-            }
-            seen
-        })
-        .expect("client thread")
+    common::tcp_spread(lab, vip, CONNECTIONS)
 }
 
-/// Many UDP requests from distinct sockets through a VIP; every reply must come from the VIP.
 fn udp_spread(lab: &xlb_tests::lab::Lab, vip: SocketAddr) -> BTreeMap<String, usize> {
-    lab.client
-        .run(move || {
-            let mut seen = BTreeMap::new();
-            for i in 0..DATAGRAMS {
-                let sock = client::udp_socket(vip).unwrap();
-                let (name, from) = client::udp_ask(&sock, vip, i as u64)
-                    .unwrap_or_else(|e| panic!("datagram {i} to {vip}: {e}"));
-                assert_eq!(from, vip, "reply {i} must come from the VIP");
-                *seen.entry(name).or_insert(0) += 1;
-            }
-            seen
-        })
-        .expect("client thread")
+    common::udp_spread(lab, vip, DATAGRAMS)
 }
 
 #[test]
@@ -193,4 +166,26 @@ fn a_restarted_agent_adopts_the_pinned_maps_and_established_connections_survive(
         let seen = tcp_spread(&lab, WEB_V4);
         assert_eq!(seen.len(), 3, "new connections use every backend: {seen:?}");
     }
+}
+
+#[test]
+fn editing_the_manifests_changes_new_connections_within_a_second() {
+    let mut lab = common::default_lab();
+    // No signal: the agent watches the directory.
+    lab.write_manifest("endpointslices.yaml", &web_without_b3()).unwrap();
+    let took = common::until_avoided(&lab, WEB_V4, "b3", Duration::from_secs(5));
+    assert!(took < Duration::from_secs(1), "b3 still took new connections {took:?} after the edit");
+    lab.write_default_manifests().unwrap();
+    let took = common::until_reached(&lab, WEB_V4, "b3", Duration::from_secs(5));
+    assert!(took < Duration::from_secs(1), "b3 took new connections only {took:?} after the edit");
+
+    // Removing a file removes its objects: the Services go, and their frontends with them.
+    assert_eq!(common::metric(&lab, "xlb_frontends"), Some(4.0));
+    std::fs::remove_file(lab.manifests_dir().join("services.yaml")).unwrap();
+    let took = common::time_until("the frontends to go", Duration::from_secs(5), || {
+        common::metric(&lab, "xlb_frontends") == Some(0.0)
+    });
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let out = lab.agent().output().join("\n");
+    assert!(!out.contains("SIGHUP"), "no signal was needed");
 }

@@ -33,10 +33,17 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<()> {
     let root = workspace_root();
     let filter: Vec<String> = opts.filter.iter().cloned().collect();
 
-    let step = ui::step("host tests: lb-common, lb-userspace (unit + golden), xtask");
+    let step = ui::step("host tests: lb-common, lb-userspace (unit, golden, adoption), xtask, test support");
     let mut c = cargo();
     c.current_dir(&root)
         .args(["test", "--workspace", "--exclude", "xlb-tests", "--"])
+        .args(&filter)
+        .env("XLB_EBPF_OBJECT", &built.ebpf_object);
+    run_visible(&mut c)?;
+    // The test crate's own unit tests (the in-test API server's selectors) need no root.
+    let mut c = cargo();
+    c.current_dir(&root)
+        .args(["test", "-p", "xlb-tests", "--lib", "--"])
         .args(&filter)
         .env("XLB_EBPF_OBJECT", &built.ebpf_object);
     run_visible(&mut c)?;

@@ -1,9 +1,17 @@
 //! Helpers shared by the privileged test files.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use xlb_tests::lab::Lab;
+use xlb_tests::{
+    client::{self, TcpSession},
+    lab::Lab,
+};
 
 /// The `xlb` binary under test: `XLB_BIN` (set by `cargo xtask test`), or the debug build.
 pub fn xlb_bin() -> PathBuf {
@@ -30,4 +38,81 @@ pub fn default_lab() -> Lab {
     lab.write_default_manifests().expect("manifests");
     lab.start_agent(&xlb_bin(), &[]).expect("agent");
     lab
+}
+
+/// `n` TCP connections (each from its own ephemeral source port) through a VIP; returns
+/// how many each backend served. Every connection must be established with the VIP itself.
+pub fn tcp_spread(lab: &Lab, vip: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    lab.client
+        .run(move || {
+            let mut seen = BTreeMap::new();
+            for i in 0..n {
+                let mut s = TcpSession::connect(vip).unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"));
+                assert_eq!(s.peer().unwrap(), vip, "the connection is with the VIP");
+                let name = s.ask().unwrap_or_else(|e| panic!("request {i} to {vip}: {e}"));
+                *seen.entry(name).or_insert(0) += 1;
+            }
+            seen
+        })
+        .expect("client thread")
+}
+
+/// `n` UDP requests from distinct sockets through a VIP; every reply must come from the VIP.
+pub fn udp_spread(lab: &Lab, vip: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    lab.client
+        .run(move || {
+            let mut seen = BTreeMap::new();
+            for i in 0..n {
+                let sock = client::udp_socket(vip).unwrap();
+                let (name, from) =
+                    client::udp_ask(&sock, vip, i as u64).unwrap_or_else(|e| panic!("datagram {i} to {vip}: {e}"));
+                assert_eq!(from, vip, "reply {i} must come from the VIP");
+                *seen.entry(name).or_insert(0) += 1;
+            }
+            seen
+        })
+        .expect("client thread")
+}
+
+/// How long until `cond` holds (polled), failing after `timeout`.
+pub fn time_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if cond() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until new TCP connections to `vip` avoid backend `name`; returns how long it
+/// took. A check is 12 connections, confirmed by 36 more when none reached `name` (with
+/// three backends, 48 connections all missing one by chance is a 4e-9 event).
+pub fn until_avoided(lab: &Lab, vip: SocketAddr, name: &str, timeout: Duration) -> Duration {
+    time_until(&format!("new connections to {vip} to avoid {name}"), timeout, || {
+        !tcp_spread(lab, vip, 12).contains_key(name) && !tcp_spread(lab, vip, 36).contains_key(name)
+    })
+}
+
+/// Waits until new TCP connections to `vip` reach backend `name`; returns how long it took.
+pub fn until_reached(lab: &Lab, vip: SocketAddr, name: &str, timeout: Duration) -> Duration {
+    time_until(&format!("new connections to {vip} to reach {name}"), timeout, || {
+        tcp_spread(lab, vip, 12).contains_key(name)
+    })
+}
+
+/// The agent's HTTP endpoint, in the node namespace.
+pub const AGENT_HTTP: &str = "127.0.0.1:9464";
+
+/// GETs `path` from the agent's HTTP endpoint (from inside the node namespace).
+pub fn agent_get(lab: &Lab, path: &'static str) -> std::io::Result<(u16, String)> {
+    lab.node.run(move || xlb_tests::http::get(AGENT_HTTP.parse().unwrap(), path)).expect("node thread")
+}
+
+/// A sample of the agent's /metrics (None if absent).
+pub fn metric(lab: &Lab, series: &str) -> Option<f64> {
+    let (code, body) = agent_get(lab, "/metrics").expect("/metrics answers");
+    assert_eq!(code, 200, "{body}");
+    xlb_tests::http::sample(&body, series)
 }
