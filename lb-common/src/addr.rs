@@ -67,7 +67,9 @@ const _: () = assert!(core::mem::size_of::<Addr>() == 16);
 
 impl Addr {
     pub const fn from_v4_octets(o: [u8; 4]) -> Self {
-        Self { raw: [u32::from_ne_bytes(o), 0, 0, 0] }
+        Self {
+            raw: [u32::from_ne_bytes(o), 0, 0, 0],
+        }
     }
 
     pub const fn from_v6_octets(o: [u8; 16]) -> Self {

@@ -154,7 +154,10 @@ mod tests {
                 .apply(check);
             // Both 0x0000 and 0xffff are valid encodings of the same sum; compare sums.
             let full = checksum(&data, 0);
-            assert_eq!(fold(incremental as u64) % 0xffff, fold(full as u64) % 0xffff);
+            assert_eq!(
+                fold(incremental as u64) % 0xffff,
+                fold(full as u64) % 0xffff
+            );
         }
     }
 

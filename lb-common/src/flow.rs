@@ -24,7 +24,10 @@ const C2: u32 = 0x1b87_3593;
 #[inline(always)]
 pub const fn mix(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 /// MurmurHash3 finalisation (avalanche) with the input length in bytes.
@@ -111,7 +114,10 @@ mod tests {
         assert_eq!(murmur3(b"", 1), 0x514e_28b7);
         assert_eq!(murmur3(b"hello", 0), 0x248b_fa47);
         assert_eq!(murmur3(b"Hello, world!", 1234), 0xfaf6_cdb3);
-        assert_eq!(murmur3(b"The quick brown fox jumps over the lazy dog", 0x9747_b28c), 0x2fa8_26cd);
+        assert_eq!(
+            murmur3(b"The quick brown fox jumps over the lazy dog", 0x9747_b28c),
+            0x2fa8_26cd
+        );
     }
 
     #[test]
@@ -125,7 +131,14 @@ mod tests {
         let n = 101_000u32;
         for i in 0..n {
             let sport = ((i % 60000) as u16 + 1024).to_be();
-            let h = flow_hash(Family::V4, &src, &dst, sport ^ ((i / 60000) as u16), 80u16.to_be(), Proto::TCP);
+            let h = flow_hash(
+                Family::V4,
+                &src,
+                &dst,
+                sport ^ ((i / 60000) as u16),
+                80u16.to_be(),
+                Proto::TCP,
+            );
             counts[maglev_slot(h, buckets) as usize] += 1;
         }
         let fair = n / buckets;

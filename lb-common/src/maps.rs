@@ -59,7 +59,14 @@ pub const ALL_MAPS: [&str; 10] = [
 /// what their contents mean). An agent adopts pinned maps only of its own layout
 /// version; bump it with any change that an agent of the previous version would
 /// misread.
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// 2: each service's Maglev table is pinned as `tables/svc-<service>-<map id>` beside
+/// the maps, so that an agent without CAP_SYS_ADMIN (which opening a map by id needs)
+/// can reopen the live tables.
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Directory, inside an instance's pin directory, of the pinned Maglev tables.
+pub const TABLES_DIR: &str = "tables";
 
 /// The single slot of [`META`]: written by the agent that created the maps.
 #[repr(C)]
@@ -110,7 +117,12 @@ const _: () = assert!(core::mem::size_of::<FrontendKey>() == 20);
 
 impl FrontendKey {
     pub fn new(ip: core::net::IpAddr, port: u16, proto: Proto) -> Self {
-        Self { addr: Addr::from_ip(&ip), port_be: port.to_be(), proto, family: Family::of(&ip) }
+        Self {
+            addr: Addr::from_ip(&ip),
+            port_be: port.to_be(),
+            proto,
+            family: Family::of(&ip),
+        }
     }
 
     pub fn ip(&self) -> core::net::IpAddr {

@@ -48,7 +48,9 @@ fn hostname() -> Option<String> {
         return None;
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8(buf[..end].to_vec()).ok().filter(|s| !s.is_empty())
+    String::from_utf8(buf[..end].to_vec())
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -56,8 +58,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // is touched.
     let node_name = match (&args.node_name, args.kubernetes) {
         (Some(name), _) => name.clone(),
-        (None, true) => anyhow::bail!("--kubernetes needs this node's name: give --node-name or set NODE_NAME"),
-        (None, false) => hostname().context("no --node-name given and the host name is unreadable")?,
+        (None, true) => {
+            anyhow::bail!("--kubernetes needs this node's name: give --node-name or set NODE_NAME")
+        }
+        (None, false) => {
+            hostname().context("no --node-name given and the host name is unreadable")?
+        }
     };
     if let Some(dir) = &args.manifests {
         if !dir.is_dir() {
@@ -102,8 +108,11 @@ async fn serve(
     }
     let maps = dp.maps()?;
     let applied = if dp.adopted() {
-        let (applied, found) =
-            Applied::adopt(maps.programmed()?, lb_common::maps::MAX_SERVICES, lb_common::maps::MAX_BACKENDS);
+        let (applied, found) = Applied::adopt(
+            maps.programmed()?,
+            lb_common::maps::MAX_SERVICES,
+            lb_common::maps::MAX_BACKENDS,
+        );
         tracing::info!(
             dir = %args.bpffs.display(),
             frontends = found.frontends,
@@ -132,7 +141,10 @@ async fn serve(
         Store::new(Some(node_name.clone())),
         fallback,
         applied,
-        PlanConfig { max_table_size: args.datapath.max_table_size, ..PlanConfig::default() },
+        PlanConfig {
+            max_table_size: args.datapath.max_table_size,
+            ..PlanConfig::default()
+        },
         ApplyConfig::default(),
         metrics.clone(),
     );
@@ -144,7 +156,12 @@ async fn serve(
 
     let source = match (&args.manifests, client) {
         (Some(dir), _) => tokio::spawn(run_manifests(dir.clone(), tx.clone(), metrics.clone())),
-        (None, Some(client)) => tokio::spawn(run_kubernetes(client, node_name, tx.clone(), metrics.clone())),
+        (None, Some(client)) => tokio::spawn(run_kubernetes(
+            client,
+            node_name,
+            tx.clone(),
+            metrics.clone(),
+        )),
         (None, None) => unreachable!("clap requires a source"),
     };
 
@@ -214,7 +231,11 @@ fn reconcile_loop(mut rec: Reconciler, mut maps: RealMaps, rx: mpsc::Receiver<Ms
                     "sync complete"
                 );
             } else {
-                tracing::debug!(translated = r.translated, elapsed_ms = ms, "sync: nothing to write");
+                tracing::debug!(
+                    translated = r.translated,
+                    elapsed_ms = ms,
+                    "sync: nothing to write"
+                );
             }
         } else if !rec.store.listed() && waiting_logged.elapsed() >= Duration::from_secs(5) {
             waiting_logged = Instant::now();
@@ -228,7 +249,11 @@ fn reconcile_loop(mut rec: Reconciler, mut maps: RealMaps, rx: mpsc::Receiver<Ms
 }
 
 /// The manifests source: reloads on file changes (debounced) and on SIGHUP.
-async fn run_manifests(dir: std::path::PathBuf, tx: mpsc::Sender<Msg>, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+async fn run_manifests(
+    dir: std::path::PathBuf,
+    tx: mpsc::Sender<Msg>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
     let mut source = ManifestSource::new(&dir);
     let (trigger_tx, mut trigger) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = sources::manifests::watch(&dir, trigger_tx)?;
@@ -242,7 +267,12 @@ async fn run_manifests(dir: std::path::PathBuf, tx: mpsc::Sender<Msg>, metrics: 
     }
 }
 
-fn reload(source: &mut ManifestSource, tx: &mpsc::Sender<Msg>, metrics: &Metrics, why: &str) -> anyhow::Result<()> {
+fn reload(
+    source: &mut ManifestSource,
+    tx: &mpsc::Sender<Msg>,
+    metrics: &Metrics,
+    why: &str,
+) -> anyhow::Result<()> {
     let r = source.reload();
     for p in &r.problems {
         tracing::warn!("{p}");
@@ -250,7 +280,8 @@ fn reload(source: &mut ManifestSource, tx: &mpsc::Sender<Msg>, metrics: &Metrics
     }
     tracing::info!(dir = %source.dir().display(), files = r.files, objects = r.objects, why, "manifests read");
     for change in r.changes {
-        tx.send(Msg::Change(change)).map_err(|_| anyhow::anyhow!("the reconciler is gone"))?;
+        tx.send(Msg::Change(change))
+            .map_err(|_| anyhow::anyhow!("the reconciler is gone"))?;
     }
     Ok(())
 }
@@ -272,12 +303,16 @@ async fn run_kubernetes(
                     failing = false;
                     tracing::info!("Kubernetes API reachable again");
                 }
-                tx.send(Msg::Change(change)).map_err(|_| anyhow::anyhow!("the reconciler is gone"))?;
+                tx.send(Msg::Change(change))
+                    .map_err(|_| anyhow::anyhow!("the reconciler is gone"))?;
             }
             sources::kube::Report::Error { kind, error } => {
                 failing = true;
                 metrics.error(errors::SOURCE);
-                tracing::warn!(kind, "Kubernetes API: {error}; retrying with backoff, the programmed state keeps serving");
+                tracing::warn!(
+                    kind,
+                    "Kubernetes API: {error}; retrying with backoff, the programmed state keeps serving"
+                );
             }
         }
     }
@@ -286,7 +321,11 @@ async fn run_kubernetes(
 
 /// Reads `dir` once through the manifests source and programs it (no datapath needed
 /// beyond `maps`): what the agent does at start, for tools and tests.
-pub fn program_dir(dir: &Path, rec: &mut Reconciler, maps: &mut impl crate::sync::Maps) -> Vec<String> {
+pub fn program_dir(
+    dir: &Path,
+    rec: &mut Reconciler,
+    maps: &mut impl crate::sync::Maps,
+) -> Vec<String> {
     let mut source = ManifestSource::new(dir);
     let r = source.reload();
     for change in &r.changes {

@@ -8,7 +8,11 @@ use lb_common::{config::DatapathConfig, maps::CONNTRACK_ENTRIES};
 use crate::datapath::AttachMode;
 
 #[derive(Debug, Parser)]
-#[command(name = "xlb", version, about = "xlb: an XDP load balancer for Kubernetes Services")]
+#[command(
+    name = "xlb",
+    version,
+    about = "xlb: an XDP load balancer for Kubernetes Services"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -113,14 +113,22 @@ fn expected_layout() -> [(&'static str, usize, usize); 10] {
     };
     [
         (names::META, 4, size_of::<Meta>()),
-        (names::FRONTENDS, size_of::<FrontendKey>(), size_of::<FrontendValue>()),
+        (
+            names::FRONTENDS,
+            size_of::<FrontendKey>(),
+            size_of::<FrontendValue>(),
+        ),
         (names::MAGLEV, 4, 4),
         (names::BACKENDS, 4, size_of::<BackendValue>()),
         (names::CONNTRACK, size_of::<CtKey>(), size_of::<CtValue>()),
         (names::STATS, 4, size_of::<GlobalStats>()),
         (names::SERVICE_STATS, 4, size_of::<ServiceStats>()),
         (names::BACKEND_STATS, 4, size_of::<BackendStats>()),
-        (names::AFFINITY, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
+        (
+            names::AFFINITY,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue>(),
+        ),
         (names::AFFINITY_MEMBERS, size_of::<MemberKey>(), 4),
     ]
 }
@@ -129,20 +137,36 @@ fn expected_layout() -> [(&'static str, usize, usize); 10] {
 /// all of them present, of this layout version, with the expected key and value sizes.
 /// Returns whether there is anything to adopt.
 pub fn check_pins(dir: &Path, conntrack_entries: u32) -> Result<bool, DatapathError> {
-    let present: Vec<&str> = names::ALL_MAPS.iter().copied().filter(|n| dir.join(n).exists()).collect();
+    let present: Vec<&str> = names::ALL_MAPS
+        .iter()
+        .copied()
+        .filter(|n| dir.join(n).exists())
+        .collect();
     if present.is_empty() {
         return Ok(false);
     }
-    let incompatible = |reason: String| DatapathError::IncompatiblePins { dir: dir.into(), reason };
+    let incompatible = |reason: String| DatapathError::IncompatiblePins {
+        dir: dir.into(),
+        reason,
+    };
     if present.len() != names::ALL_MAPS.len() {
-        let missing: Vec<&str> = names::ALL_MAPS.iter().copied().filter(|n| !present.contains(n)).collect();
-        return Err(incompatible(format!("maps {missing:?} are missing (another version's pins?)")));
+        let missing: Vec<&str> = names::ALL_MAPS
+            .iter()
+            .copied()
+            .filter(|n| !present.contains(n))
+            .collect();
+        return Err(incompatible(format!(
+            "maps {missing:?} are missing (another version's pins?)"
+        )));
     }
     let meta: Array<MapData, lb_common::maps::Meta> = MapData::from_pin(dir.join(names::META))
         .map_err(|e| e.to_string())
         .and_then(|m| Array::try_from(Map::Array(m)).map_err(|e| e.to_string()))
         .map_err(|e| incompatible(format!("{}: {e}", names::META)))?;
-    let version = meta.get(&0, 0).map_err(|e| incompatible(format!("{}: {e}", names::META)))?.layout_version;
+    let version = meta
+        .get(&0, 0)
+        .map_err(|e| incompatible(format!("{}: {e}", names::META)))?
+        .layout_version;
     if version != names::LAYOUT_VERSION {
         return Err(incompatible(format!(
             "their layout version is {version}, this agent's is {}",
@@ -150,7 +174,8 @@ pub fn check_pins(dir: &Path, conntrack_entries: u32) -> Result<bool, DatapathEr
         )));
     }
     for (name, key, value) in expected_layout() {
-        let info = aya::maps::MapInfo::from_pin(dir.join(name)).map_err(|e| incompatible(format!("{name}: {e}")))?;
+        let info = aya::maps::MapInfo::from_pin(dir.join(name))
+            .map_err(|e| incompatible(format!("{name}: {e}")))?;
         if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
             return Err(incompatible(format!(
                 "{name} has {}-byte keys and {}-byte values, this agent expects {key} and {value}",
@@ -184,18 +209,38 @@ fn is_bpffs(path: &Path) -> bool {
 pub fn prepare_pin_dir(dir: &Path) -> Result<(), DatapathError> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
     if !is_bpffs(parent) && !is_bpffs(dir) {
-        return Err(DatapathError::NotBpffs { path: parent.to_path_buf() });
+        return Err(DatapathError::NotBpffs {
+            path: parent.to_path_buf(),
+        });
     }
-    std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir { path: dir.into(), source })
+    std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
+        path: dir.into(),
+        source,
+    })
 }
 
 /// Removes every pin of this instance (and the directory when it is left empty).
 pub fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
+    let tables = dir.join(names::TABLES_DIR);
+    if let Ok(entries) = std::fs::read_dir(&tables) {
+        for entry in entries.flatten() {
+            std::fs::remove_file(entry.path()).map_err(|source| DatapathError::PinDir {
+                path: entry.path(),
+                source,
+            })?;
+        }
+        let _ = std::fs::remove_dir(&tables);
+    }
     for name in names::ALL_MAPS {
         match std::fs::remove_file(dir.join(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(DatapathError::PinDir { path: dir.join(name), source }),
+            Err(source) => {
+                return Err(DatapathError::PinDir {
+                    path: dir.join(name),
+                    source,
+                });
+            }
         }
     }
     let _ = std::fs::remove_dir(dir);
@@ -205,7 +250,10 @@ pub fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it. Since 5.11 BPF
 /// memory is charged to the memory cgroup, so a refusal is only a warning.
 fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!(
@@ -225,15 +273,19 @@ impl Datapath {
         raise_memlock();
         prepare_pin_dir(&opts.pin_dir)?;
         let adopted = check_pins(&opts.pin_dir, opts.conntrack_entries)?;
-        let pins: Vec<(&'static str, PathBuf)> =
-            names::ALL_MAPS.iter().map(|n| (*n, opts.pin_dir.join(n))).collect();
+        let pins: Vec<(&'static str, PathBuf)> = names::ALL_MAPS
+            .iter()
+            .map(|n| (*n, opts.pin_dir.join(n)))
+            .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
         loader.map_max_entries(names::CONNTRACK, opts.conntrack_entries);
         loader.override_global(CONFIG_GLOBAL, &opts.config, true);
-        let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
         let program: &mut Xdp = ebpf
             .program_mut(names::PROGRAM)
             .ok_or(DatapathError::MissingMap(names::PROGRAM))?
@@ -242,13 +294,22 @@ impl Datapath {
         program.load().map_err(DatapathError::Program)?;
         if !adopted {
             let mut meta: Array<&mut MapData, lb_common::maps::Meta> = Array::try_from(
-                ebpf.map_mut(names::META).ok_or(DatapathError::MissingMap(names::META))?,
+                ebpf.map_mut(names::META)
+                    .ok_or(DatapathError::MissingMap(names::META))?,
             )
             .map_err(map_err(names::META))?;
-            let value = lb_common::maps::Meta { layout_version: names::LAYOUT_VERSION, _pad: 0 };
+            let value = lb_common::maps::Meta {
+                layout_version: names::LAYOUT_VERSION,
+                _pad: 0,
+            };
             meta.set(0, value, 0).map_err(map_err(names::META))?;
         }
-        Ok(Self { ebpf, links: Vec::new(), pin_dir: opts.pin_dir.clone(), adopted })
+        Ok(Self {
+            ebpf,
+            links: Vec::new(),
+            pin_dir: opts.pin_dir.clone(),
+            adopted,
+        })
     }
 
     /// Whether the maps were adopted from an earlier agent's pins.
@@ -323,7 +384,10 @@ impl Datapath {
         opts.data_out = Some(&mut out);
         let result = program.test_run(opts).map_err(DatapathError::Program)?;
         out.truncate(result.data_size_out as usize);
-        Ok(PacketRun { action: result.return_value, output: out })
+        Ok(PacketRun {
+            action: result.return_value,
+            output: out,
+        })
     }
 
     /// The loaded program (e.g. to place it in another object's program array).
@@ -338,7 +402,7 @@ impl Datapath {
 
     /// Typed handles on the maps the agent writes.
     pub fn maps(&mut self) -> Result<RealMaps, DatapathError> {
-        RealMaps::from_ebpf(&mut self.ebpf)
+        RealMaps::from_ebpf(&mut self.ebpf, &self.pin_dir)
     }
 }
 
@@ -380,19 +444,31 @@ mod batch {
         // SAFETY: the bpf syscall with a valid attribute block; `keys`/`values` point to
         // `count` elements of the map's key and value sizes (callers' contract).
         let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, size_of::<BatchAttr>() as u32)
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
         if attr.count as usize != want {
-            return Err(io::Error::other(format!("batch stopped after {} of {want}", attr.count)));
+            return Err(io::Error::other(format!(
+                "batch stopped after {} of {want}",
+                attr.count
+            )));
         }
         Ok(())
     }
 
     /// Sets `keys[i]` to `values[i]`. `K` and `V` must be the map's key and value types.
-    pub fn update<K: aya::Pod, V: aya::Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+    pub fn update<K: aya::Pod, V: aya::Pod>(
+        map: BorrowedFd<'_>,
+        keys: &[K],
+        values: &[V],
+    ) -> io::Result<()> {
         assert_eq!(keys.len(), values.len());
         let mut attr = BatchAttr {
             keys: keys.as_ptr() as u64,
@@ -405,7 +481,10 @@ mod batch {
     }
 
     /// Every (key, value) of a map, `chunk` at a time (arrays and hashes; not per-CPU).
-    pub fn lookup_all<K: aya::Pod + bytemuck::Zeroable, V: aya::Pod + bytemuck::Zeroable>(map: BorrowedFd<'_>, chunk: usize) -> io::Result<Vec<(K, V)>> {
+    pub fn lookup_all<K: aya::Pod + bytemuck::Zeroable, V: aya::Pod + bytemuck::Zeroable>(
+        map: BorrowedFd<'_>,
+        chunk: usize,
+    ) -> io::Result<Vec<(K, V)>> {
         const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
         let mut out = Vec::new();
         let mut keys: Vec<K> = vec![bytemuck::Zeroable::zeroed(); chunk];
@@ -416,7 +495,11 @@ mod batch {
         let mut first = true;
         loop {
             let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { &token_in as *const u64 as u64 },
+                in_batch: if first {
+                    0
+                } else {
+                    &token_in as *const u64 as u64
+                },
                 out_batch: &mut token_out as *mut u64 as u64,
                 keys: keys.as_mut_ptr() as u64,
                 values: values.as_mut_ptr() as u64,
@@ -427,7 +510,12 @@ mod batch {
             // SAFETY: as in `call`; `keys`/`values` hold `chunk` elements of the map's
             // key and value sizes (callers' contract), the tokens 8 bytes each.
             let rc = unsafe {
-                libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as u32)
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    size_of::<BatchAttr>() as u32,
+                )
             };
             let n = attr.count as usize;
             out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
@@ -455,9 +543,76 @@ mod batch {
     }
 }
 
+/// `BPF_MAP_LOOKUP_ELEM` through the raw syscall, for the map of maps: aya's lookup
+/// there opens the inner map by id (CAP_SYS_ADMIN); the id alone is what is wanted.
+mod single {
+    use std::{io, os::fd::AsRawFd as _};
+
+    use super::BorrowedFd;
+
+    /// The `map_elem` member of `union bpf_attr`.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+
+    /// The value at `key`, `None` if absent. `K` and `V` must be the map's key and value
+    /// types as userspace sees them.
+    pub fn lookup<K: aya::Pod, V: aya::Pod + bytemuck::Zeroable>(
+        map: BorrowedFd<'_>,
+        key: &K,
+    ) -> io::Result<Option<V>> {
+        const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+        let mut value: V = bytemuck::Zeroable::zeroed();
+        let mut attr = ElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            _pad: 0,
+            key: key as *const K as u64,
+            value: &mut value as *mut V as u64,
+            flags: 0,
+        };
+        // SAFETY: the bpf syscall with a valid attribute block; `key` and `value` point to
+        // the map's key and value sizes (callers' contract).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_ELEM,
+                &mut attr as *mut ElemAttr,
+                size_of::<ElemAttr>() as u32,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ENOENT) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(Some(value))
+    }
+}
+
 type Inner = Array<MapData, MaglevChunk>;
 
+/// A service's live Maglev table, open.
+struct Table {
+    /// The kernel's id of the array, as the map of maps reports it.
+    id: u32,
+    map: Inner,
+}
+
 /// The maps the agent writes, implementing [`Maps`].
+///
+/// Maglev tables are arrays held in a map of maps. Looking one up there yields only its
+/// id, and opening a map by id needs CAP_SYS_ADMIN, which the agent does not have (the
+/// DaemonSet grants BPF, NET_ADMIN, PERFMON and SYS_RESOURCE). So every table is pinned
+/// as `tables/svc-<service>-<id>` before it is swapped in, its pin is removed after it
+/// is swapped out, and the tables are reopened through their pins.
 pub struct RealMaps {
     frontends: HashMap<MapData, FrontendKey, FrontendValue>,
     /// The map of maps (`HashOfMaps<u32, Inner>`), kept whole: typed views are made per
@@ -465,45 +620,54 @@ pub struct RealMaps {
     maglev: Map,
     backends: Array<MapData, BackendValue>,
     members: HashMap<MapData, MemberKey, u32>,
+    tables_dir: PathBuf,
+    /// The live table of each service (by service id), open.
+    tables: std::collections::BTreeMap<u32, Table>,
 }
 
 impl RealMaps {
-    fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+    fn from_ebpf(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<Self, DatapathError> {
         let maglev = take(ebpf, names::MAGLEV)?;
         Self::check_maglev(&maglev)?;
-        Ok(Self {
+        let mut maps = Self {
             frontends: HashMap::try_from(take(ebpf, names::FRONTENDS)?)
                 .map_err(map_err(names::FRONTENDS))?,
             maglev,
-            backends: Array::try_from(take(ebpf, names::BACKENDS)?).map_err(map_err(names::BACKENDS))?,
+            backends: Array::try_from(take(ebpf, names::BACKENDS)?)
+                .map_err(map_err(names::BACKENDS))?,
             members: HashMap::try_from(take(ebpf, names::AFFINITY_MEMBERS)?)
                 .map_err(map_err(names::AFFINITY_MEMBERS))?,
-        })
+            tables_dir: pin_dir.join(names::TABLES_DIR),
+            tables: Default::default(),
+        };
+        maps.open_tables(true)?;
+        Ok(maps)
     }
 
-    /// Opens the pinned maps of an instance (e.g. to adopt them, or for the CLI).
+    /// Opens the pinned maps of an instance read-only (for the CLI and the metrics).
     pub fn from_pins(dir: &Path) -> Result<Self, DatapathError> {
-        let open = |name: &'static str| {
-            MapData::from_pin(dir.join(name)).map_err(map_err(name))
-        };
+        let open = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_err(name));
         let maglev = Map::HashOfMaps(open(names::MAGLEV)?);
         Self::check_maglev(&maglev)?;
-        Ok(Self {
+        let mut maps = Self {
             frontends: HashMap::try_from(Map::HashMap(open(names::FRONTENDS)?))
                 .map_err(map_err(names::FRONTENDS))?,
             maglev,
-            backends: Array::try_from(Map::Array(open(names::BACKENDS)?)).map_err(map_err(names::BACKENDS))?,
+            backends: Array::try_from(Map::Array(open(names::BACKENDS)?))
+                .map_err(map_err(names::BACKENDS))?,
             members: HashMap::try_from(Map::HashMap(open(names::AFFINITY_MEMBERS)?))
                 .map_err(map_err(names::AFFINITY_MEMBERS))?,
-        })
+            tables_dir: dir.join(names::TABLES_DIR),
+            tables: Default::default(),
+        };
+        maps.open_tables(false)?;
+        Ok(maps)
     }
 
     fn check_maglev(map: &Map) -> Result<(), DatapathError> {
-        HashOfMaps::<&MapData, u32, Inner>::try_from(map).map(|_| ()).map_err(map_err(names::MAGLEV))
-    }
-
-    fn outer(&self) -> HashOfMaps<&MapData, u32, Inner> {
-        HashOfMaps::try_from(&self.maglev).expect("checked when opened")
+        HashOfMaps::<&MapData, u32, Inner>::try_from(map)
+            .map(|_| ())
+            .map_err(map_err(names::MAGLEV))
     }
 
     fn outer_fd(&self) -> BorrowedFd<'_> {
@@ -513,32 +677,112 @@ impl RealMaps {
         }
     }
 
-    /// Everything programmed, read back (to adopt it).
+    /// Every service that has a table in the map of maps, with the table's id.
+    fn outer_entries(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
+        let outer = HashOfMaps::<&MapData, u32, Inner>::try_from(&self.maglev)
+            .map_err(map_err(names::MAGLEV))?;
+        let mut out = Vec::new();
+        for key in outer.keys() {
+            let service = key.map_err(map_err(names::MAGLEV))?;
+            // A map of maps answers a userspace lookup with the inner map's id.
+            if let Some(id) =
+                single::lookup::<u32, u32>(self.outer_fd(), &service).map_err(|e| {
+                    DatapathError::ReadBack(format!("{}: service {service}: {e}", names::MAGLEV))
+                })?
+            {
+                out.push((service, id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens the pinned table of every service in the map of maps. Pins no service uses
+    /// (left by an agent stopped between a swap and the removal of the old table's pin)
+    /// are removed when `prune`.
+    fn open_tables(&mut self, prune: bool) -> Result<(), DatapathError> {
+        let pin_err = |path: &Path, source: std::io::Error| DatapathError::PinDir {
+            path: path.into(),
+            source,
+        };
+        std::fs::create_dir_all(&self.tables_dir).or_else(|e| {
+            if prune {
+                Err(pin_err(&self.tables_dir, e))
+            } else {
+                Ok(())
+            }
+        })?;
+        let live: std::collections::BTreeMap<u32, u32> =
+            self.outer_entries()?.into_iter().collect();
+        let Ok(entries) = std::fs::read_dir(&self.tables_dir) else {
+            return Ok(());
+        };
+        for entry in entries {
+            let path = entry.map_err(|e| pin_err(&self.tables_dir, e))?.path();
+            let parsed = table_pin_name(&path);
+            let used = parsed.is_some_and(|(service, id)| live.get(&service) == Some(&id));
+            if !used {
+                if prune {
+                    tracing::debug!(pin = %path.display(), "removing the pin of a table no service uses");
+                    std::fs::remove_file(&path).map_err(|e| pin_err(&path, e))?;
+                }
+                continue;
+            }
+            let (service, id) = parsed.expect("used");
+            let map = MapData::from_pin(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|m| Inner::try_from(Map::Array(m)).map_err(|e| e.to_string()))
+                .map_err(|e| DatapathError::ReadBack(format!("{}: {e}", path.display())))?;
+            self.tables.insert(service, Table { id, map });
+        }
+        for service in live.keys().filter(|s| !self.tables.contains_key(s)) {
+            tracing::warn!(
+                service,
+                "a Maglev table has no pin: it is rebuilt by the first sync"
+            );
+        }
+        Ok(())
+    }
+
+    fn table_pin(&self, service: u32, id: u32) -> PathBuf {
+        self.tables_dir.join(format!("svc-{service}-{id}"))
+    }
+
+    /// Everything programmed, read back (to adopt it). A table that cannot be read (no
+    /// pin) is reported empty, which the adoption treats as broken and rebuilds.
     pub fn programmed(&self) -> Result<crate::sync::Programmed, DatapathError> {
-        let err = |what: &str, e: &dyn std::fmt::Display| DatapathError::ReadBack(format!("{what}: {e}"));
+        let err =
+            |what: &str, e: &dyn std::fmt::Display| DatapathError::ReadBack(format!("{what}: {e}"));
         let mut p = crate::sync::Programmed::default();
         for entry in self.frontends.iter() {
-            p.frontends.push(entry.map_err(|e| err(names::FRONTENDS, &e))?);
+            p.frontends
+                .push(entry.map_err(|e| err(names::FRONTENDS, &e))?);
         }
         let backends: Vec<(u32, BackendValue)> =
-            batch::lookup_all(self.backends.map().fd().as_fd(), 65_536).map_err(|e| err(names::BACKENDS, &e))?;
-        p.backends = backends.into_iter().filter(|(_, v)| v.flags & lb_common::maps::BACKEND_F_ACTIVE != 0).collect();
-        let ids: Vec<u32> = self.outer().keys().collect::<Result<_, _>>().map_err(|e| err(names::MAGLEV, &e))?;
-        for id in ids {
-            let inner = self.outer().get(&id, 0).map_err(|e| err(names::MAGLEV, &e))?;
-            let chunks: Vec<(u32, MaglevChunk)> =
-                batch::lookup_all(inner.map().fd().as_fd(), 4096).map_err(|e| err(names::MAGLEV, &e))?;
-            let mut flat = vec![0u32; chunks.len() * MAGLEV_CHUNK];
-            for (i, chunk) in chunks {
-                let start = i as usize * MAGLEV_CHUNK;
-                if let Some(dst) = flat.get_mut(start..start + MAGLEV_CHUNK) {
-                    dst.copy_from_slice(&chunk);
+            batch::lookup_all(self.backends.map().fd().as_fd(), 65_536)
+                .map_err(|e| err(names::BACKENDS, &e))?;
+        p.backends = backends
+            .into_iter()
+            .filter(|(_, v)| v.flags & lb_common::maps::BACKEND_F_ACTIVE != 0)
+            .collect();
+        for (service, _) in self.outer_entries()? {
+            let mut flat = Vec::new();
+            if let Some(table) = self.tables.get(&service) {
+                let chunks: Vec<(u32, MaglevChunk)> =
+                    batch::lookup_all(table.map.map().fd().as_fd(), 4096)
+                        .map_err(|e| err(names::MAGLEV, &e))?;
+                flat = vec![0u32; chunks.len() * MAGLEV_CHUNK];
+                for (i, chunk) in chunks {
+                    let start = i as usize * MAGLEV_CHUNK;
+                    if let Some(dst) = flat.get_mut(start..start + MAGLEV_CHUNK) {
+                        dst.copy_from_slice(&chunk);
+                    }
                 }
             }
-            p.tables.insert(id, flat);
+            p.tables.insert(service, flat);
         }
         for key in self.members.keys() {
-            p.members.push(key.map_err(|e| err(names::AFFINITY_MEMBERS, &e))?);
+            p.members
+                .push(key.map_err(|e| err(names::AFFINITY_MEMBERS, &e))?);
         }
         Ok(p)
     }
@@ -557,7 +801,7 @@ impl RealMaps {
         if frontend.table_size == 0 {
             return None;
         }
-        let inner = self.outer().get(&frontend.service_id, 0).ok()?;
+        let inner = &self.tables.get(&frontend.service_id)?.map;
         let chunks = lb_common::maps::maglev_chunks(frontend.table_size);
         let mut flat = Vec::with_capacity(chunks as usize * MAGLEV_CHUNK);
         for i in 0..chunks {
@@ -568,34 +812,16 @@ impl RealMaps {
     }
 }
 
-fn write_err(map: &'static str, op: &'static str, what: String) -> impl FnOnce(aya::maps::MapError) -> MapsError {
-    move |e| MapsError { map, op, what, source: Box::new(e) }
-}
-
-fn io_err(map: &'static str, op: &'static str, what: String) -> impl FnOnce(std::io::Error) -> MapsError {
-    move |e| MapsError { map, op, what, source: Box::new(e) }
-}
-
-impl Maps for RealMaps {
-    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapsError> {
-        self.backends.set(id, value, 0).map_err(write_err(names::BACKENDS, "set", format!("backend {id}")))
-    }
-
-    fn delete_backend(&mut self, id: u32) -> Result<(), MapsError> {
-        self.backends
-            .set(id, BackendValue::default(), 0)
-            .map_err(write_err(names::BACKENDS, "clear", format!("backend {id}")))
-    }
-
-    fn put_tables(&mut self, writes: &[TableWrite<'_>]) -> Result<(), MapsError> {
-        let mut created: Vec<(u32, Inner)> = Vec::new();
+impl RealMaps {
+    /// Writes each table: a new array for a new capacity (created, filled and pinned, not
+    /// yet swapped in: pushed to `created`), else into the free half of the live array.
+    fn fill_tables(
+        &mut self,
+        writes: &[TableWrite<'_>],
+        created: &mut Vec<(u32, Table, PathBuf)>,
+    ) -> Result<(), MapsError> {
         for w in writes {
             let what = || format!("table of service {}", w.service);
-            let inner: Inner = match w.new_capacity {
-                Some(capacity) => Inner::create(2 * capacity, BPF_F_INNER_MAP)
-                    .map_err(write_err(names::MAGLEV, "create", what()))?,
-                None => self.outer().get(&w.service, 0).map_err(write_err(names::MAGLEV, "open", what()))?,
-            };
             let chunks: Vec<MaglevChunk> = w
                 .slots
                 .chunks(MAGLEV_CHUNK)
@@ -606,47 +832,185 @@ impl Maps for RealMaps {
                 })
                 .collect();
             let keys: Vec<u32> = (w.base..w.base + chunks.len() as u32).collect();
-            batch::update(inner.map().fd().as_fd(), &keys, &chunks)
-                .map_err(io_err(names::MAGLEV, "fill", what()))?;
-            if w.new_capacity.is_some() {
-                created.push((w.service, inner));
+            match w.new_capacity {
+                Some(capacity) => {
+                    let map = Inner::create(2 * capacity, BPF_F_INNER_MAP).map_err(write_err(
+                        names::MAGLEV,
+                        "create",
+                        what(),
+                    ))?;
+                    batch::update(map.map().fd().as_fd(), &keys, &chunks).map_err(io_err(
+                        names::MAGLEV,
+                        "fill",
+                        what(),
+                    ))?;
+                    let id = map
+                        .map()
+                        .info()
+                        .map_err(write_err(names::MAGLEV, "info", what()))?
+                        .id();
+                    let pin = self.table_pin(w.service, id);
+                    map.map().pin(&pin).map_err(|e| MapsError {
+                        map: names::MAGLEV,
+                        op: "pin",
+                        what: what(),
+                        source: Box::new(e),
+                    })?;
+                    created.push((w.service, Table { id, map }, pin));
+                }
+                None => {
+                    let table = self.tables.get(&w.service).ok_or_else(|| MapsError {
+                        map: names::MAGLEV,
+                        op: "open",
+                        what: what(),
+                        source: "the live table is not open (it has no pin)".into(),
+                    })?;
+                    batch::update(table.map.map().fd().as_fd(), &keys, &chunks).map_err(io_err(
+                        names::MAGLEV,
+                        "fill",
+                        what(),
+                    ))?;
+                }
             }
         }
-        if !created.is_empty() {
+        Ok(())
+    }
+}
+
+/// `(service, map id)` of a table pin named `svc-<service>-<id>`.
+fn table_pin_name(path: &Path) -> Option<(u32, u32)> {
+    let name = path.file_name()?.to_str()?;
+    let (service, id) = name.strip_prefix("svc-")?.split_once('-')?;
+    Some((service.parse().ok()?, id.parse().ok()?))
+}
+
+fn write_err(
+    map: &'static str,
+    op: &'static str,
+    what: String,
+) -> impl FnOnce(aya::maps::MapError) -> MapsError {
+    move |e| MapsError {
+        map,
+        op,
+        what,
+        source: Box::new(e),
+    }
+}
+
+fn io_err(
+    map: &'static str,
+    op: &'static str,
+    what: String,
+) -> impl FnOnce(std::io::Error) -> MapsError {
+    move |e| MapsError {
+        map,
+        op,
+        what,
+        source: Box::new(e),
+    }
+}
+
+impl Maps for RealMaps {
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapsError> {
+        self.backends.set(id, value, 0).map_err(write_err(
+            names::BACKENDS,
+            "set",
+            format!("backend {id}"),
+        ))
+    }
+
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapsError> {
+        self.backends
+            .set(id, BackendValue::default(), 0)
+            .map_err(write_err(names::BACKENDS, "clear", format!("backend {id}")))
+    }
+
+    fn put_tables(&mut self, writes: &[TableWrite<'_>]) -> Result<(), MapsError> {
+        let mut created: Vec<(u32, Table, PathBuf)> = Vec::new();
+        let result = self.fill_tables(writes, &mut created);
+        let result = result.and_then(|()| {
+            if created.is_empty() {
+                return Ok(());
+            }
             // The new arrays take their services' places in one batch (one grace period).
-            let keys: Vec<u32> = created.iter().map(|(s, _)| *s).collect();
-            let fds: Vec<u32> = created.iter().map(|(_, m)| m.map().fd().as_fd().as_raw_fd() as u32).collect();
-            batch::update(self.outer_fd(), &keys, &fds)
-                .map_err(io_err(names::MAGLEV, "swap", format!("tables of {} services", keys.len())))?;
+            let keys: Vec<u32> = created.iter().map(|(s, _, _)| *s).collect();
+            let fds: Vec<u32> = created
+                .iter()
+                .map(|(_, t, _)| t.map.map().fd().as_fd().as_raw_fd() as u32)
+                .collect();
+            batch::update(self.outer_fd(), &keys, &fds).map_err(io_err(
+                names::MAGLEV,
+                "swap",
+                format!("tables of {} services", keys.len()),
+            ))
+        });
+        if result.is_err() {
+            // Nothing refers to the new arrays: drop their pins (and so the arrays).
+            for (_, _, pin) in &created {
+                let _ = std::fs::remove_file(pin);
+            }
+            return result;
+        }
+        for (service, table, _) in created {
+            if let Some(old) = self.tables.insert(service, table) {
+                let _ = std::fs::remove_file(self.table_pin(service, old.id));
+            }
         }
         Ok(())
     }
 
     fn delete_tables(&mut self, services: &[u32]) -> Result<(), MapsError> {
-        let present: Vec<u32> =
-            services.iter().copied().filter(|s| self.outer().get(s, 0).is_ok()).collect();
+        let present: Vec<u32> = services
+            .iter()
+            .copied()
+            .filter(|s| {
+                self.tables.contains_key(s)
+                    || matches!(single::lookup::<u32, u32>(self.outer_fd(), s), Ok(Some(_)))
+            })
+            .collect();
         if present.is_empty() {
             return Ok(());
         }
-        batch::delete(self.outer_fd(), &present)
-            .map_err(io_err(names::MAGLEV, "remove", format!("tables of {} services", present.len())))
+        batch::delete(self.outer_fd(), &present).map_err(io_err(
+            names::MAGLEV,
+            "remove",
+            format!("tables of {} services", present.len()),
+        ))?;
+        for service in present {
+            if let Some(old) = self.tables.remove(&service) {
+                let _ = std::fs::remove_file(self.table_pin(service, old.id));
+            }
+        }
+        Ok(())
     }
 
     fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), MapsError> {
-        self.frontends
-            .insert(key, value, 0)
-            .map_err(write_err(names::FRONTENDS, "insert", format!("{}:{}", key.ip(), key.port())))
+        self.frontends.insert(key, value, 0).map_err(write_err(
+            names::FRONTENDS,
+            "insert",
+            format!("{}:{}", key.ip(), key.port()),
+        ))
     }
 
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError> {
         match self.frontends.remove(key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(write_err(names::FRONTENDS, "remove", format!("{}:{}", key.ip(), key.port()))(e)),
+            Err(e) => Err(write_err(
+                names::FRONTENDS,
+                "remove",
+                format!("{}:{}", key.ip(), key.port()),
+            )(e)),
         }
     }
 
     fn put_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError> {
-        let keys: Vec<MemberKey> = backends.iter().map(|b| MemberKey { service_id: service, backend_id: *b }).collect();
+        let keys: Vec<MemberKey> = backends
+            .iter()
+            .map(|b| MemberKey {
+                service_id: service,
+                backend_id: *b,
+            })
+            .collect();
         let values = vec![1u32; keys.len()];
         batch::update(self.members.map().fd().as_fd(), &keys, &values).map_err(io_err(
             names::AFFINITY_MEMBERS,
@@ -658,11 +1022,18 @@ impl Maps for RealMaps {
     fn delete_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError> {
         // One by one: a batch delete stops at the first key already gone.
         for b in backends {
-            let key = MemberKey { service_id: service, backend_id: *b };
+            let key = MemberKey {
+                service_id: service,
+                backend_id: *b,
+            };
             match self.members.remove(&key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => {
-                    return Err(write_err(names::AFFINITY_MEMBERS, "remove", format!("member {b} of service {service}"))(e));
+                    return Err(write_err(
+                        names::AFFINITY_MEMBERS,
+                        "remove",
+                        format!("member {b} of service {service}"),
+                    )(e));
                 }
             }
         }
@@ -678,10 +1049,15 @@ pub struct Counters {
 }
 
 /// Reads the counters of an instance from its pins. `services`/`backends` select the ids.
-pub fn read_counters(dir: &Path, services: &[u32], backends: &[u32]) -> Result<Counters, DatapathError> {
+pub fn read_counters(
+    dir: &Path,
+    services: &[u32],
+    backends: &[u32],
+) -> Result<Counters, DatapathError> {
     let open = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_err(name));
     let global_map: PerCpuArray<MapData, GlobalStats> =
-        PerCpuArray::try_from(Map::PerCpuArray(open(names::STATS)?)).map_err(map_err(names::STATS))?;
+        PerCpuArray::try_from(Map::PerCpuArray(open(names::STATS)?))
+            .map_err(map_err(names::STATS))?;
     let mut global: GlobalStats = bytemuck::Zeroable::zeroed();
     for cpu in global_map.get(&0, 0).map_err(map_err(names::STATS))?.iter() {
         global.add(cpu);
@@ -692,7 +1068,11 @@ pub fn read_counters(dir: &Path, services: &[u32], backends: &[u32]) -> Result<C
     let mut out_services = Vec::new();
     for id in services {
         let mut s = ServiceStats::default();
-        for cpu in svc_map.get(id, 0).map_err(map_err(names::SERVICE_STATS))?.iter() {
+        for cpu in svc_map
+            .get(id, 0)
+            .map_err(map_err(names::SERVICE_STATS))?
+            .iter()
+        {
             s.add(cpu);
         }
         out_services.push((*id, s));
@@ -703,10 +1083,18 @@ pub fn read_counters(dir: &Path, services: &[u32], backends: &[u32]) -> Result<C
     let mut out_backends = Vec::new();
     for id in backends {
         let mut s = BackendStats::default();
-        for cpu in be_map.get(id, 0).map_err(map_err(names::BACKEND_STATS))?.iter() {
+        for cpu in be_map
+            .get(id, 0)
+            .map_err(map_err(names::BACKEND_STATS))?
+            .iter()
+        {
             s.add(cpu);
         }
         out_backends.push((*id, s));
     }
-    Ok(Counters { global, services: out_services, backends: out_backends })
+    Ok(Counters {
+        global,
+        services: out_services,
+        backends: out_backends,
+    })
 }

@@ -109,11 +109,18 @@ mod tests {
     use super::*;
 
     fn identities(n: usize) -> Vec<Vec<u8>> {
-        (0..n).map(|i| format!("10.{}.{}.{}:8080/tcp", i >> 16, (i >> 8) & 255, i & 255).into_bytes()).collect()
+        (0..n)
+            .map(|i| format!("10.{}.{}.{}:8080/tcp", i >> 16, (i >> 8) & 255, i & 255).into_bytes())
+            .collect()
     }
 
     fn entries(ids: &[Vec<u8>]) -> Vec<Entry<'_>> {
-        ids.iter().map(|id| Entry { identity: id, weight: 1 }).collect()
+        ids.iter()
+            .map(|id| Entry {
+                identity: id,
+                weight: 1,
+            })
+            .collect()
     }
 
     fn shares(table: &[u32], n: usize) -> Vec<usize> {
@@ -147,7 +154,10 @@ mod tests {
             let fair = m as f64 / n as f64;
             for (i, s) in shares(&table, n).into_iter().enumerate() {
                 let err = (s as f64 - fair).abs() / fair;
-                assert!(err <= 0.01, "n={n} backend {i}: {s} slots vs fair {fair:.1}");
+                assert!(
+                    err <= 0.01,
+                    "n={n} backend {i}: {s} slots vs fair {fair:.1}"
+                );
             }
         }
     }
@@ -160,8 +170,12 @@ mod tests {
             let before = build(&entries(&ids), m);
             // Remove the backend in the middle; map the remaining indices back.
             let removed = n / 2;
-            let rest: Vec<Vec<u8>> =
-                ids.iter().enumerate().filter(|(i, _)| *i != removed).map(|(_, v)| v.clone()).collect();
+            let rest: Vec<Vec<u8>> = ids
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != removed)
+                .map(|(_, v)| v.clone())
+                .collect();
             let after = build(&entries(&rest), m);
             let original = |j: u32| if (j as usize) < removed { j } else { j + 1 };
             let moved = before
@@ -173,7 +187,10 @@ mod tests {
             let ideal = 1.0 / n as f64;
             // The removed backend's slots must move; Maglev moves a few more.
             assert!(fraction >= ideal * 0.98, "n={n}: moved {fraction:.4}");
-            assert!(fraction <= ideal * 1.5 + 0.01, "n={n}: moved {fraction:.4}, ideal {ideal:.4}");
+            assert!(
+                fraction <= ideal * 1.5 + 0.01,
+                "n={n}: moved {fraction:.4}, ideal {ideal:.4}"
+            );
         }
     }
 
@@ -181,9 +198,18 @@ mod tests {
     fn weights_scale_shares() {
         let ids = identities(3);
         let e = vec![
-            Entry { identity: &ids[0], weight: 1 },
-            Entry { identity: &ids[1], weight: 2 },
-            Entry { identity: &ids[2], weight: 1 },
+            Entry {
+                identity: &ids[0],
+                weight: 1,
+            },
+            Entry {
+                identity: &ids[1],
+                weight: 2,
+            },
+            Entry {
+                identity: &ids[2],
+                weight: 1,
+            },
         ];
         let m = table_size(4 * 3, 1_048_573);
         let s = shares(&build(&e, m), 3);

@@ -37,7 +37,13 @@ pub struct Origin {
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (document {}, line {})", self.file.display(), self.document, self.line)
+        write!(
+            f,
+            "{} (document {}, line {})",
+            self.file.display(),
+            self.document,
+            self.line
+        )
     }
 }
 
@@ -58,12 +64,20 @@ pub enum ManifestError {
     /// A document or object that cannot be used; `identity` when the object's kind and
     /// name could be read.
     #[error("{origin}: {reason}")]
-    Object { origin: Origin, reason: String, identity: Option<Identity> },
+    Object {
+        origin: Origin,
+        reason: String,
+        identity: Option<Identity>,
+    },
 }
 
 impl ManifestError {
     fn object(origin: &Origin, reason: impl Into<String>) -> Self {
-        Self::Object { origin: origin.clone(), reason: reason.into(), identity: None }
+        Self::Object {
+            origin: origin.clone(),
+            reason: reason.into(),
+            identity: None,
+        }
     }
 }
 
@@ -88,15 +102,20 @@ pub struct Loaded {
 
 /// Whether a path is a manifest file this source reads.
 pub fn is_manifest_file(path: &Path) -> bool {
-    let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'));
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     !hidden && matches!(ext, "yaml" | "yml" | "json")
 }
 
 /// Reads every manifest file of `dir`. Fails only if the directory itself cannot be read.
 pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|source| ManifestError::Dir { dir: dir.into(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| ManifestError::Dir {
+        dir: dir.into(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && is_manifest_file(p))
@@ -106,7 +125,10 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
     for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => load_text(&file, &text, &mut loaded),
-            Err(source) => loaded.errors.push(ManifestError::File { file: file.clone(), source }),
+            Err(source) => loaded.errors.push(ManifestError::File {
+                file: file.clone(),
+                source,
+            }),
         }
         loaded.files.push(file);
     }
@@ -116,14 +138,24 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
 /// Parses one file's text into `loaded`.
 pub fn load_text(file: &Path, text: &str, loaded: &mut Loaded) {
     let is_json = file.extension().and_then(|e| e.to_str()) == Some("json");
-    let documents = if is_json { vec![(1, text.to_string())] } else { split_documents(text) };
+    let documents = if is_json {
+        vec![(1, text.to_string())]
+    } else {
+        split_documents(text)
+    };
     for (index, (line, doc)) in documents.into_iter().enumerate() {
-        let origin = Origin { file: file.to_path_buf(), document: index + 1, line };
+        let origin = Origin {
+            file: file.to_path_buf(),
+            document: index + 1,
+            line,
+        };
         let value: Value = if is_json {
             match serde_json::from_str(&doc) {
                 Ok(v) => v,
                 Err(e) => {
-                    loaded.errors.push(ManifestError::object(&origin, format!("invalid JSON: {e}")));
+                    loaded
+                        .errors
+                        .push(ManifestError::object(&origin, format!("invalid JSON: {e}")));
                     continue;
                 }
             }
@@ -133,7 +165,9 @@ pub fn load_text(file: &Path, text: &str, loaded: &mut Loaded) {
                 // An empty document (comments only, or a trailing `---`).
                 Ok(None) => continue,
                 Err(e) => {
-                    loaded.errors.push(ManifestError::object(&origin, format!("invalid YAML: {e}")));
+                    loaded
+                        .errors
+                        .push(ManifestError::object(&origin, format!("invalid YAML: {e}")));
                     continue;
                 }
             }
@@ -157,8 +191,8 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
     let mut current = String::new();
     let mut start = 1;
     for (i, line) in text.lines().enumerate() {
-        let is_separator = line.starts_with("---")
-            && line[3..].chars().next().is_none_or(char::is_whitespace);
+        let is_separator =
+            line.starts_with("---") && line[3..].chars().next().is_none_or(char::is_whitespace);
         if is_separator {
             if has_content(&current) {
                 docs.push((start, std::mem::take(&mut current)));
@@ -205,11 +239,22 @@ impl fmt::Display for Identity {
 
 fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
     let Some(obj) = value.as_object_mut() else {
-        loaded.errors.push(ManifestError::object(origin, "not a Kubernetes object (expected a mapping)"));
+        loaded.errors.push(ManifestError::object(
+            origin,
+            "not a Kubernetes object (expected a mapping)",
+        ));
         return;
     };
-    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+    let api_version = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let kind = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let name = obj
         .get("metadata")
         .and_then(|m| m.get("name"))
@@ -219,7 +264,11 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
     // Namespaced kinds without a namespace go to the default one (as `kubectl apply`).
     if matches!(kind.as_str(), "Service" | "EndpointSlice") {
         if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
-            if meta.get("namespace").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if meta
+                .get("namespace")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 meta.insert("namespace".into(), Value::String(DEFAULT_NAMESPACE.into()));
             }
         }
@@ -228,7 +277,9 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
     // say where a problem is.
     if matches!(kind.as_str(), "Service" | "EndpointSlice" | "Node") {
         if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
-            let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+            let annotations = meta
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Default::default()));
             if let Value::Object(a) = annotations {
                 a.insert(ORIGIN_ANNOTATION.into(), Value::String(origin.to_string()));
             }
@@ -240,7 +291,11 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let identity = Identity { kind: kind.clone(), namespace, name: name.clone() };
+    let identity = Identity {
+        kind: kind.clone(),
+        namespace,
+        name: name.clone(),
+    };
     let fail = |loaded: &mut Loaded, reason: String| {
         loaded.errors.push(ManifestError::Object {
             origin: origin.clone(),
@@ -255,29 +310,44 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
                     add_object(item, origin, loaded);
                 }
             }
-            None => loaded.errors.push(ManifestError::object(origin, "List without items")),
+            None => loaded
+                .errors
+                .push(ManifestError::object(origin, "List without items")),
         },
         ("v1", "Service") => match serde_json::from_value::<Service>(value) {
-            Ok(object) => loaded.services.push(Sourced { object, origin: origin.clone() }),
+            Ok(object) => loaded.services.push(Sourced {
+                object,
+                origin: origin.clone(),
+            }),
             Err(e) => fail(loaded, e.to_string()),
         },
-        ("discovery.k8s.io/v1", "EndpointSlice") => match serde_json::from_value::<EndpointSlice>(value) {
-            Ok(object) => match validate_slice(&object) {
-                Ok(()) => loaded.slices.push(Sourced { object, origin: origin.clone() }),
-                Err(TranslateError { reason, .. }) => fail(loaded, reason),
-            },
-            Err(e) => fail(loaded, e.to_string()),
-        },
-        ("v1", "Node") => match serde_json::from_value::<Node>(value) {
-            Ok(object) => loaded.nodes.push(Sourced { object, origin: origin.clone() }),
-            Err(e) => fail(loaded, e.to_string()),
-        },
-        (_, "Service") | (_, "EndpointSlice") | (_, "Node") => {
-            fail(loaded, format!("apiVersion {api_version:?} is not supported"))
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            match serde_json::from_value::<EndpointSlice>(value) {
+                Ok(object) => match validate_slice(&object) {
+                    Ok(()) => loaded.slices.push(Sourced {
+                        object,
+                        origin: origin.clone(),
+                    }),
+                    Err(TranslateError { reason, .. }) => fail(loaded, reason),
+                },
+                Err(e) => fail(loaded, e.to_string()),
+            }
         }
-        ("", _) | (_, "") => loaded
-            .errors
-            .push(ManifestError::object(origin, "apiVersion and kind are required")),
+        ("v1", "Node") => match serde_json::from_value::<Node>(value) {
+            Ok(object) => loaded.nodes.push(Sourced {
+                object,
+                origin: origin.clone(),
+            }),
+            Err(e) => fail(loaded, e.to_string()),
+        },
+        (_, "Service") | (_, "EndpointSlice") | (_, "Node") => fail(
+            loaded,
+            format!("apiVersion {api_version:?} is not supported"),
+        ),
+        ("", _) | (_, "") => loaded.errors.push(ManifestError::object(
+            origin,
+            "apiVersion and kind are required",
+        )),
         _ => {
             tracing::debug!(%origin, kind, "ignoring object of a kind xlb does not use");
         }
@@ -305,15 +375,24 @@ mod tests {
         assert_eq!(l.services.len(), 1);
         assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
         let msg = l.errors[0].to_string();
-        assert!(msg.contains("a.yaml (document 2, line 12)") && msg.contains("invalid YAML"), "{msg}");
+        assert!(
+            msg.contains("a.yaml (document 2, line 12)") && msg.contains("invalid YAML"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn reports_type_errors_with_the_object_name() {
-        let l = load("b.yml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: 80\n");
+        let l = load(
+            "b.yml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: 80\n",
+        );
         assert!(l.services.is_empty());
         let msg = l.errors[0].to_string();
-        assert!(msg.contains("Service default/web") && msg.contains("b.yml (document 1, line 1)"), "{msg}");
+        assert!(
+            msg.contains("Service default/web") && msg.contains("b.yml (document 1, line 1)"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -323,7 +402,12 @@ mod tests {
             {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"a-1","labels":{"kubernetes.io/service-name":"a"}},
              "addressType":"IPv4","endpoints":[{"addresses":["10.1.0.1"]}],"ports":[{"port":5353,"protocol":"UDP"}]}]}"#;
         let l = load("c.json", json);
-        assert_eq!((l.services.len(), l.slices.len(), l.errors.len()), (1, 1, 0), "{:?}", l.errors);
+        assert_eq!(
+            (l.services.len(), l.slices.len(), l.errors.len()),
+            (1, 1, 0),
+            "{:?}",
+            l.errors
+        );
     }
 
     #[test]
@@ -331,7 +415,11 @@ mod tests {
         let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s\naddressType: IPv4\nendpoints:\n- addresses: [\"fd00::1\"]\n";
         let l = load("d.yaml", text);
         assert!(l.slices.is_empty());
-        assert!(l.errors[0].to_string().contains("is not an IPv4 address"), "{}", l.errors[0]);
+        assert!(
+            l.errors[0].to_string().contains("is not an IPv4 address"),
+            "{}",
+            l.errors[0]
+        );
     }
 
     #[test]

@@ -122,13 +122,15 @@ impl Metrics {
 
     /// The reconciler is alive (it calls this at least every second).
     pub fn beat(&self) {
-        self.heartbeat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Release);
+        self.heartbeat_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Release);
     }
 
     /// Whether the reconciler went round its loop within `HEALTHY_WITHIN`.
     pub fn is_alive(&self) -> bool {
         let last = self.heartbeat_ms.load(Ordering::Acquire);
-        (self.started.elapsed().as_millis() as u64).saturating_sub(last) <= HEALTHY_WITHIN.as_millis() as u64
+        (self.started.elapsed().as_millis() as u64).saturating_sub(last)
+            <= HEALTHY_WITHIN.as_millis() as u64
     }
 
     pub fn set_names(&self, names: Names) {
@@ -148,15 +150,42 @@ impl Metrics {
             "Time from a change seen by a source to the maps written",
             self.programming_latency.clone(),
         );
-        r.register("sync_duration_seconds", "Duration of a sync (translate, plan, apply)", self.sync_duration.clone());
-        r.register("sync_errors", "Sync errors by kind", self.sync_errors.clone());
-        r.register("map_writes", "Datapath map writes made by the agent", self.map_writes.clone());
-        r.register("services", "Datapath services programmed", self.services.clone());
-        r.register("frontends", "Frontends (VIP, port, protocol) programmed", self.frontends.clone());
+        r.register(
+            "sync_duration_seconds",
+            "Duration of a sync (translate, plan, apply)",
+            self.sync_duration.clone(),
+        );
+        r.register(
+            "sync_errors",
+            "Sync errors by kind",
+            self.sync_errors.clone(),
+        );
+        r.register(
+            "map_writes",
+            "Datapath map writes made by the agent",
+            self.map_writes.clone(),
+        );
+        r.register(
+            "services",
+            "Datapath services programmed",
+            self.services.clone(),
+        );
+        r.register(
+            "frontends",
+            "Frontends (VIP, port, protocol) programmed",
+            self.frontends.clone(),
+        );
         r.register("backends", "Backends programmed", self.backends.clone());
-        r.register("rejected_objects", "Objects currently rejected as invalid", self.rejected_objects.clone());
+        r.register(
+            "rejected_objects",
+            "Objects currently rejected as invalid",
+            self.rejected_objects.clone(),
+        );
         if let Some(dir) = pin_dir {
-            r.register_collector(Box::new(DatapathCollector { dir, metrics: self.clone() }));
+            r.register_collector(Box::new(DatapathCollector {
+                dir,
+                metrics: self.clone(),
+            }));
         }
         r
     }
@@ -181,7 +210,8 @@ fn counter(
     help: &str,
     rows: &[(Vec<(&str, String)>, u64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    let mut family =
+        encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
     for (labels, value) in rows {
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
@@ -202,25 +232,97 @@ impl Collector for DatapathCollector {
         let packets: Vec<_> = report
             .packets
             .iter()
-            .map(|p| (vec![("verdict", p.verdict.to_string()), ("reason", p.reason.to_string())], p.packets))
+            .map(|p| {
+                (
+                    vec![
+                        ("verdict", p.verdict.to_string()),
+                        ("reason", p.reason.to_string()),
+                    ],
+                    p.packets,
+                )
+            })
             .collect();
-        counter(&mut encoder, "datapath_packets", "Packets by XDP verdict and reason", &packets)?;
-        let events: Vec<_> = report.events.iter().map(|(e, n)| (vec![("event", e.to_string())], *n)).collect();
-        counter(&mut encoder, "datapath_events", "Datapath events (flows, connection table)", &events)?;
-        let service = |id: u32| names.services.get(&id).cloned().unwrap_or_else(|| format!("id-{id}"));
-        let backend = |id: u32| names.backends.get(&id).cloned().unwrap_or_else(|| format!("id-{id}"));
+        counter(
+            &mut encoder,
+            "datapath_packets",
+            "Packets by XDP verdict and reason",
+            &packets,
+        )?;
+        let events: Vec<_> = report
+            .events
+            .iter()
+            .map(|(e, n)| (vec![("event", e.to_string())], *n))
+            .collect();
+        counter(
+            &mut encoder,
+            "datapath_events",
+            "Datapath events (flows, connection table)",
+            &events,
+        )?;
+        let service = |id: u32| {
+            names
+                .services
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("id-{id}"))
+        };
+        let backend = |id: u32| {
+            names
+                .backends
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("id-{id}"))
+        };
         let rows = |f: fn(&crate::stats::ServiceReport) -> u64| -> Vec<_> {
-            report.services.iter().map(|s| (vec![("service", service(s.id))], f(s))).collect()
+            report
+                .services
+                .iter()
+                .map(|s| (vec![("service", service(s.id))], f(s)))
+                .collect()
         };
-        counter(&mut encoder, "service_packets", "Packets to a service's frontends", &rows(|s| s.packets))?;
-        counter(&mut encoder, "service_new_flows", "New flows of a service", &rows(|s| s.new_flows))?;
-        counter(&mut encoder, "service_no_backend", "Packets dropped: the service had no backend", &rows(|s| s.no_backend))?;
+        counter(
+            &mut encoder,
+            "service_packets",
+            "Packets to a service's frontends",
+            &rows(|s| s.packets),
+        )?;
+        counter(
+            &mut encoder,
+            "service_new_flows",
+            "New flows of a service",
+            &rows(|s| s.new_flows),
+        )?;
+        counter(
+            &mut encoder,
+            "service_no_backend",
+            "Packets dropped: the service had no backend",
+            &rows(|s| s.no_backend),
+        )?;
         let rows = |f: fn(&crate::stats::BackendReport) -> u64| -> Vec<_> {
-            report.backends.iter().map(|b| (vec![("backend", backend(b.id))], f(b))).collect()
+            report
+                .backends
+                .iter()
+                .map(|b| (vec![("backend", backend(b.id))], f(b)))
+                .collect()
         };
-        counter(&mut encoder, "backend_new_flows", "New flows sent to a backend", &rows(|b| b.new_flows))?;
-        counter(&mut encoder, "backend_packets", "Packets sent to a backend", &rows(|b| b.packets))?;
-        counter(&mut encoder, "backend_reply_packets", "Reply packets from a backend", &rows(|b| b.reply_packets))?;
+        counter(
+            &mut encoder,
+            "backend_new_flows",
+            "New flows sent to a backend",
+            &rows(|b| b.new_flows),
+        )?;
+        counter(
+            &mut encoder,
+            "backend_packets",
+            "Packets sent to a backend",
+            &rows(|b| b.packets),
+        )?;
+        counter(
+            &mut encoder,
+            "backend_reply_packets",
+            "Reply packets from a backend",
+            &rows(|b| b.reply_packets),
+        )?;
         Ok(())
     }
 }
@@ -236,10 +338,17 @@ async fn metrics_page(State(s): State<HttpState>) -> impl IntoResponse {
     match encode(&mut body, &s.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         ),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], e.to_string()),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain")],
+            e.to_string(),
+        ),
     }
 }
 
@@ -247,7 +356,10 @@ async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
     if s.metrics.is_alive() {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy: the reconciler is stuck\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy: the reconciler is stuck\n",
+        )
     }
 }
 
@@ -255,7 +367,10 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     if s.metrics.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the first sync has not completed\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the first sync has not completed\n",
+        )
     }
 }
 
@@ -267,8 +382,15 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, registry: Registry) -> anyhow::Result<()> {
-    let state = HttpState { metrics, registry: Arc::new(registry) };
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    registry: Registry,
+) -> anyhow::Result<()> {
+    let state = HttpState {
+        metrics,
+        registry: Arc::new(registry),
+    };
     let app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))

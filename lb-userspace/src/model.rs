@@ -45,7 +45,14 @@ pub struct ServiceName {
 
 impl fmt::Display for ServiceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}:{}/{}", self.namespace, self.name, self.port, self.family.name())?;
+        write!(
+            f,
+            "{}/{}:{}/{}",
+            self.namespace,
+            self.name,
+            self.port,
+            self.family.name()
+        )?;
         if self.scope != Scope::All {
             write!(f, "/{}", self.scope.name())?;
         }
@@ -98,7 +105,8 @@ pub fn object_range<'a, V>(
         family: Family(0),
         scope: Scope::All,
     };
-    map.range(first..).take_while(move |(k, _)| k.namespace == namespace && k.name == name)
+    map.range(first..)
+        .take_while(move |(k, _)| k.namespace == namespace && k.name == name)
 }
 
 /// All services the datapath should serve.
@@ -118,8 +126,9 @@ impl Desired {
         name: &str,
         services: impl IntoIterator<Item = (ServiceName, ServiceSpec)>,
     ) {
-        let stale: Vec<ServiceName> =
-            object_range(&self.services, namespace, name).map(|(k, _)| k.clone()).collect();
+        let stale: Vec<ServiceName> = object_range(&self.services, namespace, name)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in stale {
             self.services.remove(&k);
         }
@@ -141,17 +150,37 @@ mod tests {
 
     fn entry(ns: &str, name: &str, port: &str) -> (ServiceName, ServiceSpec) {
         (
-            ServiceName { namespace: ns.into(), name: name.into(), port: port.into(), family: Family::V4, scope: Scope::All },
-            ServiceSpec { proto: Proto::TCP, frontends: BTreeSet::new(), backends: vec![], affinity_timeout_s: None },
+            ServiceName {
+                namespace: ns.into(),
+                name: name.into(),
+                port: port.into(),
+                family: Family::V4,
+                scope: Scope::All,
+            },
+            ServiceSpec {
+                proto: Proto::TCP,
+                frontends: BTreeSet::new(),
+                backends: vec![],
+                affinity_timeout_s: None,
+            },
         )
     }
 
     #[test]
     fn replace_object_touches_only_that_object() {
         let mut d = Desired::default();
-        d.services.extend([entry("a", "web", "80"), entry("a", "web", "443"), entry("a", "webx", "80"), entry("b", "web", "80")]);
+        d.services.extend([
+            entry("a", "web", "80"),
+            entry("a", "web", "443"),
+            entry("a", "webx", "80"),
+            entry("b", "web", "80"),
+        ]);
         d.replace_object("a", "web", [entry("a", "web", "8080")]);
-        let names: Vec<String> = d.services.keys().map(|k| format!("{}/{}:{}", k.namespace, k.name, k.port)).collect();
+        let names: Vec<String> = d
+            .services
+            .keys()
+            .map(|k| format!("{}/{}:{}", k.namespace, k.name, k.port))
+            .collect();
         assert_eq!(names, ["a/web:8080", "a/webx:80", "b/web:80"]);
     }
 }

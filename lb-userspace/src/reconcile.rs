@@ -190,10 +190,15 @@ impl Reconciler {
 
         let done = Instant::now();
         for t in since {
-            self.metrics.programming_latency.observe(done.duration_since(t).as_secs_f64());
+            self.metrics
+                .programming_latency
+                .observe(done.duration_since(t).as_secs_f64());
         }
         let scope = if report.full { "full" } else { "incremental" };
-        self.metrics.sync_duration.get_or_create(&ScopeLabel { scope }).observe(report.elapsed.as_secs_f64());
+        self.metrics
+            .sync_duration
+            .get_or_create(&ScopeLabel { scope })
+            .observe(report.elapsed.as_secs_f64());
         self.update_gauges(applied.writes);
         self.names_stale = true;
         if !self.synced {
@@ -226,9 +231,10 @@ impl Reconciler {
             }
             Err(e) => {
                 self.metrics.error(errors::INVALID_OBJECT);
-                let previous: Vec<(crate::model::ServiceName, ServiceSpec)> = object_range(&self.desired.services, &key.0, &key.1)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
+                let previous: Vec<(crate::model::ServiceName, ServiceSpec)> =
+                    object_range(&self.desired.services, &key.0, &key.1)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
                 let at = svc
                     .metadata
                     .annotations
@@ -255,7 +261,9 @@ impl Reconciler {
         self.metrics.services.set(a.services.len() as i64);
         self.metrics.frontends.set(a.frontends.len() as i64);
         self.metrics.backends.set(a.backends.len() as i64);
-        self.metrics.rejected_objects.set(self.rejected.len() as i64);
+        self.metrics
+            .rejected_objects
+            .set(self.rejected.len() as i64);
     }
 
     /// Periodic work (the agent calls it about once a second): clears retired backends
@@ -274,8 +282,16 @@ impl Reconciler {
             self.names_stale = false;
             let a = &self.applied;
             self.metrics.set_names(Names {
-                services: a.services.iter().map(|(name, id)| (*id, name.to_string())).collect(),
-                backends: a.backends.iter().map(|(id, v)| (*id, sync::BackendKey::of(v).to_string())).collect(),
+                services: a
+                    .services
+                    .iter()
+                    .map(|(name, id)| (*id, name.to_string()))
+                    .collect(),
+                backends: a
+                    .backends
+                    .iter()
+                    .map(|(id, v)| (*id, sync::BackendKey::of(v).to_string()))
+                    .collect(),
             });
         }
         self.metrics.beat();

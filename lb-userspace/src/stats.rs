@@ -64,7 +64,10 @@ pub fn read(dir: &Path) -> Result<Report, DatapathError> {
     let mut services: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     let mut live = BTreeMap::new();
     for (key, value) in maps.frontends() {
-        services.entry(value.service_id).or_default().push(crate::sync::describe_frontend(&key));
+        services
+            .entry(value.service_id)
+            .or_default()
+            .push(crate::sync::describe_frontend(&key));
         live.insert(value.service_id, value);
     }
     let mut backends: BTreeMap<u32, String> = BTreeMap::new();
@@ -125,7 +128,12 @@ pub fn read(dir: &Path) -> Result<Report, DatapathError> {
             reply_bytes: b.reply_bytes,
         })
         .collect();
-    Ok(Report { packets, events, services, backends })
+    Ok(Report {
+        packets,
+        events,
+        services,
+        backends,
+    })
 }
 
 /// The report as aligned text tables.
@@ -141,16 +149,29 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(out, "  {name:<22} {n:>12}");
     }
     let _ = writeln!(out, "Services:");
-    let _ = writeln!(out, "  {:>4} {:>10} {:>12} {:>10} {:>10}  FRONTENDS", "ID", "PACKETS", "BYTES", "NEW_FLOWS", "NO_BACKEND");
+    let _ = writeln!(
+        out,
+        "  {:>4} {:>10} {:>12} {:>10} {:>10}  FRONTENDS",
+        "ID", "PACKETS", "BYTES", "NEW_FLOWS", "NO_BACKEND"
+    );
     for s in &report.services {
         let _ = writeln!(
             out,
             "  {:>4} {:>10} {:>12} {:>10} {:>10}  {}",
-            s.id, s.packets, s.bytes, s.new_flows, s.no_backend, s.frontends.join(" ")
+            s.id,
+            s.packets,
+            s.bytes,
+            s.new_flows,
+            s.no_backend,
+            s.frontends.join(" ")
         );
     }
     let _ = writeln!(out, "Backends:");
-    let _ = writeln!(out, "  {:>4} {:<30} {:>10} {:>10} {:>10}", "ID", "ADDRESS", "NEW_FLOWS", "PACKETS", "REPLIES");
+    let _ = writeln!(
+        out,
+        "  {:>4} {:<30} {:>10} {:>10} {:>10}",
+        "ID", "ADDRESS", "NEW_FLOWS", "PACKETS", "REPLIES"
+    );
     for b in &report.backends {
         let _ = writeln!(
             out,

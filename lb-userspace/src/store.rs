@@ -64,7 +64,10 @@ impl Dirty {
 /// The (namespace, name) of an object, with the default namespace applied.
 pub fn key_of<K: Resource>(obj: &K) -> ObjectKey {
     (
-        obj.meta().namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+        obj.meta()
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
         obj.meta().name.clone().unwrap_or_default(),
     )
 }
@@ -86,7 +89,12 @@ where
     fn new() -> Self {
         let writer = Writer::default();
         let reader = writer.as_reader();
-        Self { writer, reader, relisting: false, listed: false }
+        Self {
+            writer,
+            reader,
+            relisting: false,
+            listed: false,
+        }
     }
 
     fn get(&self, key: &ObjectKey) -> Option<Arc<K>> {
@@ -104,7 +112,11 @@ where
                 let before = self.reader.get(&oref);
                 self.writer.apply_watcher_event(event);
                 let after = self.reader.get(&oref);
-                if same(before.as_deref(), after.as_deref()) { vec![] } else { vec![(key, before, after)] }
+                if same(before.as_deref(), after.as_deref()) {
+                    vec![]
+                } else {
+                    vec![(key, before, after)]
+                }
             }
             Event::Init => {
                 self.relisting = true;
@@ -116,11 +128,19 @@ where
                 vec![]
             }
             Event::InitDone => {
-                let before: BTreeMap<ObjectKey, Arc<K>> =
-                    self.reader.state().into_iter().map(|o| (key_of(&*o), o)).collect();
+                let before: BTreeMap<ObjectKey, Arc<K>> = self
+                    .reader
+                    .state()
+                    .into_iter()
+                    .map(|o| (key_of(&*o), o))
+                    .collect();
                 self.writer.apply_watcher_event(event);
-                let mut after: BTreeMap<ObjectKey, Arc<K>> =
-                    self.reader.state().into_iter().map(|o| (key_of(&*o), o)).collect();
+                let mut after: BTreeMap<ObjectKey, Arc<K>> = self
+                    .reader
+                    .state()
+                    .into_iter()
+                    .map(|o| (key_of(&*o), o))
+                    .collect();
                 self.relisting = false;
                 self.listed = true;
                 let mut changed = Vec::new();
@@ -192,7 +212,10 @@ impl Store {
                         dirty.services.insert(owner);
                     }
                     if let Some(owner) = after.as_deref().and_then(slice_owner) {
-                        self.by_owner.entry(owner.clone()).or_default().insert(key.clone());
+                        self.by_owner
+                            .entry(owner.clone())
+                            .or_default()
+                            .insert(key.clone());
                         dirty.services.insert(owner);
                     }
                 }
@@ -269,7 +292,11 @@ impl Store {
     /// else `fallback` (given on the command line).
     pub fn node_info(&self, fallback: &NodeInfo) -> NodeInfo {
         let node = self.node_name.as_ref().and_then(|name| {
-            self.nodes.reader.state().into_iter().find(|n| n.name_any() == *name)
+            self.nodes
+                .reader
+                .state()
+                .into_iter()
+                .find(|n| n.name_any() == *name)
         });
         match node {
             Some(node) => {
@@ -282,7 +309,10 @@ impl Store {
                 }
                 info
             }
-            None => NodeInfo { name: self.node_name.clone(), ..fallback.clone() },
+            None => NodeInfo {
+                name: self.node_name.clone(),
+                ..fallback.clone()
+            },
         }
     }
 }
@@ -300,11 +330,15 @@ mod tests {
     }
 
     fn slice(name: &str, owner: &str, rv: &str) -> EndpointSlice {
-        let mut s = EndpointSlice { address_type: "IPv4".into(), ..Default::default() };
+        let mut s = EndpointSlice {
+            address_type: "IPv4".into(),
+            ..Default::default()
+        };
         s.metadata.name = Some(name.into());
         s.metadata.namespace = Some("ns".into());
         s.metadata.resource_version = Some(rv.into());
-        s.metadata.labels = Some([("kubernetes.io/service-name".to_string(), owner.to_string())].into());
+        s.metadata.labels =
+            Some([("kubernetes.io/service-name".to_string(), owner.to_string())].into());
         s
     }
 
@@ -328,17 +362,29 @@ mod tests {
     #[test]
     fn relists_dirty_only_what_changed() {
         let mut store = Store::new(Some("n1".into()));
-        let d = relist(&mut store, Change::Services, vec![service("a", "1"), service("b", "1")]);
+        let d = relist(
+            &mut store,
+            Change::Services,
+            vec![service("a", "1"), service("b", "1")],
+        );
         assert_eq!(keys(&d), ["a", "b"]);
         assert!(!store.listed(), "slices and nodes not listed yet");
         relist(&mut store, Change::Slices, vec![slice("a-1", "a", "1")]);
         relist(&mut store, Change::Nodes, Vec::<Node>::new());
         assert!(store.listed());
         // The same objects again (an outage's relist): nothing dirty.
-        let d = relist(&mut store, Change::Services, vec![service("a", "1"), service("b", "1")]);
+        let d = relist(
+            &mut store,
+            Change::Services,
+            vec![service("a", "1"), service("b", "1")],
+        );
         assert!(d.is_empty(), "{d:?}");
         // b changed, a gone, c new.
-        let d = relist(&mut store, Change::Services, vec![service("b", "2"), service("c", "1")]);
+        let d = relist(
+            &mut store,
+            Change::Services,
+            vec![service("b", "2"), service("c", "1")],
+        );
         assert_eq!(keys(&d), ["a", "b", "c"]);
         // During a relist, the previous state is still served.
         store.apply(&Change::Services(Event::Init));
@@ -357,7 +403,11 @@ mod tests {
         assert!(store.slices_of(&("ns".into(), "a".into())).is_empty());
         assert_eq!(store.slices_of(&("ns".into(), "b".into())).len(), 1);
         // An identical re-delivery changes nothing.
-        assert!(store.apply(&Change::Slices(Event::Apply(slice("s", "b", "2")))).is_empty());
+        assert!(
+            store
+                .apply(&Change::Slices(Event::Apply(slice("s", "b", "2"))))
+                .is_empty()
+        );
         let d = store.apply(&Change::Slices(Event::Delete(slice("s", "b", "2"))));
         assert_eq!(keys(&d), ["b"]);
         assert!(store.slices_of(&("ns".into(), "b".into())).is_empty());
@@ -371,9 +421,13 @@ mod tests {
         assert!(!store.apply(&Change::Nodes(Event::Apply(other))).node);
         let mut mine = Node::default();
         mine.metadata.name = Some("n1".into());
-        mine.metadata.labels = Some([("topology.kubernetes.io/zone".to_string(), "z1".to_string())].into());
+        mine.metadata.labels =
+            Some([("topology.kubernetes.io/zone".to_string(), "z1".to_string())].into());
         assert!(store.apply(&Change::Nodes(Event::Apply(mine))).node);
-        let fallback = NodeInfo { zone: Some("flag".into()), ..Default::default() };
+        let fallback = NodeInfo {
+            zone: Some("flag".into()),
+            ..Default::default()
+        };
         assert_eq!(store.node_info(&fallback).zone.as_deref(), Some("z1"));
     }
 }

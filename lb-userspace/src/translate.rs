@@ -113,7 +113,12 @@ impl NodeInfo {
         Self {
             name: node.metadata.name.clone(),
             addresses,
-            zone: node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned(),
+            zone: node
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(ZONE_LABEL))
+                .cloned(),
         }
     }
 }
@@ -132,7 +137,10 @@ pub type ObjectKey = (String, String);
 /// The key of a Service, with the default namespace applied.
 pub fn service_key(svc: &Service) -> ObjectKey {
     (
-        svc.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+        svc.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
         svc.metadata.name.clone().unwrap_or_default(),
     )
 }
@@ -141,7 +149,11 @@ pub fn service_key(svc: &Service) -> ObjectKey {
 pub fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
     let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
     Some((
-        slice.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+        slice
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
         name.clone(),
     ))
 }
@@ -202,7 +214,12 @@ pub fn translate_service(
     if spec.type_.as_deref() == Some("ExternalName") {
         return Ok(out);
     }
-    if svc.metadata.labels.as_ref().is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
+    if svc
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL))
+    {
         // Delegated to another proxy.
         return Ok(out);
     }
@@ -217,7 +234,10 @@ pub fn translate_service(
     }
     let parse = |field: &str, ips: Vec<&String>| -> Result<Vec<IpAddr>, TranslateError> {
         ips.into_iter()
-            .map(|ip| ip.parse().map_err(|_| err(format!("{field}: {ip:?} is not an IP address"))))
+            .map(|ip| {
+                ip.parse()
+                    .map_err(|_| err(format!("{field}: {ip:?} is not an IP address")))
+            })
             .collect()
     };
     let cluster_vips = parse("clusterIPs", cluster_ips)?;
@@ -240,12 +260,15 @@ pub fn translate_service(
             .map(|f| match f.as_str() {
                 "IPv4" => Ok(Family::V4),
                 "IPv6" => Ok(Family::V6),
-                other => Err(err(format!("ipFamilies: {other:?} is neither IPv4 nor IPv6"))),
+                other => Err(err(format!(
+                    "ipFamilies: {other:?} is neither IPv4 nor IPv6"
+                ))),
             })
             .collect::<Result<_, _>>()?,
-        _ if !cluster_vips.is_empty() => {
-            [Family::V4, Family::V6].into_iter().filter(|f| cluster_vips.iter().any(|ip| Family::of(ip) == *f)).collect()
-        }
+        _ if !cluster_vips.is_empty() => [Family::V4, Family::V6]
+            .into_iter()
+            .filter(|f| cluster_vips.iter().any(|ip| Family::of(ip) == *f))
+            .collect(),
         _ => vec![Family::V4, Family::V6],
     };
     for ip in cluster_vips.iter().chain(&external_vips) {
@@ -256,7 +279,10 @@ pub fn translate_service(
             ));
         }
     }
-    let node_ports = matches!(spec.type_.as_deref(), Some("NodePort") | Some("LoadBalancer"));
+    let node_ports = matches!(
+        spec.type_.as_deref(),
+        Some("NodePort") | Some("LoadBalancer")
+    );
     let affinity_timeout_s = session_affinity(spec).map_err(err)?;
     let weights = weights(svc).map_err(err)?;
     let topology = wants_topology(svc, spec);
@@ -269,7 +295,12 @@ pub fn translate_service(
         let number = u16::try_from(port.port)
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| err(format!("ports[{i}].port: {} is not a valid port", port.port)))?;
+            .ok_or_else(|| {
+                err(format!(
+                    "ports[{i}].port: {} is not a valid port",
+                    port.port
+                ))
+            })?;
         let proto = match port.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => Proto::TCP,
             "UDP" => Proto::UDP,
@@ -281,23 +312,35 @@ pub fn translate_service(
             }
         };
         if !seen_ports.insert((number, proto)) {
-            return Err(err(format!("ports[{i}]: port {number}/{} is listed twice", proto.name())));
+            return Err(err(format!(
+                "ports[{i}]: port {number}/{} is listed twice",
+                proto.name()
+            )));
         }
         let node_port = if node_ports {
             match port.node_port {
-                Some(p) => Some(u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
-                    err(format!("ports[{i}].nodePort: {p} is not a valid port"))
-                })?),
+                Some(p) => {
+                    Some(u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
+                        err(format!("ports[{i}].nodePort: {p} is not a valid port"))
+                    })?)
+                }
                 None => None,
             }
         } else {
             None
         };
-        let port_id = port.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| number.to_string());
+        let port_id = port
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| number.to_string());
 
         for family in families.iter().copied() {
             let of_family = |ips: &[IpAddr], p: u16| -> BTreeSet<Frontend> {
-                ips.iter().filter(|ip| Family::of(ip) == family).map(|ip| Frontend { ip: *ip, port: p }).collect()
+                ips.iter()
+                    .filter(|ip| Family::of(ip) == family)
+                    .map(|ip| Frontend { ip: *ip, port: p })
+                    .collect()
             };
             let internal = of_family(&cluster_vips, number);
             let mut external = of_family(&external_vips, number);
@@ -308,11 +351,21 @@ pub fn translate_service(
                 continue;
             }
             let candidates = candidates(port, proto, family, slices, &weights);
-            let cluster_set = if topology { by_zone(&candidates, node) } else { candidates.clone() };
-            let internal_backends =
-                if internal_local { usable(local(&candidates, node)) } else { usable(cluster_set.clone()) };
-            let external_backends =
-                if external_local { usable(local(&candidates, node)) } else { usable(cluster_set) };
+            let cluster_set = if topology {
+                by_zone(&candidates, node)
+            } else {
+                candidates.clone()
+            };
+            let internal_backends = if internal_local {
+                usable(local(&candidates, node))
+            } else {
+                usable(cluster_set.clone())
+            };
+            let external_backends = if external_local {
+                usable(local(&candidates, node))
+            } else {
+                usable(cluster_set)
+            };
 
             let name_for = |scope| ServiceName {
                 namespace: namespace.clone(),
@@ -327,14 +380,25 @@ pub fn translate_service(
                 backends,
                 affinity_timeout_s,
             };
-            if external.is_empty() || internal.is_empty() || internal_backends == external_backends {
-                let backends =
-                    if internal.is_empty() { external_backends } else { internal_backends };
+            if external.is_empty() || internal.is_empty() || internal_backends == external_backends
+            {
+                let backends = if internal.is_empty() {
+                    external_backends
+                } else {
+                    internal_backends
+                };
                 let all: BTreeSet<Frontend> = internal.union(&external).copied().collect();
-                out.services.push((name_for(Scope::All), spec_for(all, backends)));
+                out.services
+                    .push((name_for(Scope::All), spec_for(all, backends)));
             } else {
-                out.services.push((name_for(Scope::Internal), spec_for(internal, internal_backends)));
-                out.services.push((name_for(Scope::External), spec_for(external, external_backends)));
+                out.services.push((
+                    name_for(Scope::Internal),
+                    spec_for(internal, internal_backends),
+                ));
+                out.services.push((
+                    name_for(Scope::External),
+                    spec_for(external, external_backends),
+                ));
             }
         }
     }
@@ -359,20 +423,27 @@ fn session_affinity(spec: &K8sServiceSpec) -> Result<Option<u32>, String> {
             }
             Ok(Some(t as u32))
         }
-        Some(other) => Err(format!("sessionAffinity: {other:?} is neither None nor ClientIP")),
+        Some(other) => Err(format!(
+            "sessionAffinity: {other:?} is neither None nor ClientIP"
+        )),
     }
 }
 
 /// The weights annotation, parsed (see [`WEIGHTS_ANNOTATION`]).
 fn weights(svc: &Service) -> Result<BTreeMap<String, u32>, String> {
-    let Some(text) = svc.metadata.annotations.as_ref().and_then(|a| a.get(WEIGHTS_ANNOTATION)) else {
+    let Some(text) = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(WEIGHTS_ANNOTATION))
+    else {
         return Ok(BTreeMap::new());
     };
     let mut out = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (key, weight) = item
-            .split_once('=')
-            .ok_or_else(|| format!("annotation {WEIGHTS_ANNOTATION}: {item:?} is not key=weight"))?;
+        let (key, weight) = item.split_once('=').ok_or_else(|| {
+            format!("annotation {WEIGHTS_ANNOTATION}: {item:?} is not key=weight")
+        })?;
         let weight: u32 = weight.trim().parse().ok().filter(|w| *w <= MAX_WEIGHT).ok_or_else(|| {
             format!("annotation {WEIGHTS_ANNOTATION}: weight {weight:?} of {key:?} is not an integer 0..={MAX_WEIGHT}")
         })?;
@@ -384,9 +455,13 @@ fn weights(svc: &Service) -> Result<BTreeMap<String, u32>, String> {
 /// Whether the Service asks for topology-aware routing.
 fn wants_topology(svc: &Service, spec: &K8sServiceSpec) -> bool {
     let annotations = svc.metadata.annotations.as_ref();
-    let annotated = [TOPOLOGY_MODE_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION].iter().any(|a| {
-        annotations.and_then(|m| m.get(*a)).is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case("disabled"))
-    });
+    let annotated = [TOPOLOGY_MODE_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION]
+        .iter()
+        .any(|a| {
+            annotations
+                .and_then(|m| m.get(*a))
+                .is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case("disabled"))
+        });
     annotated || spec.traffic_distribution.is_some()
 }
 
@@ -425,7 +500,9 @@ fn candidates(
                 .map(|zs| zs.iter().map(|z| z.name.clone()).collect());
             for addr in &ep.addresses {
                 // Slices are validated when read; an unparsable address is skipped here.
-                let Ok(ip) = addr.parse::<IpAddr>() else { continue };
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    continue;
+                };
                 if Family::of(&ip) != family {
                     continue;
                 }
@@ -436,7 +513,11 @@ fn candidates(
                     .copied()
                     .unwrap_or(1);
                 let c = Candidate {
-                    backend: Backend { ip, port: target, weight },
+                    backend: Backend {
+                        ip,
+                        port: target,
+                        weight,
+                    },
                     ready,
                     serving_terminating: serving && terminating,
                     node: ep.node_name.clone(),
@@ -466,16 +547,28 @@ fn conditions(ep: &Endpoint) -> (bool, bool, bool) {
 
 /// The backends that take new flows: the ready ones, else the serving-terminating ones.
 fn usable(candidates: Vec<Candidate>) -> Vec<Backend> {
-    let ready: Vec<Backend> = candidates.iter().filter(|c| c.ready).map(|c| c.backend).collect();
+    let ready: Vec<Backend> = candidates
+        .iter()
+        .filter(|c| c.ready)
+        .map(|c| c.backend)
+        .collect();
     if !ready.is_empty() {
         return ready;
     }
-    candidates.iter().filter(|c| c.serving_terminating).map(|c| c.backend).collect()
+    candidates
+        .iter()
+        .filter(|c| c.serving_terminating)
+        .map(|c| c.backend)
+        .collect()
 }
 
 /// The candidates on this node.
 fn local(candidates: &[Candidate], node: &NodeInfo) -> Vec<Candidate> {
-    candidates.iter().filter(|c| node.name.is_some() && c.node == node.name).cloned().collect()
+    candidates
+        .iter()
+        .filter(|c| node.name.is_some() && c.node == node.name)
+        .cloned()
+        .collect()
 }
 
 /// Topology-aware filtering (see the module docs): the candidates hinted for this node's
@@ -484,12 +577,21 @@ fn by_zone(candidates: &[Candidate], node: &NodeInfo) -> Vec<Candidate> {
     let Some(zone) = node.zone.as_ref() else {
         return candidates.to_vec();
     };
-    let relevant: Vec<&Candidate> =
-        candidates.iter().filter(|c| c.ready || c.serving_terminating).collect();
+    let relevant: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.ready || c.serving_terminating)
+        .collect();
     let complete = !relevant.is_empty() && relevant.iter().all(|c| c.zones.is_some());
-    let mine: Vec<Candidate> =
-        candidates.iter().filter(|c| c.zones.as_ref().is_some_and(|z| z.contains(zone))).cloned().collect();
-    if complete && mine.iter().any(|c| c.ready || c.serving_terminating) { mine } else { candidates.to_vec() }
+    let mine: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| c.zones.as_ref().is_some_and(|z| z.contains(zone)))
+        .cloned()
+        .collect();
+    if complete && mine.iter().any(|c| c.ready || c.serving_terminating) {
+        mine
+    } else {
+        candidates.to_vec()
+    }
 }
 
 /// The port number endpoints of `slice` serve Service port `port` on (see the module docs).
@@ -504,9 +606,10 @@ fn target_port(port: &ServicePort, proto: Proto, slice: &EndpointSlice) -> Optio
         .filter(same_proto)
         .find(|p| p.name.as_deref().unwrap_or("") == service_port_name)
         .or_else(|| match &port.target_port {
-            Some(IntOrString::String(target)) => {
-                ports.iter().filter(same_proto).find(|p| p.name.as_deref() == Some(target))
-            }
+            Some(IntOrString::String(target)) => ports
+                .iter()
+                .filter(same_proto)
+                .find(|p| p.name.as_deref() == Some(target)),
             _ => None,
         })?;
     match by_name.port {
@@ -523,7 +626,11 @@ fn target_port(port: &ServicePort, proto: Proto, slice: &EndpointSlice) -> Optio
 /// Validates an EndpointSlice beyond what deserialisation checks. Returns why it cannot be
 /// used; a slice of an address type we do not balance (FQDN) is not an error.
 pub fn validate_slice(slice: &EndpointSlice) -> Result<(), TranslateError> {
-    let namespace = slice.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let namespace = slice
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
     let name = slice.metadata.name.clone().unwrap_or_default();
     let err = |reason: String| TranslateError {
         kind: "EndpointSlice",
@@ -538,7 +645,11 @@ pub fn validate_slice(slice: &EndpointSlice) -> Result<(), TranslateError> {
         "IPv4" => Family::V4,
         "IPv6" => Family::V6,
         "FQDN" => return Ok(()),
-        other => return Err(err(format!("addressType: {other:?} is not IPv4, IPv6 or FQDN"))),
+        other => {
+            return Err(err(format!(
+                "addressType: {other:?} is not IPv4, IPv6 or FQDN"
+            )));
+        }
     };
     for (i, ep) in slice.endpoints.iter().enumerate() {
         for addr in &ep.addresses {
@@ -551,7 +662,9 @@ pub fn validate_slice(slice: &EndpointSlice) -> Result<(), TranslateError> {
                     )));
                 }
                 Err(_) => {
-                    return Err(err(format!("endpoints[{i}].addresses: {addr:?} is not an IP address")));
+                    return Err(err(format!(
+                        "endpoints[{i}].addresses: {addr:?} is not an IP address"
+                    )));
                 }
             }
         }

@@ -18,10 +18,15 @@ use xlb::{
 fn reconciler(applied: Applied) -> Reconciler {
     Reconciler::new(
         Store::new(Some("node-a".into())),
-        NodeInfo { name: Some("node-a".into()), ..Default::default() },
+        NodeInfo {
+            name: Some("node-a".into()),
+            ..Default::default()
+        },
         applied,
         PlanConfig::default(),
-        ApplyConfig { backend_grace: Duration::ZERO },
+        ApplyConfig {
+            backend_grace: Duration::ZERO,
+        },
         Arc::new(Metrics::new()),
     )
 }
@@ -42,7 +47,12 @@ fn feed(rec: &mut Reconciler, source: &mut ManifestSource, step: &Path) -> bool 
 #[test]
 fn every_golden_state_is_adopted_without_a_write() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/golden");
-    let mut cases: Vec<_> = std::fs::read_dir(&root).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut cases: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     cases.sort();
     let mut checked = 0;
     for case in cases {
@@ -52,7 +62,14 @@ fn every_golden_state_is_adopted_without_a_write() {
             .map(|e| e.path())
             .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("step"))
             .collect();
-        steps.sort_by_key(|p| p.file_stem().unwrap().to_string_lossy().trim_start_matches("step").parse::<u32>().unwrap());
+        steps.sort_by_key(|p| {
+            p.file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("step")
+                .parse::<u32>()
+                .unwrap()
+        });
 
         let mut maps = FakeMaps::default();
         let mut original = reconciler(Applied::new(1024, 4096));
@@ -64,7 +81,12 @@ fn every_golden_state_is_adopted_without_a_write() {
             original.sync(&mut maps).unwrap();
             let dump = maps.dump(None);
             if let Some(theirs) = adopter_next.take() {
-                assert_eq!(theirs, dump, "{}: the adopter carried on differently", step.display());
+                assert_eq!(
+                    theirs,
+                    dump,
+                    "{}: the adopter carried on differently",
+                    step.display()
+                );
             }
 
             // A new agent adopts these maps and syncs the same manifests.
@@ -81,7 +103,12 @@ fn every_golden_state_is_adopted_without_a_write() {
                 // invalid when it starts: that Service is not programmed (documented).
                 continue;
             }
-            assert!(adopted_maps.log.is_empty(), "{}: adoption wrote {:?}", step.display(), adopted_maps.log);
+            assert!(
+                adopted_maps.log.is_empty(),
+                "{}: adoption wrote {:?}",
+                step.display(),
+                adopted_maps.log
+            );
             assert_eq!(adopted_maps.dump(None), dump, "{}", step.display());
 
             // And carries on with the next step as the original will.

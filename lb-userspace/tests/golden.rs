@@ -44,13 +44,18 @@ fn run_case(dir: &Path) -> String {
     // The node under test is always `node-a`; its Node object, if a step has one, gives
     // its addresses and zone. Zero grace: retired backends are cleared at once, so each
     // dump is the end state.
-    let node = translate::NodeInfo { name: Some("node-a".into()), ..Default::default() };
+    let node = translate::NodeInfo {
+        name: Some("node-a".into()),
+        ..Default::default()
+    };
     let mut rec = Reconciler::new(
         Store::new(Some("node-a".into())),
         node,
         Applied::new(1024, 4096),
         PlanConfig::default(),
-        sync::ApplyConfig { backend_grace: std::time::Duration::ZERO },
+        sync::ApplyConfig {
+            backend_grace: std::time::Duration::ZERO,
+        },
         Arc::new(Metrics::new()),
     );
     let mut source = ManifestSource::new(dir);
@@ -72,7 +77,11 @@ fn run_case(dir: &Path) -> String {
         maps.log.clear();
         let report = rec.sync(&mut maps).expect("every kind is listed");
         for p in &report.problems {
-            assert!(!p.starts_with("map write failed"), "{}: {p}", step.display());
+            assert!(
+                !p.starts_with("map write failed"),
+                "{}: {p}",
+                step.display()
+            );
             let _ = writeln!(out, "{p}");
         }
         for w in &report.warnings {
@@ -82,7 +91,12 @@ fn run_case(dir: &Path) -> String {
         out.push_str(&maps.dump(Some(&rec.applied)));
         // Planning again against the result must find nothing to do (idempotence).
         let again = sync::plan(rec.desired(), &rec.applied, None, &PlanConfig::default());
-        assert!(again.ops.is_empty(), "{}: not idempotent: {:?}", step.display(), again.ops);
+        assert!(
+            again.ops.is_empty(),
+            "{}: not idempotent: {:?}",
+            step.display(),
+            again.ops
+        );
     }
     out
 }
@@ -91,7 +105,12 @@ fn run_case(dir: &Path) -> String {
 fn golden() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/golden");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     cases.sort();
     assert!(!cases.is_empty());
     let mut failed = Vec::new();
@@ -108,5 +127,8 @@ fn golden() {
             failed.push(case.file_name().unwrap().to_string_lossy().to_string());
         }
     }
-    assert!(failed.is_empty(), "golden cases differ: {failed:?} (UPDATE_GOLDEN=1 to accept)");
+    assert!(
+        failed.is_empty(),
+        "golden cases differ: {failed:?} (UPDATE_GOLDEN=1 to accept)"
+    );
 }

@@ -136,7 +136,10 @@ impl ApiServer {
         bind: impl Fn(SocketAddr) -> std::io::Result<std::net::TcpListener> + Send + Sync + 'static,
         bookmark_every: Duration,
     ) -> anyhow::Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::default()),
@@ -147,7 +150,13 @@ impl ApiServer {
         });
         let listener = bind("127.0.0.1:0".parse()?)?;
         let addr = listener.local_addr()?;
-        let mut server = Self { shared, rt, addr, bind: Box::new(bind), serving: None };
+        let mut server = Self {
+            shared,
+            rt,
+            addr,
+            bind: Box::new(bind),
+            serving: None,
+        };
         server.serve(listener)?;
         Ok(server)
     }
@@ -171,9 +180,18 @@ impl ApiServer {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let app = Router::new()
             .route("/api/v1/services", get(services))
-            .route("/apis/discovery.k8s.io/v1/endpointslices", get(endpointslices))
+            .route(
+                "/apis/discovery.k8s.io/v1/endpointslices",
+                get(endpointslices),
+            )
             .route("/api/v1/nodes", get(nodes))
-            .fallback(|| async { status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource") })
+            .fallback(|| async {
+                status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+            })
             .with_state(shared);
         // Connections are served by tasks of a JoinSet owned by the accept loop: aborting
         // the loop resets every connection (a real outage, not a graceful stop).
@@ -238,9 +256,20 @@ impl ApiServer {
         let key = key_of(&obj);
         let meta = obj["metadata"].as_object_mut().expect("metadata");
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
-        meta.entry("uid").or_insert_with(|| json!(format!("uid-{}-{}-{}", resource.kind(), key.0, key.1)));
-        let existed = inner.objects.entry(resource).or_default().insert(key, obj.clone()).is_some();
-        let event = Arc::new(StoredEvent { rv, resource, kind: if existed { "MODIFIED" } else { "ADDED" }, object: obj });
+        meta.entry("uid")
+            .or_insert_with(|| json!(format!("uid-{}-{}-{}", resource.kind(), key.0, key.1)));
+        let existed = inner
+            .objects
+            .entry(resource)
+            .or_default()
+            .insert(key, obj.clone())
+            .is_some();
+        let event = Arc::new(StoredEvent {
+            rv,
+            resource,
+            kind: if existed { "MODIFIED" } else { "ADDED" },
+            object: obj,
+        });
         inner.history.push(event.clone());
         let _ = self.shared.events.send(event);
     }
@@ -248,14 +277,23 @@ impl ApiServer {
     /// Deletes an object; false if it did not exist.
     pub fn delete(&self, resource: Resource, namespace: &str, name: &str) -> bool {
         let mut inner = self.shared.inner.lock().unwrap();
-        let Some(mut obj) = inner.objects.entry(resource).or_default().remove(&(namespace.to_string(), name.to_string()))
+        let Some(mut obj) = inner
+            .objects
+            .entry(resource)
+            .or_default()
+            .remove(&(namespace.to_string(), name.to_string()))
         else {
             return false;
         };
         inner.rv += 1;
         let rv = inner.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let event = Arc::new(StoredEvent { rv, resource, kind: "DELETED", object: obj });
+        let event = Arc::new(StoredEvent {
+            rv,
+            resource,
+            kind: "DELETED",
+            object: obj,
+        });
         inner.history.push(event.clone());
         let _ = self.shared.events.send(event);
         true
@@ -273,48 +311,62 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
     });
-    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// A parsed label selector: `key`, `!key`, `key=value`, `key==value`, `key!=value`,
 /// comma-separated.
 fn label_matches(selector: &str, labels: &Value) -> bool {
-    selector.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|term| {
-        let get = |k: &str| labels.get(k).and_then(Value::as_str);
-        if let Some((k, v)) = term.split_once("!=") {
-            get(k.trim()) != Some(v.trim())
-        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-            get(k.trim()) == Some(v.trim())
-        } else if let Some(k) = term.strip_prefix('!') {
-            get(k.trim()).is_none()
-        } else {
-            get(term).is_some()
-        }
-    })
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            let get = |k: &str| labels.get(k).and_then(Value::as_str);
+            if let Some((k, v)) = term.split_once("!=") {
+                get(k.trim()) != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                get(k.trim()) == Some(v.trim())
+            } else if let Some(k) = term.strip_prefix('!') {
+                get(k.trim()).is_none()
+            } else {
+                get(term).is_some()
+            }
+        })
 }
 
 /// A field selector over `metadata.name` and `metadata.namespace`.
 fn field_matches(selector: &str, obj: &Value) -> bool {
-    selector.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|term| {
-        let (k, v, eq) = match term.split_once("!=") {
-            Some((k, v)) => (k, v, false),
-            None => match term.split_once("==").or_else(|| term.split_once('=')) {
-                Some((k, v)) => (k, v, true),
-                None => return false,
-            },
-        };
-        let got = match k.trim() {
-            "metadata.name" => obj["metadata"]["name"].as_str(),
-            "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
-            _ => None,
-        };
-        (got == Some(v.trim())) == eq
-    })
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            let (k, v, eq) = match term.split_once("!=") {
+                Some((k, v)) => (k, v, false),
+                None => match term.split_once("==").or_else(|| term.split_once('=')) {
+                    Some((k, v)) => (k, v, true),
+                    None => return false,
+                },
+            };
+            let got = match k.trim() {
+                "metadata.name" => obj["metadata"]["name"].as_str(),
+                "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
+                _ => None,
+            };
+            (got == Some(v.trim())) == eq
+        })
 }
 
 fn matches(q: &HashMap<String, String>, obj: &Value) -> bool {
     let labels = &obj["metadata"]["labels"];
-    q.get("labelSelector").is_none_or(|s| label_matches(s, labels))
+    q.get("labelSelector")
+        .is_none_or(|s| label_matches(s, labels))
         && q.get("fieldSelector").is_none_or(|s| field_matches(s, obj))
 }
 
@@ -343,16 +395,35 @@ fn handle(State(shared): State<Arc<Shared>>, Query(q): Params, resource: Resourc
 fn list(shared: &Shared, q: &HashMap<String, String>, resource: Resource) -> Response {
     shared.seen.lock().unwrap().lists += 1;
     let inner = shared.inner.lock().unwrap();
-    let all: Vec<&Value> = inner.objects.get(&resource).into_iter().flat_map(|m| m.values()).filter(|o| matches(q, o)).collect();
+    let all: Vec<&Value> = inner
+        .objects
+        .get(&resource)
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter(|o| matches(q, o))
+        .collect();
     // `continue` is "<resource version>/<offset>".
     let (rv, offset) = match q.get("continue").filter(|c| !c.is_empty()) {
-        Some(c) => match c.split_once('/').and_then(|(r, o)| Some((r.parse::<u64>().ok()?, o.parse::<usize>().ok()?))) {
+        Some(c) => match c
+            .split_once('/')
+            .and_then(|(r, o)| Some((r.parse::<u64>().ok()?, o.parse::<usize>().ok()?)))
+        {
             Some(x) => x,
-            None => return status(StatusCode::BAD_REQUEST, "BadRequest", "invalid continue token"),
+            None => {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "invalid continue token",
+                );
+            }
         },
         None => (inner.rv, 0),
     };
-    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
     let page: Vec<&Value> = all.iter().skip(offset).take(limit).copied().collect();
     let mut metadata = json!({ "resourceVersion": rv.to_string() });
     if offset + page.len() < all.len() {
@@ -364,7 +435,12 @@ fn list(shared: &Shared, q: &HashMap<String, String>, resource: Resource) -> Res
         "metadata": metadata,
         "items": page,
     });
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn line(v: &Value) -> Result<bytes::Bytes, Infallible> {
@@ -374,9 +450,16 @@ fn line(v: &Value) -> Result<bytes::Bytes, Infallible> {
 }
 
 fn watch_resource(shared: Arc<Shared>, q: HashMap<String, String>, resource: Resource) -> Response {
-    let from: u64 = q.get("resourceVersion").and_then(|r| r.parse().ok()).unwrap_or(0);
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
-    let timeout = Duration::from_secs(q.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(1800));
+    let timeout = Duration::from_secs(
+        q.get("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1800),
+    );
     {
         let mut seen = shared.seen.lock().unwrap();
         seen.watches += 1;
@@ -388,8 +471,12 @@ fn watch_resource(shared: Arc<Shared>, q: HashMap<String, String>, resource: Res
         let inner = shared.inner.lock().unwrap();
         let from = if from == 0 { inner.rv } else { from };
         let expired = from < inner.compacted;
-        let backlog: Vec<Arc<StoredEvent>> =
-            inner.history.iter().filter(|e| e.rv > from && e.resource == resource).cloned().collect();
+        let backlog: Vec<Arc<StoredEvent>> = inner
+            .history
+            .iter()
+            .filter(|e| e.rv > from && e.resource == resource)
+            .cloned()
+            .collect();
         (backlog, expired, from)
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Infallible>>(64);
@@ -471,7 +558,9 @@ fn watch_resource(shared: Arc<Shared>, q: HashMap<String, String>, resource: Res
             }
         });
     }
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
@@ -486,7 +575,10 @@ mod tests {
     #[test]
     fn selectors() {
         let labels = json!({"kubernetes.io/service-name": "web", "a": "1"});
-        assert!(label_matches("kubernetes.io/service-name,!service.kubernetes.io/headless", &labels));
+        assert!(label_matches(
+            "kubernetes.io/service-name,!service.kubernetes.io/headless",
+            &labels
+        ));
         assert!(!label_matches("!a", &labels));
         assert!(label_matches("a=1,a!=2", &labels));
         assert!(!label_matches("a==2", &labels));

@@ -14,7 +14,10 @@ impl Bpffs {
     pub fn mount(prefix: &str) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("{prefix}-bpffs"));
         std::fs::create_dir_all(&dir)?;
-        cmd::run("mount", &["-t", "bpf", prefix, dir.to_str().expect("utf-8 temp dir")])?;
+        cmd::run(
+            "mount",
+            &["-t", "bpf", prefix, dir.to_str().expect("utf-8 temp dir")],
+        )?;
         Ok(Self { dir })
     }
 

@@ -40,7 +40,10 @@ impl TcpSession {
         self.stream.write_all(b"who\n")?;
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         Ok(line.trim().to_string())
     }
@@ -52,7 +55,11 @@ pub fn tcp_ask(addr: SocketAddr) -> std::io::Result<String> {
 }
 
 /// Sends one datagram from `sock` and returns the reply's text and source address.
-pub fn udp_ask(sock: &UdpSocket, addr: SocketAddr, id: u64) -> std::io::Result<(String, SocketAddr)> {
+pub fn udp_ask(
+    sock: &UdpSocket,
+    addr: SocketAddr,
+    id: u64,
+) -> std::io::Result<(String, SocketAddr)> {
     sock.set_read_timeout(Some(TIMEOUT))?;
     let payload = format!("req {id}");
     sock.send_to(payload.as_bytes(), addr)?;
@@ -71,7 +78,10 @@ pub fn udp_ask(sock: &UdpSocket, addr: SocketAddr, id: u64) -> std::io::Result<(
 
 /// An unconnected UDP socket of the right family, on an ephemeral port.
 pub fn udp_socket(for_addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let bind: SocketAddr =
-        if for_addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let bind: SocketAddr = if for_addr.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
     UdpSocket::bind(bind)
 }

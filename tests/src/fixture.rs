@@ -23,14 +23,21 @@ pub struct FibNamespace {
 }
 
 fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn mac_of(ns: &Netns, dev: &str) -> anyhow::Result<[u8; 6]> {
     let out = ns.ip(&format!("-br link show {dev}"))?;
     let text = out.split_whitespace().nth(2).unwrap_or_default();
-    let v: Vec<u8> = text.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
-    v.try_into().map_err(|_| anyhow::anyhow!("no MAC address for {dev} in {out:?}"))
+    let v: Vec<u8> = text
+        .split(':')
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect();
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("no MAC address for {dev} in {out:?}"))
 }
 
 impl FibNamespace {
@@ -52,23 +59,40 @@ impl FibNamespace {
         }
         let backend = mac(BACKEND_MAC);
         for i in 1..=3 {
-            for addr in [lab::backend_v4(i).to_string(), lab::backend_v6(i).to_string()] {
-                ns.ip(&format!("neigh add {addr} lladdr {backend} dev toback nud permanent"))?;
+            for addr in [
+                lab::backend_v4(i).to_string(),
+                lab::backend_v6(i).to_string(),
+            ] {
+                ns.ip(&format!(
+                    "neigh add {addr} lladdr {backend} dev toback nud permanent"
+                ))?;
             }
         }
         for gw in [GATEWAY_V4, GATEWAY_V6] {
-            ns.ip(&format!("neigh add {gw} lladdr {backend} dev toback nud permanent"))?;
+            ns.ip(&format!(
+                "neigh add {gw} lladdr {backend} dev toback nud permanent"
+            ))?;
         }
-        ns.ip(&format!("route add 10.202.0.0/16 via {GATEWAY_V4} dev toback"))?;
-        ns.ip(&format!("-6 route add fd00:202::/32 via {GATEWAY_V6} dev toback"))?;
+        ns.ip(&format!(
+            "route add 10.202.0.0/16 via {GATEWAY_V4} dev toback"
+        ))?;
+        ns.ip(&format!(
+            "-6 route add fd00:202::/32 via {GATEWAY_V6} dev toback"
+        ))?;
         let client = mac(CLIENT_MAC);
         for addr in [lab::CLIENT_V4.to_string(), lab::CLIENT_V6.to_string()] {
-            ns.ip(&format!("neigh add {addr} lladdr {client} dev toclient nud permanent"))?;
+            ns.ip(&format!(
+                "neigh add {addr} lladdr {client} dev toclient nud permanent"
+            ))?;
         }
         ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
         ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         let toback_mac = mac_of(&ns, "toback")?;
         let toclient_mac = mac_of(&ns, "toclient")?;
-        Ok(Self { ns, toback_mac, toclient_mac })
+        Ok(Self {
+            ns,
+            toback_mac,
+            toclient_mac,
+        })
     }
 }

@@ -25,5 +25,12 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 /// The value of a Prometheus sample in a text exposition: the line starting with
 /// `series` (name and labels, exactly as exposed).
 pub fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
+    exposition.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
 }

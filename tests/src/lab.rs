@@ -31,17 +31,24 @@ pub const BACKEND_CLOSE_PORT: u16 = 8081;
 
 /// The VIPs of the embedded default manifests.
 pub const WEB_V4: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), 80);
-pub const WEB_V6: SocketAddr =
-    SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10)), 80);
+pub const WEB_V6: SocketAddr = SocketAddr::new(
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10)),
+    80,
+);
 pub const DNS_V4: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 11)), 53);
-pub const DNS_V6: SocketAddr =
-    SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x11)), 53);
+pub const DNS_V6: SocketAddr = SocketAddr::new(
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x11)),
+    53,
+);
 
 /// The default manifests (a dual-stack TCP Service and a dual-stack UDP Service over the
 /// three lab backends), embedded so the demo needs no files.
 pub const DEFAULT_MANIFESTS: &[(&str, &str)] = &[
     ("services.yaml", include_str!("../manifests/services.yaml")),
-    ("endpointslices.yaml", include_str!("../manifests/endpointslices.yaml")),
+    (
+        "endpointslices.yaml",
+        include_str!("../manifests/endpointslices.yaml"),
+    ),
 ];
 
 pub fn backend_v4(i: usize) -> Ipv4Addr {
@@ -75,16 +82,18 @@ impl Backend {
     /// Starts (or restarts) the server.
     pub fn start_server(&mut self, server_bin: &Path) -> anyhow::Result<()> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.ns.name()]).arg(server_bin).args([
-            "--name",
-            &self.name,
-            "--tcp-port",
-            &BACKEND_TCP_PORT.to_string(),
-            "--udp-port",
-            &BACKEND_UDP_PORT.to_string(),
-            "--close-port",
-            &BACKEND_CLOSE_PORT.to_string(),
-        ]);
+        cmd.args(["netns", "exec", self.ns.name()])
+            .arg(server_bin)
+            .args([
+                "--name",
+                &self.name,
+                "--tcp-port",
+                &BACKEND_TCP_PORT.to_string(),
+                "--udp-port",
+                &BACKEND_UDP_PORT.to_string(),
+                "--close-port",
+                &BACKEND_CLOSE_PORT.to_string(),
+            ]);
         let mut p = Process::spawn(&format!("server-{}", self.name), cmd)?;
         p.wait_for("ready", Duration::from_secs(10))?;
         self.server = Some(p);
@@ -101,6 +110,8 @@ pub struct Lab {
     pub node: Netns,
     pub bpffs: Bpffs,
     pub prefix: String,
+    /// A command the agent runs under (e.g. `setpriv ...` to bound its capabilities).
+    pub agent_wrapper: Vec<String>,
     /// Working directory: manifests live in `dir/manifests`.
     pub dir: TempDir,
 }
@@ -124,10 +135,20 @@ impl Lab {
         let bpffs = Bpffs::mount(&prefix)?;
         let node = Netns::create(&format!("{prefix}-node"))?;
         let client = Netns::create(&format!("{prefix}-client"))?;
-        let mut lab = Self { agent: None, backends: Vec::new(), client, node, bpffs, prefix, dir };
+        let mut lab = Self {
+            agent: None,
+            backends: Vec::new(),
+            client,
+            node,
+            bpffs,
+            prefix,
+            agent_wrapper: Vec::new(),
+            dir,
+        };
         lab.wire().context("building the lab topology")?;
         for i in 1..=backends {
-            lab.add_backend(i).with_context(|| format!("adding backend b{i}"))?;
+            lab.add_backend(i)
+                .with_context(|| format!("adding backend b{i}"))?;
         }
         Ok(lab)
     }
@@ -136,7 +157,10 @@ impl Lab {
         let (node, client) = (&self.node, &self.client);
         node.sysctl("net.ipv4.ip_forward", "1")?;
         node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-        node.ip(&format!("link add cli0 type veth peer name eth0 netns {}", client.name()))?;
+        node.ip(&format!(
+            "link add cli0 type veth peer name eth0 netns {}",
+            client.name()
+        ))?;
         node.ip("addr add 10.200.0.1/24 dev cli0")?;
         node.ip("addr add fd00:200::1/64 dev cli0 nodad")?;
         node.ip("link set cli0 up")?;
@@ -152,7 +176,10 @@ impl Lab {
     fn add_backend(&mut self, i: usize) -> anyhow::Result<()> {
         let ns = Netns::create(&format!("{}-b{i}", self.prefix))?;
         let node = &self.node;
-        node.ip(&format!("link add be{i} type veth peer name eth0 netns {}", ns.name()))?;
+        node.ip(&format!(
+            "link add be{i} type veth peer name eth0 netns {}",
+            ns.name()
+        ))?;
         node.ip(&format!("addr add 10.201.{i}.1/24 dev be{i}"))?;
         node.ip(&format!("addr add fd00:201:{i}::1/64 dev be{i} nodad"))?;
         node.ip(&format!("link set be{i} up"))?;
@@ -162,7 +189,11 @@ impl Lab {
         ns.ip(&format!("route add default via 10.201.{i}.1"))?;
         ns.ip(&format!("-6 route add default via fd00:201:{i}::1"))?;
         tune_endpoint(&ns)?;
-        self.backends.push(Backend { name: format!("b{i}"), server: None, ns });
+        self.backends.push(Backend {
+            name: format!("b{i}"),
+            server: None,
+            ns,
+        });
         Ok(())
     }
 
@@ -220,7 +251,10 @@ impl Lab {
         extra: &[&str],
     ) -> anyhow::Result<()> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.node.name()]).arg(xlb_bin).arg("agent");
+        cmd.args(["netns", "exec", self.node.name()])
+            .args(&self.agent_wrapper)
+            .arg(xlb_bin)
+            .arg("agent");
         cmd.args(source);
         cmd.arg("--node-name").arg("node-1");
         cmd.arg("--bpffs").arg(self.pin_dir());
@@ -238,9 +272,12 @@ impl Lab {
     pub fn stop_agent(&mut self, signal: i32) -> anyhow::Result<()> {
         let mut agent = self.agent.take().context("no agent running")?;
         agent.signal(signal)?;
-        crate::wait::until("the agent exits", Duration::from_secs(10), Duration::from_millis(10), || {
-            (!agent.is_running()).then_some(())
-        })?;
+        crate::wait::until(
+            "the agent exits",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || (!agent.is_running()).then_some(()),
+        )?;
         Ok(())
     }
 
@@ -253,14 +290,16 @@ impl Lab {
     pub fn update_manifest(&mut self, name: &str, text: &str) -> anyhow::Result<()> {
         let done = self.agent().count("sync complete");
         self.write_manifest(name, text)?;
-        self.agent().wait_for_count("sync complete", done + 1, Duration::from_secs(10))
+        self.agent()
+            .wait_for_count("sync complete", done + 1, Duration::from_secs(10))
     }
 
     /// [`Self::update_manifest`] for every default manifest.
     pub fn restore_default_manifests(&mut self) -> anyhow::Result<()> {
         let done = self.agent().count("sync complete");
         self.write_default_manifests()?;
-        self.agent().wait_for_count("sync complete", done + 1, Duration::from_secs(10))
+        self.agent()
+            .wait_for_count("sync complete", done + 1, Duration::from_secs(10))
     }
 }
 
@@ -270,5 +309,6 @@ impl Lab {
 /// - GRO on: a veth accepts XDP-redirected frames only if its peer has an XDP program or
 ///   GRO enabled.
 fn tune_endpoint(ns: &Netns) -> anyhow::Result<()> {
-    ns.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"]).map(|_| ())
+    ns.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"])
+        .map(|_| ())
 }

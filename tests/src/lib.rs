@@ -27,7 +27,10 @@ pub fn run_prefix() -> String {
         time::{SystemTime, UNIX_EPOCH},
     };
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mix = (std::process::id() as u64).wrapping_mul(0x9e37_79b9)
         ^ nanos as u64

@@ -14,7 +14,9 @@ pub struct Netns {
 impl Netns {
     pub fn create(name: &str) -> anyhow::Result<Self> {
         cmd::ip(&format!("netns add {name}"))?;
-        let ns = Self { name: name.to_string() };
+        let ns = Self {
+            name: name.to_string(),
+        };
         ns.ip("link set lo up")?;
         // No duplicate address detection in the lab: a fresh link-local address stays
         // tentative for a second, and the kernel will not send neighbour solicitations from
@@ -42,7 +44,8 @@ impl Netns {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(|_| ())
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(|_| ())
     }
 
     /// Runs `f` on a new thread that has entered this namespace: sockets it creates live
@@ -61,16 +64,24 @@ impl Netns {
 }
 
 /// Runs `f` on a new thread that has entered the namespace at `path`.
-pub fn run_in<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+pub fn run_in<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
     let file = File::open(path).with_context(|| format!("open {path}"))?;
     let handle = std::thread::spawn(move || {
         // SAFETY: setns on a valid namespace fd; it affects only this thread.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
+            return Err(anyhow::anyhow!(
+                "setns: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(f())
     });
-    handle.join().map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
 }
 
 impl Drop for Netns {

@@ -14,28 +14,38 @@ pub const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
 pub const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
 pub fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64000).syn();
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64000)
+        .syn();
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
     v
 }
 
 pub fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(src, dst, 64).udp(sport, dport);
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport);
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
     v
 }
 
 pub fn tcp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(src, dst, 64).tcp(sport, dport, 1000, 64000).ack(1);
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(src, dst, 64)
+        .tcp(sport, dport, 1000, 64000)
+        .ack(1);
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
     v
 }
 
 pub fn udp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(src, dst, 64).udp(sport, dport);
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(src, dst, 64)
+        .udp(sport, dport);
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
     v
@@ -63,7 +73,11 @@ pub fn assert_checksums(frame: &[u8]) {
     match (&p.net, &p.transport) {
         (Some(NetSlice::Ipv4(ip)), Some(t)) => {
             let h = ip.header().to_header();
-            assert_eq!(h.calc_header_checksum(), h.header_checksum, "IPv4 header checksum");
+            assert_eq!(
+                h.calc_header_checksum(),
+                h.header_checksum,
+                "IPv4 header checksum"
+            );
             let payload = payload_of(t);
             match t {
                 TransportSlice::Tcp(tcp) => {
@@ -100,12 +114,23 @@ pub fn assert_checksums(frame: &[u8]) {
 }
 
 /// A TCP or UDP frame between two addresses of the same family (the builder for tables).
-pub fn frame(tcp: bool, src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+pub fn frame(
+    tcp: bool,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     match (src, dst, tcp) {
         (IpAddr::V4(s), IpAddr::V4(d), true) => tcp4(s.octets(), d.octets(), sport, dport, payload),
-        (IpAddr::V4(s), IpAddr::V4(d), false) => udp4(s.octets(), d.octets(), sport, dport, payload),
+        (IpAddr::V4(s), IpAddr::V4(d), false) => {
+            udp4(s.octets(), d.octets(), sport, dport, payload)
+        }
         (IpAddr::V6(s), IpAddr::V6(d), true) => tcp6(s.octets(), d.octets(), sport, dport, payload),
-        (IpAddr::V6(s), IpAddr::V6(d), false) => udp6(s.octets(), d.octets(), sport, dport, payload),
+        (IpAddr::V6(s), IpAddr::V6(d), false) => {
+            udp6(s.octets(), d.octets(), sport, dport, payload)
+        }
         _ => panic!("mixed address families"),
     }
 }
@@ -132,11 +157,19 @@ pub fn summary(frame: &[u8]) -> Summary {
     let (src, dst, ttl) = match &p.net {
         Some(NetSlice::Ipv4(ip)) => {
             let h = ip.header();
-            (IpAddr::from(h.source()), IpAddr::from(h.destination()), h.ttl())
+            (
+                IpAddr::from(h.source()),
+                IpAddr::from(h.destination()),
+                h.ttl(),
+            )
         }
         Some(NetSlice::Ipv6(ip)) => {
             let h = ip.header();
-            (IpAddr::from(h.source()), IpAddr::from(h.destination()), h.hop_limit())
+            (
+                IpAddr::from(h.source()),
+                IpAddr::from(h.destination()),
+                h.hop_limit(),
+            )
         }
         other => panic!("not IP: {other:?}"),
     };
@@ -145,5 +178,13 @@ pub fn summary(frame: &[u8]) -> Summary {
         Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
         other => panic!("not TCP/UDP: {other:?}"),
     };
-    Summary { src_mac, dst_mac, src, dst, sport, dport, ttl }
+    Summary {
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        sport,
+        dport,
+        ttl,
+    }
 }

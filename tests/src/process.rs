@@ -45,7 +45,11 @@ impl Process {
                 }
             });
         }
-        Ok(Self { name: name.to_string(), child, lines })
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            lines,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -63,12 +67,22 @@ impl Process {
 
     /// How many printed lines contain `needle`.
     pub fn count(&self, needle: &str) -> usize {
-        self.lines.lock().expect("not poisoned").iter().filter(|l| l.contains(needle)).count()
+        self.lines
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Waits until at least `n` printed lines contain `needle`; fails early if the process
     /// exits.
-    pub fn wait_for_count(&mut self, needle: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    pub fn wait_for_count(
+        &mut self,
+        needle: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let what = format!("{} to print {n} line(s) with {needle:?}", self.name);
         let result = wait::until(&what, timeout, Duration::from_millis(20), || {
             if self.count(needle) >= n {
@@ -81,7 +95,11 @@ impl Process {
         });
         match result.and_then(|r| r) {
             Ok(()) => Ok(()),
-            Err(e) => Err(e.context(format!("output of {}:\n{}", self.name, self.output().join("\n")))),
+            Err(e) => Err(e.context(format!(
+                "output of {}:\n{}",
+                self.name,
+                self.output().join("\n")
+            ))),
         }
     }
 
@@ -95,6 +113,11 @@ impl Process {
             anyhow::bail!("kill {}: {}", self.name, std::io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn is_running(&mut self) -> bool {

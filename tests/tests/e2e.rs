@@ -79,10 +79,12 @@ fn established_connections_survive_the_removal_of_a_backend() {
                     .collect::<Vec<_>>()
             })
             .unwrap();
-        let names: std::collections::BTreeSet<&str> = sessions.iter().map(|(_, n)| n.as_str()).collect();
+        let names: std::collections::BTreeSet<&str> =
+            sessions.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names.len(), 3, "{vip}: connections on every backend");
 
-        lab.update_manifest("endpointslices.yaml", &web_without_b3()).unwrap();
+        lab.update_manifest("endpointslices.yaml", &web_without_b3())
+            .unwrap();
 
         // Every established connection keeps working with the same backend, including the
         // ones on b3 (still running, just no longer taking new flows).
@@ -91,7 +93,12 @@ fn established_connections_survive_the_removal_of_a_backend() {
             .run(move || {
                 sessions
                     .into_iter()
-                    .map(|(mut s, before)| (before, s.ask().expect("established connection keeps working")))
+                    .map(|(mut s, before)| {
+                        (
+                            before,
+                            s.ask().expect("established connection keeps working"),
+                        )
+                    })
                     .collect::<Vec<_>>()
             })
             .unwrap();
@@ -100,7 +107,10 @@ fn established_connections_survive_the_removal_of_a_backend() {
         }
         // New connections go to b1 and b2 only.
         let seen = tcp_spread(&lab, vip);
-        assert!(!seen.contains_key("b3"), "{vip}: new connections avoid the removed backend: {seen:?}");
+        assert!(
+            !seen.contains_key("b3"),
+            "{vip}: new connections avoid the removed backend: {seen:?}"
+        );
         assert_eq!(seen.len(), 2, "{vip}: {seen:?}");
 
         // Restore for the next family.
@@ -119,10 +129,18 @@ fn attaches_in_generic_mode_where_native_xdp_is_missing() {
     let dir = xlb_tests::lab::TempDir(std::env::temp_dir().join(format!("{prefix}-m")));
     std::fs::create_dir_all(&dir.0).unwrap();
     let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", ns.name()]).arg(common::xlb_bin()).arg("agent");
-    cmd.arg("--manifests").arg(&dir.0).arg("--bpffs").arg(bpffs.path().join("x")).args(["--interface", "lo"]);
+    cmd.args(["netns", "exec", ns.name()])
+        .arg(common::xlb_bin())
+        .arg("agent");
+    cmd.arg("--manifests")
+        .arg(&dir.0)
+        .arg("--bpffs")
+        .arg(bpffs.path().join("x"))
+        .args(["--interface", "lo"]);
     let mut agent = xlb_tests::process::Process::spawn("agent", cmd).unwrap();
-    agent.wait_for("sync complete", std::time::Duration::from_secs(20)).unwrap();
+    agent
+        .wait_for("sync complete", std::time::Duration::from_secs(20))
+        .unwrap();
     let out = agent.output().join("\n");
     assert!(out.contains("attached in generic mode"), "{out}");
     assert!(out.contains("mode=Skb"), "{out}");
@@ -150,18 +168,32 @@ fn a_restarted_agent_adopts_the_pinned_maps_and_established_connections_survive(
         lab.stop_agent(signal).unwrap();
         lab.start_agent(&common::xlb_bin(), &[]).unwrap();
         let out = lab.agent().output();
-        assert!(out.iter().any(|l| l.contains("adopted the maps")), "signal {signal}: adopted: {out:#?}");
+        assert!(
+            out.iter().any(|l| l.contains("adopted the maps")),
+            "signal {signal}: adopted: {out:#?}"
+        );
         let first_sync = out.iter().find(|l| l.contains("sync complete")).unwrap();
-        assert!(first_sync.contains("writes=0"), "signal {signal}: the first sync rewrote nothing: {first_sync}");
+        assert!(
+            first_sync.contains("writes=0"),
+            "signal {signal}: the first sync rewrote nothing: {first_sync}"
+        );
 
         // Every connection opened before the restart still works, on the same backend
         // (the connection table was pinned, so it carried over).
         let after = lab
             .client
-            .run(move || sessions.into_iter().map(|(mut s, before)| (before, s.ask().unwrap())).collect::<Vec<_>>())
+            .run(move || {
+                sessions
+                    .into_iter()
+                    .map(|(mut s, before)| (before, s.ask().unwrap()))
+                    .collect::<Vec<_>>()
+            })
             .unwrap();
         for (before, now) in &after {
-            assert_eq!(before, now, "signal {signal}: a connection changed backend across the restart");
+            assert_eq!(
+                before, now,
+                "signal {signal}: a connection changed backend across the restart"
+            );
         }
         let seen = tcp_spread(&lab, WEB_V4);
         assert_eq!(seen.len(), 3, "new connections use every backend: {seen:?}");
@@ -172,12 +204,19 @@ fn a_restarted_agent_adopts_the_pinned_maps_and_established_connections_survive(
 fn editing_the_manifests_changes_new_connections_within_a_second() {
     let mut lab = common::default_lab();
     // No signal: the agent watches the directory.
-    lab.write_manifest("endpointslices.yaml", &web_without_b3()).unwrap();
+    lab.write_manifest("endpointslices.yaml", &web_without_b3())
+        .unwrap();
     let took = common::until_avoided(&lab, WEB_V4, "b3", Duration::from_secs(5));
-    assert!(took < Duration::from_secs(1), "b3 still took new connections {took:?} after the edit");
+    assert!(
+        took < Duration::from_secs(1),
+        "b3 still took new connections {took:?} after the edit"
+    );
     lab.write_default_manifests().unwrap();
     let took = common::until_reached(&lab, WEB_V4, "b3", Duration::from_secs(5));
-    assert!(took < Duration::from_secs(1), "b3 took new connections only {took:?} after the edit");
+    assert!(
+        took < Duration::from_secs(1),
+        "b3 took new connections only {took:?} after the edit"
+    );
 
     // Removing a file removes its objects: the Services go, and their frontends with them.
     assert_eq!(common::metric(&lab, "xlb_frontends"), Some(4.0));
@@ -188,4 +227,197 @@ fn editing_the_manifests_changes_new_connections_within_a_second() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     let out = lab.agent().output().join("\n");
     assert!(!out.contains("SIGHUP"), "no signal was needed");
+}
+
+#[test]
+fn pins_of_an_incompatible_layout_are_refused_with_a_clear_error_and_cleanup_clears_them() {
+    use aya::maps::{Array, Map, MapData};
+    use lb_common::maps::{META, Meta};
+
+    xlb_tests::require_root().unwrap();
+    let prefix = xlb_tests::run_prefix();
+    let ns = xlb_tests::netns::Netns::create(&format!("{prefix}-pin")).unwrap();
+    let bpffs = xlb_tests::bpffs::Bpffs::mount(&prefix).unwrap();
+    let pins = bpffs.path().join("x");
+    let dir = xlb_tests::lab::TempDir(std::env::temp_dir().join(format!("{prefix}-m")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let agent = || {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns.name()])
+            .arg(common::xlb_bin())
+            .arg("agent");
+        cmd.arg("--manifests")
+            .arg(&dir.0)
+            .arg("--bpffs")
+            .arg(&pins)
+            .args(["--interface", "lo"]);
+        xlb_tests::process::Process::spawn("agent", cmd).unwrap()
+    };
+
+    // A first agent creates the maps and leaves them pinned.
+    let mut first = agent();
+    first
+        .wait_for("sync complete", Duration::from_secs(20))
+        .unwrap();
+    assert!(first.stop(Duration::from_secs(10)).unwrap().success());
+    assert!(
+        pins.join(META).exists(),
+        "the maps stay pinned after a plain exit"
+    );
+
+    // Pretend another layout version created them.
+    let data = MapData::from_pin(pins.join(META)).unwrap();
+    let mut meta: Array<MapData, Meta> = Array::try_from(Map::Array(data)).unwrap();
+    meta.set(
+        0,
+        Meta {
+            layout_version: 999,
+            _pad: 0,
+        },
+        0,
+    )
+    .unwrap();
+    drop(meta);
+
+    // The next agent refuses them, says why and what to do, and exits non-zero.
+    let mut second = agent();
+    let status = xlb_tests::wait::until(
+        "the agent exits",
+        Duration::from_secs(20),
+        Duration::from_millis(10),
+        || second.try_status(),
+    )
+    .unwrap();
+    assert!(!status.success());
+    let out = second.output().join("\n");
+    assert!(out.contains("layout version is 999"), "{out}");
+    assert!(
+        out.contains(&format!("xlb cleanup --bpffs {}", pins.display())),
+        "{out}"
+    );
+    assert!(pins.join(META).exists(), "refused pins are left alone");
+
+    // `xlb cleanup` removes them; then an agent starts fresh.
+    let cleanup = std::process::Command::new(common::xlb_bin())
+        .args(["cleanup", "--bpffs"])
+        .arg(&pins)
+        .output()
+        .unwrap();
+    assert!(
+        cleanup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cleanup.stderr)
+    );
+    let mut third = agent();
+    third
+        .wait_for("sync complete", Duration::from_secs(20))
+        .unwrap();
+    let out = third.output().join("\n");
+    assert!(!out.contains("adopted the maps"), "{out}");
+}
+
+/// The capabilities deploy/daemonset.yaml grants the agent (securityContext.capabilities.add).
+fn daemonset_capabilities() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
+    let ds: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let caps = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"];
+    assert_eq!(caps["drop"], serde_json::json!(["ALL"]));
+    caps["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_lowercase())
+        .collect()
+}
+
+#[test]
+fn the_agent_serves_with_only_the_capabilities_the_daemonset_grants() {
+    let caps = daemonset_capabilities();
+    let bounding = format!(
+        "-all,{}",
+        caps.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut lab = xlb_tests::lab::Lab::build(3).unwrap();
+    lab.start_servers(&common::server_bin()).unwrap();
+    lab.write_default_manifests().unwrap();
+    lab.agent_wrapper = vec!["setpriv".into(), "--bounding-set".into(), bounding];
+    lab.start_agent(&common::xlb_bin(), &[]).unwrap();
+
+    // The agent really runs with those capabilities and no others.
+    let pid = lab.agent().pid();
+    let child = xlb_tests::wait::until(
+        "the agent process",
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || {
+            // `ip netns exec` execs setpriv, which execs xlb: the pid stays the same.
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            status.lines().find_map(|l| {
+                l.strip_prefix("CapEff:")
+                    .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            })
+        },
+    )
+    .unwrap();
+    let expected = caps.iter().fold(0u64, |bits, c| {
+        bits | 1
+            << match c.as_str() {
+                "net_admin" => 12,
+                "sys_resource" => 24,
+                "perfmon" => 38,
+                "bpf" => 39,
+                other => panic!("unexpected capability {other}"),
+            }
+    });
+    // The test's own bounding set may lack one of them (a sandbox without
+    // CAP_SYS_RESOURCE, say): then the agent runs with even fewer, which proves as much.
+    let own = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("CapBnd:")
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        })
+        .unwrap();
+    if expected & !own != 0 {
+        eprintln!(
+            "note: this environment cannot grant capability bits {:#x}; the agent runs without them",
+            expected & !own
+        );
+    }
+    assert_eq!(child, expected & own, "effective capabilities {child:#x}");
+
+    for vip in [WEB_V4, WEB_V6] {
+        assert_eq!(tcp_spread(&lab, vip).len(), 3, "{vip}");
+    }
+    for vip in [DNS_V4, DNS_V6] {
+        assert_eq!(udp_spread(&lab, vip).len(), 3, "{vip}");
+    }
+    // Hot reload (inotify) works under the same bounds.
+    lab.write_manifest("endpointslices.yaml", &web_without_b3())
+        .unwrap();
+    common::until_avoided(&lab, WEB_V4, "b3", Duration::from_secs(5));
+
+    // A restart under the same bounds adopts the pinned maps and tables: opening a
+    // table by id would need CAP_SYS_ADMIN, so this shows the tables' own pins work.
+    lab.stop_agent(libc::SIGKILL).unwrap();
+    lab.start_agent(&common::xlb_bin(), &[]).unwrap();
+    let out = lab.agent().output();
+    let first_sync = out.iter().find(|l| l.contains("sync complete")).unwrap();
+    assert!(
+        out.iter().any(|l| l.contains("adopted the maps")),
+        "{out:#?}"
+    );
+    assert!(
+        first_sync.contains("writes=0"),
+        "the adopted state was complete: {first_sync}"
+    );
+    lab.write_default_manifests().unwrap();
+    common::until_reached(&lab, WEB_V4, "b3", Duration::from_secs(5));
+    let out = lab.agent().output().join("\n");
+    assert!(!out.contains("ERROR"), "{out}");
 }

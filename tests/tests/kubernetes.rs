@@ -37,8 +37,17 @@ fn default_objects() -> Vec<Value> {
         }
         v
     };
-    let mut objects: Vec<Value> = loaded.services.iter().map(|s| strip(serde_json::to_value(&s.object).unwrap())).collect();
-    objects.extend(loaded.slices.iter().map(|s| strip(serde_json::to_value(&s.object).unwrap())));
+    let mut objects: Vec<Value> = loaded
+        .services
+        .iter()
+        .map(|s| strip(serde_json::to_value(&s.object).unwrap()))
+        .collect();
+    objects.extend(
+        loaded
+            .slices
+            .iter()
+            .map(|s| strip(serde_json::to_value(&s.object).unwrap())),
+    );
     objects.push(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": "node-1", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
@@ -49,17 +58,27 @@ fn default_objects() -> Vec<Value> {
 
 /// A default EndpointSlice (by name) without the endpoints of backend `i`.
 fn slice_without(name: &str, i: usize) -> Value {
-    let mut slice = default_objects().into_iter().find(|o| o["metadata"]["name"] == name).expect("a default slice");
-    let gone = [lab::backend_v4(i).to_string(), lab::backend_v6(i).to_string()];
-    slice["endpoints"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|e| !gone.iter().any(|g| e["addresses"][0].as_str() == Some(g.as_str())));
+    let mut slice = default_objects()
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == name)
+        .expect("a default slice");
+    let gone = [
+        lab::backend_v4(i).to_string(),
+        lab::backend_v6(i).to_string(),
+    ];
+    slice["endpoints"].as_array_mut().unwrap().retain(|e| {
+        !gone
+            .iter()
+            .any(|g| e["addresses"][0].as_str() == Some(g.as_str()))
+    });
     slice
 }
 
 fn default_slice(name: &str) -> Value {
-    default_objects().into_iter().find(|o| o["metadata"]["name"] == name).expect("a default slice")
+    default_objects()
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == name)
+        .expect("a default slice")
 }
 
 struct KubeLab {
@@ -71,11 +90,13 @@ struct KubeLab {
 /// `start`) the agent watching it, after its first sync.
 fn kube_lab(start: bool) -> KubeLab {
     let mut lab = Lab::build(3).expect("lab topology");
-    lab.start_servers(&common::server_bin()).expect("backend servers");
+    lab.start_servers(&common::server_bin())
+        .expect("backend servers");
     let ns = lab.node.path();
     let api = ApiServer::start(
         move |addr: SocketAddr| {
-            netns::run_in(&ns, move || std::net::TcpListener::bind(addr)).map_err(std::io::Error::other)?
+            netns::run_in(&ns, move || std::net::TcpListener::bind(addr))
+                .map_err(std::io::Error::other)?
         },
         Duration::from_millis(200),
     )
@@ -94,12 +115,18 @@ fn kube_lab(start: bool) -> KubeLab {
 
 impl KubeLab {
     fn source(&self) -> Vec<std::ffi::OsString> {
-        vec!["--kubernetes".into(), "--kubeconfig".into(), self.lab.dir.0.join("kubeconfig").into_os_string()]
+        vec![
+            "--kubernetes".into(),
+            "--kubeconfig".into(),
+            self.lab.dir.0.join("kubeconfig").into_os_string(),
+        ]
     }
 
     fn start_agent(&mut self) {
         let source = self.source();
-        self.lab.start_agent_with(&common::xlb_bin(), &source, &[]).expect("agent");
+        self.lab
+            .start_agent_with(&common::xlb_bin(), &source, &[])
+            .expect("agent");
     }
 }
 
@@ -107,21 +134,39 @@ impl KubeLab {
 fn endpoint_changes_reach_new_connections_within_a_second() {
     let k = kube_lab(true);
     for (vip, slice) in [(WEB_V4, "web-ipv4"), (WEB_V6, "web-ipv6")] {
-        assert_eq!(common::tcp_spread(&k.lab, vip, 60).len(), 3, "{vip}: every backend serves");
+        assert_eq!(
+            common::tcp_spread(&k.lab, vip, 60).len(),
+            3,
+            "{vip}: every backend serves"
+        );
         k.api.apply(slice_without(slice, 3));
         let took = common::until_avoided(&k.lab, vip, "b3", Duration::from_secs(5));
-        assert!(took < Duration::from_secs(1), "{vip}: b3 kept taking new connections for {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{vip}: b3 kept taking new connections for {took:?}"
+        );
         k.api.apply(default_slice(slice));
         let took = common::until_reached(&k.lab, vip, "b3", Duration::from_secs(5));
-        assert!(took < Duration::from_secs(1), "{vip}: b3 took new connections only after {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{vip}: b3 took new connections only after {took:?}"
+        );
     }
     // A deleted slice takes its endpoints with it.
-    assert!(k.api.delete(Resource::EndpointSlices, "default", "web-ipv4"));
-    common::time_until("the IPv4 web frontend to lose its backends", Duration::from_secs(5), || {
-        common::metric(&k.lab, "xlb_backends").is_some_and(|b| b < 12.0)
-    });
+    assert!(
+        k.api
+            .delete(Resource::EndpointSlices, "default", "web-ipv4")
+    );
+    common::time_until(
+        "the IPv4 web frontend to lose its backends",
+        Duration::from_secs(5),
+        || common::metric(&k.lab, "xlb_backends").is_some_and(|b| b < 12.0),
+    );
     let latency = common::metric(&k.lab, "xlb_programming_latency_seconds_count").unwrap();
-    assert!(latency >= 5.0, "programming latency observed for each change: {latency}");
+    assert!(
+        latency >= 5.0,
+        "programming latency observed for each change: {latency}"
+    );
 }
 
 /// Requests through the VIPs in a loop on another thread, until stopped.
@@ -165,7 +210,12 @@ impl Traffic {
             })
             .expect("client thread");
         });
-        Self { stop, ok, failed, thread: Some(thread) }
+        Self {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
     }
 
     /// Stops; returns (requests answered, failures).
@@ -174,7 +224,10 @@ impl Traffic {
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
         }
-        (self.ok.load(Ordering::Relaxed), self.failed.lock().unwrap().clone())
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.lock().unwrap().clone(),
+        )
     }
 }
 
@@ -182,7 +235,9 @@ impl Traffic {
 fn an_api_outage_loses_no_request_and_the_resync_leaves_unchanged_services_alone() {
     let mut k = kube_lab(true);
     let traffic = Traffic::start(&k.lab);
-    common::time_until("traffic to flow", Duration::from_secs(5), || traffic.ok.load(Ordering::Relaxed) > 30);
+    common::time_until("traffic to flow", Duration::from_secs(5), || {
+        traffic.ok.load(Ordering::Relaxed) > 30
+    });
     let writes_before = common::metric(&k.lab, "xlb_map_writes_total").unwrap();
     let syncs_before = k.lab.agent().count("sync complete");
 
@@ -191,9 +246,11 @@ fn an_api_outage_loses_no_request_and_the_resync_leaves_unchanged_services_alone
     // relist (410 Gone).
     k.api.go_down();
     let down_at = std::time::Instant::now();
-    common::time_until("the agent to notice the outage", Duration::from_secs(15), || {
-        k.lab.agent().count("Kubernetes API:") > 0
-    });
+    common::time_until(
+        "the agent to notice the outage",
+        Duration::from_secs(15),
+        || k.lab.agent().count("Kubernetes API:") > 0,
+    );
     k.api.apply(slice_without("web-ipv4", 3));
     k.api.compact();
     let elapsed = down_at.elapsed();
@@ -206,31 +263,55 @@ fn an_api_outage_loses_no_request_and_the_resync_leaves_unchanged_services_alone
 
     // The change made during the outage arrives through a relist (once the watchers'
     // backoff lets them retry: at most 30 s, as kube-proxy's client-go reflectors).
-    k.lab.agent().wait_for_count("sync complete", syncs_before + 1, Duration::from_secs(60)).unwrap();
+    k.lab
+        .agent()
+        .wait_for_count("sync complete", syncs_before + 1, Duration::from_secs(60))
+        .unwrap();
     let spread = common::tcp_spread(&k.lab, WEB_V4, 60);
-    assert!(!spread.contains_key("b3"), "the change made during the outage is programmed: {spread:?}");
+    assert!(
+        !spread.contains_key("b3"),
+        "the change made during the outage is programmed: {spread:?}"
+    );
     let (ok, failed) = traffic.finish();
-    assert!(failed.is_empty(), "requests failed around the outage: {failed:?}");
-    assert!(ok > served_during_outage && served_during_outage > 30, "traffic flowed throughout ({ok})");
+    assert!(
+        failed.is_empty(),
+        "requests failed around the outage: {failed:?}"
+    );
+    assert!(
+        ok > served_during_outage && served_during_outage > 30,
+        "traffic flowed throughout ({ok})"
+    );
 
     let seen = k.api.seen();
     assert!(seen.expired >= 1, "a watch was answered 410 Gone: {seen:?}");
     // The relist dirtied only the changed Service: one incremental sync, a handful of
     // writes (its IPv4 table and frontend, the retired backend), nothing for the others.
     let out = k.lab.agent().output();
-    let resyncs: Vec<&String> = out.iter().filter(|l| l.contains("sync complete")).skip(syncs_before).collect();
+    let resyncs: Vec<&String> = out
+        .iter()
+        .filter(|l| l.contains("sync complete"))
+        .skip(syncs_before)
+        .collect();
     assert!(!resyncs.is_empty());
     for l in &resyncs {
-        assert!(l.contains("full=false") && l.contains("translated=1"), "only the changed Service was re-translated: {l}");
+        assert!(
+            l.contains("full=false") && l.contains("translated=1"),
+            "only the changed Service was re-translated: {l}"
+        );
     }
     let writes = common::metric(&k.lab, "xlb_map_writes_total").unwrap() - writes_before;
-    assert!((1.0..=4.0).contains(&writes), "{writes} map writes for one changed slice");
+    assert!(
+        (1.0..=4.0).contains(&writes),
+        "{writes} map writes for one changed slice"
+    );
 }
 
 #[test]
 fn watches_resume_after_dropped_connections_and_relist_after_410() {
     let k = kube_lab(true);
-    common::time_until("bookmarks", Duration::from_secs(5), || k.api.seen().bookmarks_sent >= 6);
+    common::time_until("bookmarks", Duration::from_secs(5), || {
+        k.api.seen().bookmarks_sent >= 6
+    });
     let lists_before = k.api.seen().lists;
 
     // Dropped watch connections: the watches resume from the last resource version
@@ -240,8 +321,14 @@ fn watches_resume_after_dropped_connections_and_relist_after_410() {
     let took = common::until_avoided(&k.lab, WEB_V4, "b2", Duration::from_secs(5));
     assert!(took < Duration::from_secs(1), "{took:?}");
     let seen = k.api.seen();
-    assert_eq!(seen.lists, lists_before, "resumed without relisting: {seen:?}");
-    assert!(seen.watch_from.iter().any(|rv| *rv > 0), "watches resumed from a resource version");
+    assert_eq!(
+        seen.lists, lists_before,
+        "resumed without relisting: {seen:?}"
+    );
+    assert!(
+        seen.watch_from.iter().any(|rv| *rv > 0),
+        "watches resumed from a resource version"
+    );
 
     // After compaction the resumed watches get 410 Gone and relist.
     k.api.compact();
@@ -253,10 +340,14 @@ fn watches_resume_after_dropped_connections_and_relist_after_410() {
     // (after the watcher's backoff).
     let seen = k.api.seen();
     assert!(seen.expired >= 1, "resumed watches got 410: {seen:?}");
-    common::time_until("a relist for every expired watch", Duration::from_secs(10), || {
-        let seen = k.api.seen();
-        seen.lists >= lists_before + seen.expired
-    });
+    common::time_until(
+        "a relist for every expired watch",
+        Duration::from_secs(10),
+        || {
+            let seen = k.api.seen();
+            seen.lists >= lists_before + seen.expired
+        },
+    );
 }
 
 #[test]
@@ -294,11 +385,18 @@ fn established_connections_of_one_service_survive_updates_to_another() {
     }
     k.api.apply(default_slice("dns-ipv4"));
     let lab = &k.lab;
-    common::time_until("the churn to settle", Duration::from_secs(5), || common::udp_spread(lab, DNS_V4, 12).len() == 3);
+    common::time_until("the churn to settle", Duration::from_secs(5), || {
+        common::udp_spread(lab, DNS_V4, 12).len() == 3
+    });
     let after = k
         .lab
         .client
-        .run(move || sessions.into_iter().map(|(mut s, before)| (before, s.ask().unwrap())).collect::<Vec<_>>())
+        .run(move || {
+            sessions
+                .into_iter()
+                .map(|(mut s, before)| (before, s.ask().unwrap()))
+                .collect::<Vec<_>>()
+        })
         .unwrap();
     for (before, now) in &after {
         assert_eq!(before, now, "a web connection changed backend");
@@ -312,8 +410,12 @@ fn ready_only_after_the_first_sync_and_metrics_describe_the_datapath() {
     k.api.go_down();
     let source = k.source();
     let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", k.lab.node.name()]).arg(common::xlb_bin()).arg("agent").args(&source);
-    cmd.args(["--node-name", "node-1", "--bpffs"]).arg(k.lab.pin_dir());
+    cmd.args(["netns", "exec", k.lab.node.name()])
+        .arg(common::xlb_bin())
+        .arg("agent")
+        .args(&source);
+    cmd.args(["--node-name", "node-1", "--bpffs"])
+        .arg(k.lab.pin_dir());
     for i in k.lab.node_interfaces() {
         cmd.args(["--interface", &i]);
     }
@@ -335,7 +437,11 @@ fn ready_only_after_the_first_sync_and_metrics_describe_the_datapath() {
     // them (off the sync path, within a second).
     let lab = &k.lab;
     common::time_until("named service counters", Duration::from_secs(5), || {
-        common::metric(lab, "xlb_service_new_flows_total{service=\"default/web:http/ipv4\"}").is_some_and(|n| n >= 30.0)
+        common::metric(
+            lab,
+            "xlb_service_new_flows_total{service=\"default/web:http/ipv4\"}",
+        )
+        .is_some_and(|n| n >= 30.0)
     });
     let (_, m) = common::agent_get(&k.lab, "/metrics").unwrap();
     let sample = |s: &str| xlb_tests::http::sample(&m, s).unwrap_or_else(|| panic!("{s} in\n{m}"));
@@ -343,9 +449,17 @@ fn ready_only_after_the_first_sync_and_metrics_describe_the_datapath() {
     assert_eq!(sample("xlb_frontends"), 4.0);
     assert_eq!(sample("xlb_backends"), 12.0);
     assert!(sample("xlb_programming_latency_seconds_count") >= 1.0);
-    assert!(sample("xlb_sync_errors_total{kind=\"source\"}") >= 1.0, "the outage was counted");
+    assert!(
+        sample("xlb_sync_errors_total{kind=\"source\"}") >= 1.0,
+        "the outage was counted"
+    );
     assert!(sample("xlb_datapath_events_total{event=\"new_flow\"}") >= 30.0);
     // Replies of the 30 connections, and their established packets, went through XDP.
-    assert!(sample("xlb_datapath_packets_total{verdict=\"redirect\",reason=\"forward_reply\"}") >= 30.0);
-    assert!(sample("xlb_datapath_packets_total{verdict=\"redirect\",reason=\"forward_established\"}") >= 30.0);
+    assert!(
+        sample("xlb_datapath_packets_total{verdict=\"redirect\",reason=\"forward_reply\"}") >= 30.0
+    );
+    assert!(
+        sample("xlb_datapath_packets_total{verdict=\"redirect\",reason=\"forward_established\"}")
+            >= 30.0
+    );
 }

@@ -13,9 +13,9 @@ use std::{
 };
 
 use lb_common::{
+    Addr, Family, Proto,
     maps::CtKey,
     stats::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
-    Addr, Family, Proto,
 };
 use xlb::{
     datapath::{Datapath, LoadOptions},
@@ -82,32 +82,36 @@ fn with_env(f: impl FnOnce(&mut Env) + Send + 'static) {
     let bpffs = Bpffs::mount(&prefix).unwrap();
     let (toback_mac, toclient_mac) = (fib.toback_mac, fib.toclient_mac);
     let pin_dir = bpffs.path().join("pkt");
-    fib.ns.run(move || {
-        let mut dp = Datapath::load(&LoadOptions {
-            pin_dir: pin_dir.clone(),
-            config: Default::default(),
-            conntrack_entries: 65_536,
+    fib.ns
+        .run(move || {
+            let mut dp = Datapath::load(&LoadOptions {
+                pin_dir: pin_dir.clone(),
+                config: Default::default(),
+                conntrack_entries: 65_536,
+            })
+            .expect("the program loads and verifies");
+            let maps = dp.maps().expect("maps");
+            let mut env = Env {
+                dp,
+                applied: Applied::new(lb_common::maps::MAX_SERVICES, lb_common::maps::MAX_BACKENDS),
+                maps,
+                pin_dir,
+                toback_mac,
+                toclient_mac,
+            };
+            program(&mut env, &all_manifests());
+            f(&mut env);
         })
-        .expect("the program loads and verifies");
-        let maps = dp.maps().expect("maps");
-        let mut env = Env {
-            dp,
-            applied: Applied::new(lb_common::maps::MAX_SERVICES, lb_common::maps::MAX_BACKENDS),
-            maps,
-            pin_dir,
-            toback_mac,
-            toclient_mac,
-        };
-        program(&mut env, &all_manifests());
-        f(&mut env);
-    })
-    .expect("test thread");
+        .expect("test thread");
     drop(bpffs);
     drop(fib);
 }
 
 fn all_manifests() -> String {
-    let mut text: String = lab::DEFAULT_MANIFESTS.iter().map(|(_, t)| format!("{t}\n---\n")).collect();
+    let mut text: String = lab::DEFAULT_MANIFESTS
+        .iter()
+        .map(|(_, t)| format!("{t}\n---\n"))
+        .collect();
     text.push_str(EXTRA);
     text
 }
@@ -143,7 +147,14 @@ impl Env {
     }
 
     /// The backend the userspace model predicts for a new flow.
-    fn predict(&self, client: IpAddr, sport: u16, vip: IpAddr, port: u16, proto: Proto) -> BackendKey {
+    fn predict(
+        &self,
+        client: IpAddr,
+        sport: u16,
+        vip: IpAddr,
+        port: u16,
+        proto: Proto,
+    ) -> BackendKey {
         let key = CtKey {
             src: Addr::from_ip(&client),
             dst: Addr::from_ip(&vip),
@@ -153,7 +164,9 @@ impl Env {
             family: Family::of(&vip),
             _pad: [0; 2],
         };
-        self.applied.predict(self.service_of(vip, port, proto), &key).expect("a prediction")
+        self.applied
+            .predict(self.service_of(vip, port, proto), &key)
+            .expect("a prediction")
     }
 
     fn stats(&self) -> xlb::stats::Report {
@@ -179,12 +192,23 @@ fn new_flows_reach_the_predicted_backend_and_replies_come_back_from_the_vip() {
             for sport in 40_000..40_060u16 {
                 let input = frame(tcp, client, vip, sport, port, b"payload");
                 let (action, out) = env.run(&input);
-                assert_eq!(action, XDP_REDIRECT, "{vip}:{port} from :{sport}: redirected to the backend");
+                assert_eq!(
+                    action, XDP_REDIRECT,
+                    "{vip}:{port} from :{sport}: redirected to the backend"
+                );
                 let want = env.predict(client, sport, vip, port, proto);
                 let s = summary(&out);
-                assert_eq!((s.dst, s.dport), (want.ip, want.port), "{vip} :{sport}: the predicted backend");
+                assert_eq!(
+                    (s.dst, s.dport),
+                    (want.ip, want.port),
+                    "{vip} :{sport}: the predicted backend"
+                );
                 assert_eq!((s.src, s.sport), (client, sport), "the source is untouched");
-                assert_eq!((s.src_mac, s.dst_mac), (env.toback_mac, BACKEND_MAC), "L2 from the FIB");
+                assert_eq!(
+                    (s.src_mac, s.dst_mac),
+                    (env.toback_mac, BACKEND_MAC),
+                    "L2 from the FIB"
+                );
                 assert_eq!(s.ttl, 63, "TTL/hop limit decremented");
                 assert_checksums(&out);
                 used.insert(want);
@@ -194,7 +218,11 @@ fn new_flows_reach_the_predicted_backend_and_replies_come_back_from_the_vip() {
                 let (action, out) = env.run(&reply);
                 assert_eq!(action, XDP_REDIRECT, "reply redirected to the client");
                 let s = summary(&out);
-                assert_eq!((s.src, s.sport, s.dst, s.dport), (vip, port, client, sport), "reply from the VIP");
+                assert_eq!(
+                    (s.src, s.sport, s.dst, s.dport),
+                    (vip, port, client, sport),
+                    "reply from the VIP"
+                );
                 assert_eq!((s.src_mac, s.dst_mac), (env.toclient_mac, CLIENT_MAC));
                 assert_checksums(&out);
             }
@@ -220,7 +248,11 @@ fn established_flows_keep_their_backend_when_the_backend_set_changes() {
         }
         // Remove backend 10.201.1.2: its slots move to the other two.
         let mut text = all_manifests();
-        text = text.replacen("- addresses: [\"10.201.1.2\"]\n  conditions: {ready: true}\n  nodeName: node-1\n", "", 1);
+        text = text.replacen(
+            "- addresses: [\"10.201.1.2\"]\n  conditions: {ready: true}\n  nodeName: node-1\n",
+            "",
+            1,
+        );
         program(env, &text);
         let removed: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 201, 1, 2));
         let mut kept_on_removed = 0;
@@ -230,12 +262,19 @@ fn established_flows_keep_their_backend_when_the_backend_set_changes() {
             f[47] = 0x10;
             let (action, out) = env.run(&f);
             assert_eq!(action, XDP_REDIRECT);
-            assert_eq!(summary(&out).dst, *dst, "flow from :{sport} keeps its backend");
+            assert_eq!(
+                summary(&out).dst,
+                *dst,
+                "flow from :{sport} keeps its backend"
+            );
             if *dst == removed {
                 kept_on_removed += 1;
             }
         }
-        assert!(kept_on_removed > 0, "some flows were on the removed backend");
+        assert!(
+            kept_on_removed > 0,
+            "some flows were on the removed backend"
+        );
         // New flows avoid the removed backend and follow the new table.
         for sport in 42_000..42_060u16 {
             let (_, out) = env.run(&frame(true, client, vip, sport, 80, b""));
@@ -270,41 +309,122 @@ fn v4(s: &str) -> [u8; 4] {
 fn cases() -> Vec<Case> {
     let c4 = lab::CLIENT_V4.octets();
     let c6 = lab::CLIENT_V6.octets();
-    let vip6: [u8; 16] = "fd00:96::10".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let vip6: [u8; 16] = "fd00:96::10"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
     let tcp = tcp4(c4, v4("10.96.0.10"), 40000, 80, b"");
     let udp = udp4(c4, v4("10.96.0.11"), 40000, 53, b"q");
     let t6 = tcp6(c6, vip6, 40000, 80, b"");
     let mut cases = vec![
-        Case { what: "TCP to a non-VIP address", input: tcp4(c4, v4("10.96.0.99"), 40000, 80, b""), expect: Expect::PassUnchanged, counter: ("pass", "not_frontend") },
-        Case { what: "TCP to a VIP on a port it does not serve", input: tcp4(c4, v4("10.96.0.10"), 40000, 81, b""), expect: Expect::PassUnchanged, counter: ("pass", "not_frontend") },
-        Case { what: "UDP to the TCP service's VIP", input: udp4(c4, v4("10.96.0.10"), 40000, 80, b""), expect: Expect::PassUnchanged, counter: ("pass", "not_frontend") },
-        Case { what: "IPv6 to a non-VIP address", input: tcp6(c6, c6, 40000, 80, b""), expect: Expect::PassUnchanged, counter: ("pass", "not_frontend") },
-        Case { what: "service without endpoints", input: tcp4(c4, v4("10.96.0.12"), 40000, 80, b""), expect: Expect::Drop, counter: ("drop", "no_backend") },
-        Case { what: "backend without a route", input: tcp4(c4, v4("10.96.0.13"), 40000, 80, b""), expect: Expect::PassTranslated, counter: ("pass", "stack_no_route") },
-        Case { what: "backend without a neighbour entry", input: tcp4(c4, v4("10.96.0.14"), 40000, 80, b""), expect: Expect::PassTranslated, counter: ("pass", "stack_no_neigh") },
-        Case { what: "VLAN-tagged TCP to a VIP", input: vlan(&tcp, 100), expect: Expect::PassTranslated, counter: ("pass", "stack_vlan") },
+        Case {
+            what: "TCP to a non-VIP address",
+            input: tcp4(c4, v4("10.96.0.99"), 40000, 80, b""),
+            expect: Expect::PassUnchanged,
+            counter: ("pass", "not_frontend"),
+        },
+        Case {
+            what: "TCP to a VIP on a port it does not serve",
+            input: tcp4(c4, v4("10.96.0.10"), 40000, 81, b""),
+            expect: Expect::PassUnchanged,
+            counter: ("pass", "not_frontend"),
+        },
+        Case {
+            what: "UDP to the TCP service's VIP",
+            input: udp4(c4, v4("10.96.0.10"), 40000, 80, b""),
+            expect: Expect::PassUnchanged,
+            counter: ("pass", "not_frontend"),
+        },
+        Case {
+            what: "IPv6 to a non-VIP address",
+            input: tcp6(c6, c6, 40000, 80, b""),
+            expect: Expect::PassUnchanged,
+            counter: ("pass", "not_frontend"),
+        },
+        Case {
+            what: "service without endpoints",
+            input: tcp4(c4, v4("10.96.0.12"), 40000, 80, b""),
+            expect: Expect::Drop,
+            counter: ("drop", "no_backend"),
+        },
+        Case {
+            what: "backend without a route",
+            input: tcp4(c4, v4("10.96.0.13"), 40000, 80, b""),
+            expect: Expect::PassTranslated,
+            counter: ("pass", "stack_no_route"),
+        },
+        Case {
+            what: "backend without a neighbour entry",
+            input: tcp4(c4, v4("10.96.0.14"), 40000, 80, b""),
+            expect: Expect::PassTranslated,
+            counter: ("pass", "stack_no_neigh"),
+        },
+        Case {
+            what: "VLAN-tagged TCP to a VIP",
+            input: vlan(&tcp, 100),
+            expect: Expect::PassTranslated,
+            counter: ("pass", "stack_vlan"),
+        },
     ];
     let mut ttl1 = tcp.clone();
     ttl1[22] = 1;
     // Keep the IPv4 header checksum right for the new TTL.
-    let sum = lb_common::csum::checksum(&{ let mut h = ttl1[14..34].to_vec(); h[10] = 0; h[11] = 0; h }, 0);
+    let sum = lb_common::csum::checksum(
+        &{
+            let mut h = ttl1[14..34].to_vec();
+            h[10] = 0;
+            h[11] = 0;
+            h
+        },
+        0,
+    );
     ttl1[24..26].copy_from_slice(&sum.to_ne_bytes());
-    cases.push(Case { what: "TTL 1 to a VIP", input: ttl1, expect: Expect::PassUnchanged, counter: ("pass", "ttl_expired") });
+    cases.push(Case {
+        what: "TTL 1 to a VIP",
+        input: ttl1,
+        expect: Expect::PassUnchanged,
+        counter: ("pass", "ttl_expired"),
+    });
     let mut proto = tcp.clone();
     proto[23] = 47;
-    cases.push(Case { what: "GRE to a VIP", input: proto, expect: Expect::PassUnchanged, counter: ("pass", "not_tcp_udp") });
+    cases.push(Case {
+        what: "GRE to a VIP",
+        input: proto,
+        expect: Expect::PassUnchanged,
+        counter: ("pass", "not_tcp_udp"),
+    });
     let mut later = udp.clone();
     later[21] = 0x10;
-    cases.push(Case { what: "non-first IPv4 fragment to a VIP", input: later, expect: Expect::PassUnchanged, counter: ("pass", "fragment") });
+    cases.push(Case {
+        what: "non-first IPv4 fragment to a VIP",
+        input: later,
+        expect: Expect::PassUnchanged,
+        counter: ("pass", "fragment"),
+    });
     let mut first = udp.clone();
     first[20] = 0x20;
-    cases.push(Case { what: "first IPv4 fragment to a VIP", input: first, expect: Expect::Drop, counter: ("drop", "fragmented_flow") });
+    cases.push(Case {
+        what: "first IPv4 fragment to a VIP",
+        input: first,
+        expect: Expect::Drop,
+        counter: ("drop", "fragmented_flow"),
+    });
     let mut ihl = tcp.clone();
     ihl[14] = 0x44;
-    cases.push(Case { what: "IPv4 IHL 4", input: ihl, expect: Expect::Drop, counter: ("drop", "malformed_ipv4") });
+    cases.push(Case {
+        what: "IPv4 IHL 4",
+        input: ihl,
+        expect: Expect::Drop,
+        counter: ("drop", "malformed_ipv4"),
+    });
     let mut arp = tcp.clone();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    cases.push(Case { what: "ARP", input: arp, expect: Expect::PassUnchanged, counter: ("pass", "not_ip") });
+    cases.push(Case {
+        what: "ARP",
+        input: arp,
+        expect: Expect::PassUnchanged,
+        counter: ("pass", "not_ip"),
+    });
     // Truncation at every header boundary (the frame cut one byte short of each header's
     // end). Below 14 bytes BPF_PROG_TEST_RUN refuses the input, so Ethernet truncation is
     // covered by the host unit tests.
@@ -315,14 +435,29 @@ fn cases() -> Vec<Case> {
         ("IPv6 header cut", &t6, 14 + 39, "malformed_ipv6"),
         ("TCP/IPv6 header cut", &t6, 14 + 40 + 19, "malformed_ipv6"),
     ] {
-        cases.push(Case { what, input: f[..cut].to_vec(), expect: Expect::Drop, counter: ("drop", reason) });
+        cases.push(Case {
+            what,
+            input: f[..cut].to_vec(),
+            expect: Expect::Drop,
+            counter: ("drop", reason),
+        });
     }
     let tagged = vlan(&tcp, 5);
-    cases.push(Case { what: "802.1Q tag cut", input: tagged[..16].to_vec(), expect: Expect::Drop, counter: ("drop", "malformed_vlan") });
+    cases.push(Case {
+        what: "802.1Q tag cut",
+        input: tagged[..16].to_vec(),
+        expect: Expect::Drop,
+        counter: ("drop", "malformed_vlan"),
+    });
     // A consistent IPv4 packet whose TCP header is too short.
     let mut short = tcp[..14 + 20 + 10].to_vec();
     short[16..18].copy_from_slice(&30u16.to_be_bytes());
-    cases.push(Case { what: "TCP header shorter than 20 bytes", input: short, expect: Expect::Drop, counter: ("drop", "malformed_l4") });
+    cases.push(Case {
+        what: "TCP header shorter than 20 bytes",
+        input: short,
+        expect: Expect::Drop,
+        counter: ("drop", "malformed_l4"),
+    });
     cases
 }
 
@@ -362,8 +497,10 @@ fn every_case_of_the_table_gets_its_documented_verdict_and_counter() {
 /// `sticky` (10.96.0.15:80, `sessionAffinity: ClientIP`, 1 s timeout) with the given lab
 /// backends (1..=3).
 fn sticky(backends: &[usize]) -> String {
-    let endpoints: String =
-        backends.iter().map(|i| format!("- {{addresses: [\"{}\"]}}\n", lab::backend_v4(*i))).collect();
+    let endpoints: String = backends
+        .iter()
+        .map(|i| format!("- {{addresses: [\"{}\"]}}\n", lab::backend_v4(*i)))
+        .collect();
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: sticky}}\nspec:\n  clusterIP: 10.96.0.15\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 1}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: sticky-1, labels: {{kubernetes.io/service-name: sticky}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{endpoints}"
     )
@@ -373,7 +510,9 @@ fn sticky(backends: &[usize]) -> String {
 fn session_affinity_keeps_a_client_on_its_backend_until_it_leaves_or_times_out() {
     with_env(|env| {
         let vip: IpAddr = "10.96.0.15".parse().unwrap();
-        let clients: Vec<IpAddr> = (0..200u32).map(|i| IpAddr::V4(Ipv4Addr::new(10, 203, (i >> 8) as u8, i as u8 + 1))).collect();
+        let clients: Vec<IpAddr> = (0..200u32)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(10, 203, (i >> 8) as u8, i as u8 + 1)))
+            .collect();
         let b1 = IpAddr::V4(lab::backend_v4(1));
         let new_flow = |env: &Env, client: IpAddr, sport: u16| {
             let (action, out) = env.run(&frame(true, client, vip, sport, 80, b""));
@@ -389,7 +528,11 @@ fn session_affinity_keeps_a_client_on_its_backend_until_it_leaves_or_times_out()
         for client in &clients[..30] {
             let want = env.predict(*client, 1, vip, 80, Proto::TCP).ip;
             for sport in 50_000..50_004u16 {
-                assert_eq!(new_flow(env, *client, sport), want, "{client}: every flow on the predicted backend");
+                assert_eq!(
+                    new_flow(env, *client, sport),
+                    want,
+                    "{client}: every flow on the predicted backend"
+                );
             }
             used.insert(want);
         }
@@ -403,13 +546,27 @@ fn session_affinity_keeps_a_client_on_its_backend_until_it_leaves_or_times_out()
             assert_eq!(new_flow(env, *client, 51_000), b1);
         }
         program(env, &format!("{base}\n---\n{}", sticky(&[1, 2, 3])));
-        let moved: Vec<IpAddr> =
-            clients.iter().copied().filter(|c| env.predict(*c, 1, vip, 80, Proto::TCP).ip != b1).collect();
-        assert!(moved.len() > 100, "the hash would move most clients: {}", moved.len());
+        let moved: Vec<IpAddr> = clients
+            .iter()
+            .copied()
+            .filter(|c| env.predict(*c, 1, vip, 80, Proto::TCP).ip != b1)
+            .collect();
+        assert!(
+            moved.len() > 100,
+            "the hash would move most clients: {}",
+            moved.len()
+        );
         for client in &moved[..20] {
-            assert_eq!(new_flow(env, *client, 51_001), b1, "{client}: sticks to b1 within the timeout");
+            assert_eq!(
+                new_flow(env, *client, 51_001),
+                b1,
+                "{client}: sticks to b1 within the timeout"
+            );
         }
-        assert!(started.elapsed() < std::time::Duration::from_millis(900), "the test itself was too slow");
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(900),
+            "the test itself was too slow"
+        );
         assert!(env.stats().events["affinity_hit"] >= 20);
 
         // Once a client has been quiet for the timeout, it goes where the hash says. Each
@@ -423,14 +580,22 @@ fn session_affinity_keeps_a_client_on_its_backend_until_it_leaves_or_times_out()
                 expired_after = Some(started.elapsed());
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "affinity never expired");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "affinity never expired"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let expired_after = expired_after.expect("a probe client went where the hash says");
-        assert!(expired_after >= std::time::Duration::from_millis(950), "expired too early: {expired_after:?}");
+        assert!(
+            expired_after >= std::time::Duration::from_millis(950),
+            "expired too early: {expired_after:?}"
+        );
 
         // A backend that leaves the service takes no remembered client any more.
-        let fresh: Vec<IpAddr> = (0..40u32).map(|i| IpAddr::V4(Ipv4Addr::new(10, 204, 0, i as u8 + 1))).collect();
+        let fresh: Vec<IpAddr> = (0..40u32)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(10, 204, 0, i as u8 + 1)))
+            .collect();
         for client in &fresh {
             new_flow(env, *client, 52_000);
         }

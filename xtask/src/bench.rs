@@ -36,11 +36,20 @@ pub fn run(opts: &BenchOpts) -> anyhow::Result<()> {
     toolchain::ensure_packages(BENCH_PACKAGES)?;
     let built = build::build_all(&tc, true)?;
     let step = ui::step("building the benchmark runner (release)");
-    run_visible(cargo().current_dir(workspace_root()).args(["build", "--release", "-p", "xlb-bench"]).env("XLB_EBPF_OBJECT", &built.ebpf_object))?;
+    run_visible(
+        cargo()
+            .current_dir(workspace_root())
+            .args(["build", "--release", "-p", "xlb-bench"])
+            .env("XLB_EBPF_OBJECT", &built.ebpf_object),
+    )?;
     step.done();
 
     let root = workspace_root();
-    let out_dir: PathBuf = if opts.quick { root.join("target/bench") } else { root.clone() };
+    let out_dir: PathBuf = if opts.quick {
+        root.join("target/bench")
+    } else {
+        root.clone()
+    };
     std::fs::create_dir_all(&out_dir)?;
     let mut command = String::from("cargo xtask bench");
     if opts.quick {
@@ -49,9 +58,19 @@ pub fn run(opts: &BenchOpts) -> anyhow::Result<()> {
     if !opts.only.is_empty() {
         command.push_str(&format!(" --only {}", opts.only.join(",")));
     }
-    let step = ui::step(format!("running the benchmarks ({})", if opts.quick { "quick" } else { "full: several minutes" }));
+    let step = ui::step(format!(
+        "running the benchmarks ({})",
+        if opts.quick {
+            "quick"
+        } else {
+            "full: several minutes"
+        }
+    ));
     let runner = root.join("target/release/xlb-bench");
-    let mut c = toolchain::privileged(runner.to_str().context("utf-8 path")?, "the benchmarks (BPF, network namespaces)")?;
+    let mut c = toolchain::privileged(
+        runner.to_str().context("utf-8 path")?,
+        "the benchmarks (BPF, network namespaces)",
+    )?;
     c.current_dir(&root)
         .arg("--bench-object")
         .arg(built.ebpf_object.with_file_name("bench"))

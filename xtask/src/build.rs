@@ -26,7 +26,10 @@ pub struct Built {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_path_buf()
 }
 
 pub fn cargo() -> Command {
@@ -74,7 +77,11 @@ pub fn build_ebpf(tc: &Toolchain) -> anyhow::Result<PathBuf> {
     }
     run_visible(&mut c)?;
     let object = workspace_root().join("target/ebpf/bpfel-unknown-none/release/xlb");
-    anyhow::ensure!(object.is_file(), "the eBPF build did not produce {}", object.display());
+    anyhow::ensure!(
+        object.is_file(),
+        "the eBPF build did not produce {}",
+        object.display()
+    );
     step.done();
     Ok(object)
 }
@@ -92,5 +99,8 @@ pub fn build_userspace(object: &Path, release: bool) -> anyhow::Result<Built> {
     run_visible(&mut c)?;
     step.done();
     let dir = workspace_root().join("target").join(profile);
-    Ok(Built { ebpf_object: object.to_path_buf(), xlb: dir.join("xlb") })
+    Ok(Built {
+        ebpf_object: object.to_path_buf(),
+        xlb: dir.join("xlb"),
+    })
 }

@@ -49,7 +49,12 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<()> {
             std::env::current_exe()?.to_str().context("utf-8 path")?,
             "the lab (network namespaces, bpffs, XDP)",
         )?;
-        c.args(["run", "--no-build", "--requests", &opts.requests.to_string()]);
+        c.args([
+            "run",
+            "--no-build",
+            "--requests",
+            &opts.requests.to_string(),
+        ]);
         if opts.keep {
             c.arg("--keep");
         }
@@ -66,14 +71,21 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<()> {
     let xlb = bins.join("xlb");
     let server = bins.join("xlb-lab-server");
     for b in [&xlb, &server] {
-        anyhow::ensure!(b.is_file(), "{} is missing: run `cargo xtask build --release`", b.display());
+        anyhow::ensure!(
+            b.is_file(),
+            "{} is missing: run `cargo xtask build --release`",
+            b.display()
+        );
     }
 
     let step = ui::step("creating the lab: client, node, 3 backends");
     let mut lab = Lab::build(3)?;
     lab.start_servers(&server)?;
     lab.write_default_manifests()?;
-    ui::info(&format!("namespaces {p}-client, {p}-node, {p}-b1..b3", p = lab.prefix));
+    ui::info(&format!(
+        "namespaces {p}-client, {p}-node, {p}-b1..b3",
+        p = lab.prefix
+    ));
     step.done();
     check(&stop)?;
 
@@ -82,9 +94,17 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<()> {
     step.done();
     check(&stop)?;
 
-    let step = ui::step(format!("sending {} TCP connections / UDP requests to each VIP", opts.requests));
+    let step = ui::step(format!(
+        "sending {} TCP connections / UDP requests to each VIP",
+        opts.requests
+    ));
     let mut rows = Vec::new();
-    for (vip, udp) in [(lab::WEB_V4, false), (lab::WEB_V6, false), (lab::DNS_V4, true), (lab::DNS_V6, true)] {
+    for (vip, udp) in [
+        (lab::WEB_V4, false),
+        (lab::WEB_V6, false),
+        (lab::DNS_V4, true),
+        (lab::DNS_V6, true),
+    ] {
         let n = opts.requests as usize;
         let tally = lab.client.run(move || traffic(vip, udp, n))?;
         rows.push((vip, udp, tally));
@@ -99,10 +119,19 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<()> {
         .arg(lab.pin_dir())
         .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    anyhow::ensure!(out.status.success(), "xlb stats failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "xlb stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let failed: usize = rows.iter().map(|(_, _, t)| t.get("failed").copied().unwrap_or(0)).sum();
-    let unbalanced = rows.iter().any(|(_, _, t)| t.keys().filter(|k| k.starts_with('b')).count() < 3);
+    let failed: usize = rows
+        .iter()
+        .map(|(_, _, t)| t.get("failed").copied().unwrap_or(0))
+        .sum();
+    let unbalanced = rows
+        .iter()
+        .any(|(_, _, t)| t.keys().filter(|k| k.starts_with('b')).count() < 3);
 
     if opts.keep {
         let pid = lab.agent().pid();
@@ -143,9 +172,15 @@ fn traffic(vip: SocketAddr, udp: bool, n: usize) -> BTreeMap<String, usize> {
     let mut tally = BTreeMap::new();
     for i in 0..n {
         let answer = if udp {
-            client::udp_socket(vip).and_then(|s| client::udp_ask(&s, vip, i as u64)).map(|(name, from)| {
-                if from == vip { name } else { format!("wrong source {from}") }
-            })
+            client::udp_socket(vip)
+                .and_then(|s| client::udp_ask(&s, vip, i as u64))
+                .map(|(name, from)| {
+                    if from == vip {
+                        name
+                    } else {
+                        format!("wrong source {from}")
+                    }
+                })
         } else {
             TcpSession::connect(vip).and_then(|mut s| s.ask())
         };
@@ -157,7 +192,10 @@ fn traffic(vip: SocketAddr, udp: bool, n: usize) -> BTreeMap<String, usize> {
 
 fn print_distribution(rows: &[(SocketAddr, bool, BTreeMap<String, usize>)]) {
     println!("\nPer-backend distribution (answers by backend):");
-    println!("  {:<20} {:<5} {:>7} {:>7} {:>7} {:>7}", "VIP", "PROTO", "b1", "b2", "b3", "failed");
+    println!(
+        "  {:<20} {:<5} {:>7} {:>7} {:>7} {:>7}",
+        "VIP", "PROTO", "b1", "b2", "b3", "failed"
+    );
     for (vip, udp, t) in rows {
         let get = |k: &str| t.get(k).copied().unwrap_or(0);
         println!(
@@ -167,7 +205,10 @@ fn print_distribution(rows: &[(SocketAddr, bool, BTreeMap<String, usize>)]) {
             get("b1"),
             get("b2"),
             get("b3"),
-            t.iter().filter(|(k, _)| !k.starts_with('b')).map(|(_, v)| v).sum::<usize>()
+            t.iter()
+                .filter(|(k, _)| !k.starts_with('b'))
+                .map(|(_, v)| v)
+                .sum::<usize>()
         );
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! 1. host unit and golden tests of the workspace (lb-common, lb-userspace, xtask);
 //! 2. host unit tests of the eBPF crate (parsing, translation) built for the host;
+//!    The deploy/ manifests are parsed and checked by a host test, and validated against
+//!    the Kubernetes OpenAPI schemas by kubernetes-validate (from PyPI, in a venv);
 //! 3. privileged tests (tests/): BPF_PROG_TEST_RUN packet tables and network-namespace
 //!    end-to-end tests. They need root; they are run, never skipped.
 
@@ -33,7 +35,9 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<()> {
     let root = workspace_root();
     let filter: Vec<String> = opts.filter.iter().cloned().collect();
 
-    let step = ui::step("host tests: lb-common, lb-userspace (unit, golden, adoption), xtask, test support");
+    let step = ui::step(
+        "host tests: lb-common, lb-userspace (unit, golden, adoption), xtask, test support",
+    );
     let mut c = cargo();
     c.current_dir(&root)
         .args(["test", "--workspace", "--exclude", "xlb-tests", "--"])
@@ -47,6 +51,11 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<()> {
         .args(&filter)
         .env("XLB_EBPF_OBJECT", &built.ebpf_object);
     run_visible(&mut c)?;
+    step.done();
+
+    let step =
+        ui::step("deploy/: schema validation of the manifests (kubernetes-validate, strict)");
+    validate_deploy(&root)?;
     step.done();
 
     let step = ui::step("host tests of the eBPF crate (parsing, translation)");
@@ -63,9 +72,15 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<()> {
     let executables = privileged_test_binaries(&built.ebpf_object)?;
     step.done();
     for exe in &executables {
-        let name = exe.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let step = ui::step(format!("privileged tests: {name} (root: BPF and network namespaces)"));
-        let mut c = toolchain::privileged(exe.to_str().context("utf-8 path")?, "the privileged tests")?;
+        let name = exe
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let step = ui::step(format!(
+            "privileged tests: {name} (root: BPF and network namespaces)"
+        ));
+        let mut c =
+            toolchain::privileged(exe.to_str().context("utf-8 path")?, "the privileged tests")?;
         c.current_dir(root.join("tests"))
             .env("XLB_BIN", &built.xlb)
             .arg(format!("--test-threads={}", opts.threads))
@@ -73,12 +88,62 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<()> {
         run_visible(&mut c)?;
         step.done();
     }
-    ui::info(&format!("all tests passed in {:.0}s", started.elapsed().as_secs_f64()));
+    ui::info(&format!(
+        "all tests passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
+/// The schema validator, pinned, and the Kubernetes version whose schemas the manifests
+/// must satisfy (the oldest release the DaemonSet's fields are meant for).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+const SCHEMA_VERSION: &str = "1.33.0";
+
+/// Validates deploy/*.yaml (the kustomization has no published schema and is checked by
+/// the host test) with kubernetes-validate in strict mode: unknown fields are errors.
+fn validate_deploy(root: &std::path::Path) -> anyhow::Result<()> {
+    let venv = root.join("target/tools/venv");
+    let validator = venv.join("bin/kubernetes-validate");
+    let marker = venv.join(".xlb-installed");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(KUBERNETES_VALIDATE) {
+        toolchain::ensure_packages(&["python3-venv"])?;
+        ui::info(&format!(
+            "installing {KUBERNETES_VALIDATE} into {}",
+            venv.display()
+        ));
+        let _ = std::fs::remove_dir_all(&venv);
+        run_visible(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context(
+            "creating a Python venv for the schema validator (python3 with venv is needed)",
+        )?;
+        run_visible(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            KUBERNETES_VALIDATE,
+        ]))
+        .with_context(|| format!("installing {KUBERNETES_VALIDATE} from PyPI"))?;
+        std::fs::write(&marker, KUBERNETES_VALIDATE)?;
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("deploy"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+        })
+        .collect();
+    files.sort();
+    run_visible(
+        Command::new(&validator)
+            .args(["--strict", "--quiet", "-k", SCHEMA_VERSION])
+            .args(&files),
+    )
+    .context("deploy/ manifests do not validate against the Kubernetes schemas")
+}
+
 fn host_triple(rustc: &std::path::Path) -> anyhow::Result<String> {
-    let out = Command::new(rustc).arg("-vV").output().context("rustc -vV")?;
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .context("rustc -vV")?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
@@ -89,7 +154,14 @@ fn host_triple(rustc: &std::path::Path) -> anyhow::Result<String> {
 fn privileged_test_binaries(object: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
     let out = cargo()
         .current_dir(workspace_root())
-        .args(["test", "-p", "xlb-tests", "--tests", "--no-run", "--message-format=json-render-diagnostics"])
+        .args([
+            "test",
+            "-p",
+            "xlb-tests",
+            "--tests",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
         .env("XLB_EBPF_OBJECT", object)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -99,9 +171,13 @@ fn privileged_test_binaries(object: &std::path::Path) -> anyhow::Result<Vec<Path
     }
     let mut exes = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         let is_test = msg["profile"]["test"].as_bool() == Some(true);
-        let is_integration = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
+        let is_integration = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
         if let (true, true, Some(exe)) = (is_test, is_integration, msg["executable"].as_str()) {
             exes.push(PathBuf::from(exe));
         }

@@ -31,7 +31,9 @@ const DEBIAN_BPF_SYSROOT: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
 pub enum Route {
     Debian,
     /// rustup toolchain name (e.g. "nightly").
-    BuildStd { toolchain: String },
+    BuildStd {
+        toolchain: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -49,7 +51,9 @@ pub fn is_root() -> bool {
 
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
     })
 }
 
@@ -109,7 +113,9 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     update.args(["update", "-q"]);
     run_visible(update.env("DEBIAN_FRONTEND", "noninteractive"))?;
     let mut install = privileged("apt-get", "installing packages")?;
-    install.args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing);
+    install
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing);
     run_visible(install.env("DEBIAN_FRONTEND", "noninteractive"))?;
     let still = missing_packages(packages)?;
     if !still.is_empty() {
@@ -120,7 +126,9 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
 }
 
 pub fn run_visible(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -129,18 +137,27 @@ pub fn run_visible(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// The rustup toolchain with rust-src, if any (the build-std route).
 fn build_std_toolchain() -> Option<String> {
-    let out = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output().ok()?;
+    let out = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    sysroot.join("lib/rustlib/src/rust/library/core").is_dir().then(|| "nightly".to_string())
+    sysroot
+        .join("lib/rustlib/src/rust/library/core")
+        .is_dir()
+        .then(|| "nightly".to_string())
 }
 
 fn debian_route_present() -> bool {
     Path::new(DEBIAN_RUSTC).is_file()
         && std::fs::read_dir(DEBIAN_BPF_SYSROOT)
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-")))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+            })
             .unwrap_or(false)
 }
 
@@ -166,11 +183,17 @@ fn ensure_bpf_linker(route: &Route) -> anyhow::Result<PathBuf> {
         version.as_deref().unwrap_or("none")
     ));
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"]);
+    c.args([
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+    ]);
     if let Route::Debian = route {
         // LLVM_PREFIX (not LLVM_SYS_*_PREFIX): without it the build finds Debian's LLVM 14
         // llvm-config and fails with "unable to find library -lLLVM".
-        c.args(["--no-default-features", "--features", "llvm-22"]).env("LLVM_PREFIX", "/usr/lib/llvm-22");
+        c.args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22");
     }
     // The workspace's toolchain is the usual rustup one; make sure Debian's rustc on PATH
     // does not get picked for this host build.
@@ -190,7 +213,9 @@ pub fn ensure_build() -> anyhow::Result<Toolchain> {
     let forced = std::env::var("XLB_EBPF_ROUTE").ok();
     let route = match forced.as_deref() {
         Some("debian") => Route::Debian,
-        Some("build-std") => Route::BuildStd { toolchain: "nightly".into() },
+        Some("build-std") => Route::BuildStd {
+            toolchain: "nightly".into(),
+        },
         Some(other) => bail!("XLB_EBPF_ROUTE={other}: expected debian or build-std"),
         None if debian_route_present() => Route::Debian,
         None => match build_std_toolchain() {
@@ -202,17 +227,30 @@ pub fn ensure_build() -> anyhow::Result<Toolchain> {
         Route::Debian => {
             ensure_packages(BUILD_PACKAGES)?;
             if !debian_route_present() {
-                bail!("{DEBIAN_RUSTC} or its bpfel-unknown-none core ({DEBIAN_BPF_SYSROOT}) is missing after installing {}", BUILD_PACKAGES.join(" "));
+                bail!(
+                    "{DEBIAN_RUSTC} or its bpfel-unknown-none core ({DEBIAN_BPF_SYSROOT}) is missing after installing {}",
+                    BUILD_PACKAGES.join(" ")
+                );
             }
             PathBuf::from(DEBIAN_RUSTC)
         }
         Route::BuildStd { toolchain } => {
-            let out = Command::new("rustup").args(["which", "rustc", "--toolchain", toolchain]).output()?;
+            let out = Command::new("rustup")
+                .args(["which", "rustc", "--toolchain", toolchain])
+                .output()?;
             PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
         }
     };
     let bpf_linker = ensure_bpf_linker(&route)?;
-    ui::info(&format!("eBPF route: {route:?}, rustc {}, {}", ebpf_rustc.display(), bpf_linker.display()));
+    ui::info(&format!(
+        "eBPF route: {route:?}, rustc {}, {}",
+        ebpf_rustc.display(),
+        bpf_linker.display()
+    ));
     step.done();
-    Ok(Toolchain { route, bpf_linker, ebpf_rustc })
+    Ok(Toolchain {
+        route,
+        bpf_linker,
+        ebpf_rustc,
+    })
 }

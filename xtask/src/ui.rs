@@ -11,12 +11,19 @@ pub struct Step {
 pub fn step(name: impl Into<String>) -> Step {
     let name = name.into();
     eprintln!("\x1b[1m==>\x1b[0m {name}");
-    Step { name, started: Instant::now() }
+    Step {
+        name,
+        started: Instant::now(),
+    }
 }
 
 impl Step {
     pub fn done(self) {
-        eprintln!("    {} ({:.1}s)", self.name, self.started.elapsed().as_secs_f64());
+        eprintln!(
+            "    {} ({:.1}s)",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
     }
 }
 

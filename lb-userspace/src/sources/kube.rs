@@ -28,20 +28,22 @@ use crate::store::Change;
 /// not ours, as for kube-proxy.
 pub const SERVICE_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
 /// Slices of a Service, not of a headless or another proxy's one.
-pub const SLICE_SELECTOR: &str =
-    "kubernetes.io/service-name,!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name";
+pub const SLICE_SELECTOR: &str = "kubernetes.io/service-name,!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name";
 
 /// A client from a kubeconfig file, or the in-cluster configuration.
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
     let config = match kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path).with_context(|| format!("--kubeconfig {}", path.display()))?;
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .with_context(|| format!("--kubeconfig {}", path.display()))?
         }
         None => kube::Config::incluster().map_err(|e| {
-            anyhow::anyhow!("no --kubeconfig given, and the in-cluster configuration is not available: {e}")
+            anyhow::anyhow!(
+                "no --kubeconfig given, and the in-cluster configuration is not available: {e}"
+            )
         })?,
     };
     Client::try_from(config).context("creating the Kubernetes client")
@@ -52,29 +54,50 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
 pub enum Report {
     Change(Change),
     /// The watch of a kind failed (it is retried with backoff).
-    Error { kind: &'static str, error: String },
+    Error {
+        kind: &'static str,
+        error: String,
+    },
 }
 
 /// The watch streams of the three kinds, merged.
 pub fn watch(client: Client, node_name: &str) -> BoxStream<'static, Report> {
     let cfg = watcher::Config::default();
-    let services = watcher(Api::<Service>::all(client.clone()), cfg.clone().labels(SERVICE_SELECTOR))
-        .default_backoff()
-        .map(|r| match r {
-            Ok(e) => Report::Change(Change::Services(e)),
-            Err(e) => Report::Error { kind: "Services", error: e.to_string() },
-        });
-    let slices = watcher(Api::<EndpointSlice>::all(client.clone()), cfg.clone().labels(SLICE_SELECTOR))
-        .default_backoff()
-        .map(|r| match r {
-            Ok(e) => Report::Change(Change::Slices(e)),
-            Err(e) => Report::Error { kind: "EndpointSlices", error: e.to_string() },
-        });
-    let nodes = watcher(Api::<Node>::all(client), cfg.fields(&format!("metadata.name={node_name}")))
-        .default_backoff()
-        .map(|r| match r {
-            Ok(e) => Report::Change(Change::Nodes(e)),
-            Err(e) => Report::Error { kind: "Node", error: e.to_string() },
-        });
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        cfg.clone().labels(SERVICE_SELECTOR),
+    )
+    .default_backoff()
+    .map(|r| match r {
+        Ok(e) => Report::Change(Change::Services(e)),
+        Err(e) => Report::Error {
+            kind: "Services",
+            error: e.to_string(),
+        },
+    });
+    let slices = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        cfg.clone().labels(SLICE_SELECTOR),
+    )
+    .default_backoff()
+    .map(|r| match r {
+        Ok(e) => Report::Change(Change::Slices(e)),
+        Err(e) => Report::Error {
+            kind: "EndpointSlices",
+            error: e.to_string(),
+        },
+    });
+    let nodes = watcher(
+        Api::<Node>::all(client),
+        cfg.fields(&format!("metadata.name={node_name}")),
+    )
+    .default_backoff()
+    .map(|r| match r {
+        Ok(e) => Report::Change(Change::Nodes(e)),
+        Err(e) => Report::Error {
+            kind: "Node",
+            error: e.to_string(),
+        },
+    });
     futures::stream::select_all([services.boxed(), slices.boxed(), nodes.boxed()]).boxed()
 }

@@ -58,8 +58,16 @@ impl Object {
 
 fn identity<K: kube::Resource>(kind: &str, obj: &K) -> Identity {
     let (namespace, name) = key_of(obj);
-    let namespace = if kind == "Node" { String::new() } else { namespace };
-    Identity { kind: kind.into(), namespace, name }
+    let namespace = if kind == "Node" {
+        String::new()
+    } else {
+        namespace
+    };
+    Identity {
+        kind: kind.into(),
+        namespace,
+        name,
+    }
 }
 
 /// One reload's outcome.
@@ -82,7 +90,10 @@ pub struct ManifestSource {
 
 impl ManifestSource {
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_path_buf(), snapshot: Snapshot::default() }
+        Self {
+            dir: dir.to_path_buf(),
+            snapshot: Snapshot::default(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -111,14 +122,25 @@ impl ManifestSource {
         let mut put = |id: Identity, obj: Object, problems: &mut Vec<String>| {
             let origin = obj.origin().clone();
             if let Some(previous) = next.insert(id.clone(), obj) {
-                problems.push(format!("{origin}: {id} is also defined at {}; using this one", previous.origin()));
+                problems.push(format!(
+                    "{origin}: {id} is also defined at {}; using this one",
+                    previous.origin()
+                ));
             }
         };
         for s in loaded.services {
-            put(identity("Service", &s.object), Object::Service(s), &mut problems);
+            put(
+                identity("Service", &s.object),
+                Object::Service(s),
+                &mut problems,
+            );
         }
         for s in loaded.slices {
-            put(identity("EndpointSlice", &s.object), Object::Slice(s), &mut problems);
+            put(
+                identity("EndpointSlice", &s.object),
+                Object::Slice(s),
+                &mut problems,
+            );
         }
         for n in loaded.nodes {
             put(identity("Node", &n.object), Object::Node(n), &mut problems);
@@ -127,19 +149,29 @@ impl ManifestSource {
         let mut broken_files: Vec<PathBuf> = Vec::new();
         for e in &loaded.errors {
             match e {
-                ManifestError::Object { identity: Some(id), .. } => match self.snapshot.objects.get(id) {
+                ManifestError::Object {
+                    identity: Some(id), ..
+                } => match self.snapshot.objects.get(id) {
                     Some(old) if !next.contains_key(id) => {
                         problems.push(format!("rejected (keeping its last valid version): {e}"));
                         next.insert(id.clone(), old.clone());
                     }
                     _ => problems.push(format!("rejected: {e}")),
                 },
-                ManifestError::Object { origin, identity: None, .. } => {
-                    problems.push(format!("rejected (keeping the file's last valid objects): {e}"));
+                ManifestError::Object {
+                    origin,
+                    identity: None,
+                    ..
+                } => {
+                    problems.push(format!(
+                        "rejected (keeping the file's last valid objects): {e}"
+                    ));
                     broken_files.push(origin.file.clone());
                 }
                 ManifestError::File { file, .. } => {
-                    problems.push(format!("rejected (keeping the file's last valid objects): {e}"));
+                    problems.push(format!(
+                        "rejected (keeping the file's last valid objects): {e}"
+                    ));
                     broken_files.push(file.clone());
                 }
                 ManifestError::Dir { .. } => problems.push(e.to_string()),
@@ -166,7 +198,9 @@ impl ManifestSource {
         let mut nodes = vec![Change::Nodes(Event::Init)];
         for obj in self.snapshot.objects.values() {
             match obj {
-                Object::Service(s) => services.push(Change::Services(Event::InitApply(s.object.clone()))),
+                Object::Service(s) => {
+                    services.push(Change::Services(Event::InitApply(s.object.clone())))
+                }
                 Object::Slice(s) => slices.push(Change::Slices(Event::InitApply(s.object.clone()))),
                 Object::Node(n) => nodes.push(Change::Nodes(Event::InitApply(n.object.clone()))),
             }
@@ -180,20 +214,29 @@ impl ManifestSource {
 
     /// Where an object of the snapshot comes from (for error messages).
     pub fn origin_of(&self, kind: &str, namespace: &str, name: &str) -> Option<&Origin> {
-        let id = Identity { kind: kind.into(), namespace: namespace.into(), name: name.into() };
+        let id = Identity {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
         self.snapshot.objects.get(&id).map(Object::origin)
     }
 }
 
 /// Watches `dir` and sends a unit on `tx` after every debounced burst of changes.
 /// Returns the watcher, which stops watching when dropped.
-pub fn watch(dir: &Path, tx: tokio::sync::mpsc::UnboundedSender<()>) -> anyhow::Result<notify::RecommendedWatcher> {
+pub fn watch(
+    dir: &Path,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher as _};
 
     let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
-            Ok(e) => !e.kind.is_access() && (e.paths.is_empty() || e.paths.iter().any(|p| relevant(p))),
+            Ok(e) => {
+                !e.kind.is_access() && (e.paths.is_empty() || e.paths.iter().any(|p| relevant(p)))
+            }
             Err(_) => true,
         };
         if relevant {
@@ -230,7 +273,10 @@ pub fn watch(dir: &Path, tx: tokio::sync::mpsc::UnboundedSender<()>) -> anyhow::
 /// ConfigMap-style `..data` symlink swap.
 fn relevant(path: &Path) -> bool {
     manifests::is_manifest_file(path)
-        || path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".."))
+        || path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".."))
 }
 
 #[cfg(test)]
@@ -269,11 +315,19 @@ mod tests {
         // web breaks: its last valid version stays, with the problem reported.
         let r = src.absorb(loaded(&[("a.yaml", WEB_BROKEN), ("b.yaml", DB)]));
         assert_eq!(services(&r), ["db", "web"]);
-        assert!(r.problems[0].contains("keeping its last valid version"), "{:?}", r.problems);
+        assert!(
+            r.problems[0].contains("keeping its last valid version"),
+            "{:?}",
+            r.problems
+        );
         // b.yaml is not YAML any more: db stays.
         let r = src.absorb(loaded(&[("a.yaml", WEB), ("b.yaml", "kind: [oops\n")]));
         assert_eq!(services(&r), ["db", "web"]);
-        assert!(r.problems[0].contains("keeping the file's last valid objects"), "{:?}", r.problems);
+        assert!(
+            r.problems[0].contains("keeping the file's last valid objects"),
+            "{:?}",
+            r.problems
+        );
         // b.yaml removed: db goes.
         let r = src.absorb(loaded(&[("a.yaml", WEB)]));
         assert_eq!(services(&r), ["web"]);
@@ -289,6 +343,10 @@ mod tests {
         let mut src = ManifestSource::new(Path::new("."));
         let r = src.absorb(loaded(&[("a.yaml", WEB), ("b.yaml", WEB)]));
         assert_eq!(services(&r), ["web"]);
-        assert!(r.problems[0].contains("also defined at a.yaml"), "{:?}", r.problems);
+        assert!(
+            r.problems[0].contains("also defined at a.yaml"),
+            "{:?}",
+            r.problems
+        );
     }
 }

@@ -32,7 +32,11 @@ impl BackendKey {
     }
 
     pub fn of(value: &BackendValue) -> Self {
-        Self { ip: value.ip(), port: value.port(), proto: value.proto }
+        Self {
+            ip: value.ip(),
+            port: value.port(),
+            proto: value.proto,
+        }
     }
 
     /// The bytes Maglev hashes to place this backend: stable across nodes and restarts.
@@ -90,7 +94,11 @@ pub(crate) struct IdPool {
 
 impl IdPool {
     pub(crate) fn new(limit: u32) -> Self {
-        Self { next: 1, free: BTreeSet::new(), limit }
+        Self {
+            next: 1,
+            free: BTreeSet::new(),
+            limit,
+        }
     }
 
     pub(crate) fn limit(&self) -> u32 {
@@ -203,7 +211,10 @@ impl Applied {
                 self.unindex_frontend(old.service_id, &key);
             }
         }
-        self.service_frontends.entry(value.service_id).or_default().insert(key);
+        self.service_frontends
+            .entry(value.service_id)
+            .or_default()
+            .insert(key);
     }
 
     pub(crate) fn delete_frontend(&mut self, key: &FrontendKey) {
@@ -312,7 +323,10 @@ impl Applied {
     }
 
     pub(crate) fn put_members(&mut self, service: u32, backends: &[u32]) {
-        self.members.entry(service).or_default().extend(backends.iter().copied());
+        self.members
+            .entry(service)
+            .or_default()
+            .extend(backends.iter().copied());
     }
 
     pub(crate) fn delete_members(&mut self, service: u32, backends: &[u32]) {
@@ -351,8 +365,11 @@ impl Applied {
             .next()
             .and_then(|k| self.frontends.get(k))
             .is_some_and(|v| v.flags & lb_common::maps::FRONTEND_F_AFFINITY != 0);
-        let hash =
-            if affinity { lb_common::flow::client_hash(key.family, &key.src) } else { key.flow_hash() };
+        let hash = if affinity {
+            lb_common::flow::client_hash(key.family, &key.src)
+        } else {
+            key.flow_hash()
+        };
         let slots = super::plan::table_slots(&table.members, table.size);
         let slot = lb_common::flow::maglev_slot(hash, table.size);
         let member = *slots.get(slot as usize)?;
@@ -403,7 +420,8 @@ impl Applied {
             a.service_pool.mark_used(value.service_id);
             a.put_frontend(*key, *value);
             if value.table_size > 0 {
-                live.entry(value.service_id).or_insert((value.table_base, value.table_size));
+                live.entry(value.service_id)
+                    .or_insert((value.table_base, value.table_size));
             }
         }
         report.frontends = p.frontends.len();
@@ -421,11 +439,23 @@ impl Applied {
                     members.push((BackendKey::of(p.backends.get(id)?), 0));
                 }
                 members.sort();
-                Some(AppliedTable { size: *size, members, capacity, half: base / capacity, adopted: Some(slots.to_vec()) })
+                Some(AppliedTable {
+                    size: *size,
+                    members,
+                    capacity,
+                    half: base / capacity,
+                    adopted: Some(slots.to_vec()),
+                })
             });
             let table = table.unwrap_or_else(|| {
                 report.broken_tables += 1;
-                AppliedTable { size: 0, members: Vec::new(), capacity, half: 0, adopted: None }
+                AppliedTable {
+                    size: 0,
+                    members: Vec::new(),
+                    capacity,
+                    half: 0,
+                    adopted: None,
+                }
             });
             a.put_table(*service, table);
             a.flipped.remove(service);

@@ -85,7 +85,9 @@ pub struct ApplyConfig {
 
 impl Default for ApplyConfig {
     fn default() -> Self {
-        Self { backend_grace: BACKEND_GRACE }
+        Self {
+            backend_grace: BACKEND_GRACE,
+        }
     }
 }
 
@@ -102,7 +104,12 @@ pub fn apply(plan: Plan, applied: &mut Applied, maps: &mut impl Maps) -> ApplyRe
 /// depends on it is skipped; everything else goes ahead, and the next plan retries what is
 /// missing. Retired backends are cleared once their grace period is over (here, or by
 /// [`reap`]).
-pub fn apply_with(plan: Plan, applied: &mut Applied, maps: &mut impl Maps, cfg: &ApplyConfig) -> ApplyReport {
+pub fn apply_with(
+    plan: Plan,
+    applied: &mut Applied,
+    maps: &mut impl Maps,
+    cfg: &ApplyConfig,
+) -> ApplyReport {
     let mut report = ApplyReport::default();
     let mut ops = plan.ops.into_iter().peekable();
     while let Some(op) = ops.next() {
@@ -120,15 +127,29 @@ pub fn apply_with(plan: Plan, applied: &mut Applied, maps: &mut impl Maps, cfg: 
                 continue;
             }
             Op::PutBackend { id, value } => match applied.backends.get(&id) {
-                Some(existing) if applied.backend_refs(id) > 0 && *existing != value => {
-                    Err(ApplyError::Unsafe(format!("backend {id} is in use by a table")))
-                }
-                _ => maps.put_backend(id, &value).map(|()| applied.put_backend(id, &value)).map_err(Into::into),
+                Some(existing) if applied.backend_refs(id) > 0 && *existing != value => Err(
+                    ApplyError::Unsafe(format!("backend {id} is in use by a table")),
+                ),
+                _ => maps
+                    .put_backend(id, &value)
+                    .map(|()| applied.put_backend(id, &value))
+                    .map_err(Into::into),
             },
-            Op::PutTable { service, slots, summary, realloc } => {
+            Op::PutTable {
+                service,
+                slots,
+                summary,
+                realloc,
+            } => {
                 let mut batch = vec![(service, slots, summary, realloc)];
                 while let Some(Op::PutTable { .. }) = ops.peek() {
-                    if let Some(Op::PutTable { service, slots, summary, realloc }) = ops.next() {
+                    if let Some(Op::PutTable {
+                        service,
+                        slots,
+                        summary,
+                        realloc,
+                    }) = ops.next()
+                    {
                         batch.push((service, slots, summary, realloc));
                     }
                 }
@@ -141,7 +162,9 @@ pub fn apply_with(plan: Plan, applied: &mut Applied, maps: &mut impl Maps, cfg: 
                         t.size == value.table_size && t.base() == value.table_base
                     });
                 if ready {
-                    maps.put_frontend(&key, &value).map(|()| applied.put_frontend(key, value)).map_err(Into::into)
+                    maps.put_frontend(&key, &value)
+                        .map(|()| applied.put_frontend(key, value))
+                        .map_err(Into::into)
                 } else {
                     Err(ApplyError::Unsafe(format!(
                         "frontend {}: the table of service {} was not written",
@@ -165,9 +188,10 @@ pub fn apply_with(plan: Plan, applied: &mut Applied, maps: &mut impl Maps, cfg: 
                 .delete_members(service, &backends)
                 .map(|()| applied.delete_members(service, &backends))
                 .map_err(Into::into),
-            Op::DeleteFrontend { key } => {
-                maps.delete_frontend(&key).map(|()| applied.delete_frontend(&key)).map_err(Into::into)
-            }
+            Op::DeleteFrontend { key } => maps
+                .delete_frontend(&key)
+                .map(|()| applied.delete_frontend(&key))
+                .map_err(Into::into),
             Op::DeleteTable { service } => {
                 let mut batch = vec![service];
                 while let Some(Op::DeleteTable { .. }) = ops.peek() {
@@ -190,7 +214,12 @@ pub fn apply_with(plan: Plan, applied: &mut Applied, maps: &mut impl Maps, cfg: 
                 if applied.backend_refs(id) > 0 {
                     Err(ApplyError::Unsafe(format!(
                         "backend {id} ({}) is still referenced by a table",
-                        applied.backends.get(&id).map(BackendKey::of).map(|k| k.to_string()).unwrap_or_default()
+                        applied
+                            .backends
+                            .get(&id)
+                            .map(BackendKey::of)
+                            .map(|k| k.to_string())
+                            .unwrap_or_default()
                     )))
                 } else {
                     // Cleared by `reap` once no packet can still be reading a table that
@@ -220,14 +249,22 @@ fn put_tables(
 ) {
     let mut ok = Vec::new();
     for (service, slots, summary, realloc) in batch {
-        let missing = summary.members.iter().find(|(key, _)| applied.backend_id(key).is_none());
+        let missing = summary
+            .members
+            .iter()
+            .find(|(key, _)| applied.backend_id(key).is_none());
         if let Some((key, _)) = missing {
             report.errors.push(ApplyError::Unsafe(format!(
                 "table of service {service}: backend {key} is not programmed"
             )));
             continue;
         }
-        if !realloc && applied.tables.get(&service).is_none_or(|t| t.capacity != summary.capacity) {
+        if !realloc
+            && applied
+                .tables
+                .get(&service)
+                .is_none_or(|t| t.capacity != summary.capacity)
+        {
             report.errors.push(ApplyError::Unsafe(format!(
                 "table of service {service}: planned into an array that is not programmed"
             )));

@@ -73,12 +73,21 @@ impl FakeMaps {
                 .unwrap_or_default()
         };
         for (key, value) in &self.frontends {
-            let _ = write!(out, "frontend {} -> service {}", describe(key), value.service_id);
+            let _ = write!(
+                out,
+                "frontend {} -> service {}",
+                describe(key),
+                value.service_id
+            );
             if value.table_size == 0 {
                 out.push_str(" (no backend: dropped)");
             }
             if value.flags != 0 {
-                let _ = write!(out, " flags={:#x} affinity={}s", value.flags, value.affinity_timeout_s);
+                let _ = write!(
+                    out,
+                    " flags={:#x} affinity={}s",
+                    value.flags, value.affinity_timeout_s
+                );
             }
             out.push('\n');
         }
@@ -91,7 +100,11 @@ impl FakeMaps {
                     for id in slots {
                         *counts.entry(*id).or_default() += 1;
                     }
-                    let _ = write!(out, " live=half{} size={size}:", *base as usize / capacity.max(1));
+                    let _ = write!(
+                        out,
+                        " live=half{} size={size}:",
+                        *base as usize / capacity.max(1)
+                    );
                     for (id, n) in counts {
                         let _ = write!(out, " {id}x{n}");
                     }
@@ -104,7 +117,10 @@ impl FakeMaps {
         }
         let mut by_service: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         for (service, backend) in &self.members {
-            by_service.entry(*service).or_default().push(backend.to_string());
+            by_service
+                .entry(*service)
+                .or_default()
+                .push(backend.to_string());
         }
         for (service, backends) in by_service {
             let _ = writeln!(out, "affinity members of {service}: {}", backends.join(" "));
@@ -126,7 +142,10 @@ impl FakeMaps {
             members: self
                 .members
                 .iter()
-                .map(|(s, b)| lb_common::maps::MemberKey { service_id: *s, backend_id: *b })
+                .map(|(s, b)| lb_common::maps::MemberKey {
+                    service_id: *s,
+                    backend_id: *b,
+                })
                 .collect(),
         }
     }
@@ -135,7 +154,9 @@ impl FakeMaps {
 impl Maps for FakeMaps {
     fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapsError> {
         let live = self.live();
-        let in_use = live.keys().any(|s| self.live_table(*s).is_some_and(|t| t.contains(&id)));
+        let in_use = live
+            .keys()
+            .any(|s| self.live_table(*s).is_some_and(|t| t.contains(&id)));
         assert!(
             !in_use || self.backends.get(&id) == Some(value),
             "make-before-break violated: backend {id} rewritten while a live table uses it"
@@ -146,10 +167,20 @@ impl Maps for FakeMaps {
     }
 
     fn delete_backend(&mut self, id: u32) -> Result<(), MapsError> {
-        let user = self.live().keys().copied().find(|s| self.live_table(*s).is_some_and(|t| t.contains(&id)));
-        assert!(user.is_none(), "make-before-break violated: backend {id} cleared while the live table of {user:?} uses it");
+        let user = self
+            .live()
+            .keys()
+            .copied()
+            .find(|s| self.live_table(*s).is_some_and(|t| t.contains(&id)));
+        assert!(
+            user.is_none(),
+            "make-before-break violated: backend {id} cleared while the live table of {user:?} uses it"
+        );
         let member = self.members.iter().find(|(_, b)| *b == id);
-        assert!(member.is_none(), "backend {id} cleared while it is an affinity member of {member:?}");
+        assert!(
+            member.is_none(),
+            "backend {id} cleared while it is an affinity member of {member:?}"
+        );
         self.record("backends", format!("delete_backend {id}"))?;
         self.backends.remove(&id);
         Ok(())
@@ -167,16 +198,27 @@ impl Maps for FakeMaps {
             }
             if w.new_capacity.is_none() {
                 let (base, _) = live.get(&w.service).copied().unwrap_or((u32::MAX, 0));
-                assert_ne!(base, w.base, "make-before-break violated: the live table of {} is written over", w.service);
-                let t = self.tables.get(&w.service).expect("an in-place write goes into an existing array");
-                assert!((w.base as usize) * MAGLEV_CHUNK + w.slots.len() <= t.len(), "table write past its array");
+                assert_ne!(
+                    base, w.base,
+                    "make-before-break violated: the live table of {} is written over",
+                    w.service
+                );
+                let t = self
+                    .tables
+                    .get(&w.service)
+                    .expect("an in-place write goes into an existing array");
+                assert!(
+                    (w.base as usize) * MAGLEV_CHUNK + w.slots.len() <= t.len(),
+                    "table write past its array"
+                );
             }
         }
         let services: Vec<String> = writes.iter().map(|w| w.service.to_string()).collect();
         self.record("maglev", format!("put_tables {}", services.join(" ")))?;
         for w in writes {
             if let Some(capacity) = w.new_capacity {
-                self.tables.insert(w.service, vec![0; 2 * capacity as usize * MAGLEV_CHUNK]);
+                self.tables
+                    .insert(w.service, vec![0; 2 * capacity as usize * MAGLEV_CHUNK]);
             }
             let t = self.tables.get_mut(&w.service).expect("created above");
             let start = (w.base as usize) * MAGLEV_CHUNK;
@@ -188,7 +230,10 @@ impl Maps for FakeMaps {
     fn delete_tables(&mut self, services: &[u32]) -> Result<(), MapsError> {
         let live = self.live();
         for s in services {
-            assert!(!live.contains_key(s), "make-before-break violated: table of {s} deleted while a frontend uses it");
+            assert!(
+                !live.contains_key(s),
+                "make-before-break violated: table of {s} deleted while a frontend uses it"
+            );
         }
         let names: Vec<String> = services.iter().map(u32::to_string).collect();
         self.record("maglev", format!("delete_tables {}", names.join(" ")))?;
@@ -212,7 +257,10 @@ impl Maps for FakeMaps {
 
     fn put_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError> {
         for b in backends {
-            assert!(self.backends.contains_key(b), "affinity member {b} of {service} is not programmed");
+            assert!(
+                self.backends.contains_key(b),
+                "affinity member {b} of {service} is not programmed"
+            );
         }
         self.record("affinity_members", format!("put_members {service}"))?;
         self.members.extend(backends.iter().map(|b| (service, *b)));

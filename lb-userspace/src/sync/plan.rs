@@ -22,7 +22,10 @@ pub struct PlanConfig {
 
 impl Default for PlanConfig {
     fn default() -> Self {
-        Self { max_table_size: 65_537, max_frontends: lb_common::maps::MAX_FRONTENDS }
+        Self {
+            max_table_size: 65_537,
+            max_frontends: lb_common::maps::MAX_FRONTENDS,
+        }
     }
 }
 
@@ -30,34 +33,69 @@ impl Default for PlanConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Binds a service id to a desired service (bookkeeping only).
-    BindService { name: ServiceName, id: u32 },
-    PutBackend { id: u32, value: BackendValue },
+    BindService {
+        name: ServiceName,
+        id: u32,
+    },
+    PutBackend {
+        id: u32,
+        value: BackendValue,
+    },
     /// Writes a table (`slots`: backend ids) into the half `summary` names: the service's
     /// free half, or, with `realloc`, the first half of a new inner array of
     /// `summary.capacity` chunks per half that replaces the old array. It goes live when
     /// the service's frontends are switched to it (the `PutFrontend`s that follow).
-    PutTable { service: u32, slots: Vec<u32>, summary: AppliedTable, realloc: bool },
+    PutTable {
+        service: u32,
+        slots: Vec<u32>,
+        summary: AppliedTable,
+        realloc: bool,
+    },
     /// Makes backends members of a service with session affinity (before its frontends
     /// switch to a table that holds them).
-    PutMembers { service: u32, backends: Vec<u32> },
-    PutFrontend { key: FrontendKey, value: FrontendValue },
-    DeleteFrontend { key: FrontendKey },
+    PutMembers {
+        service: u32,
+        backends: Vec<u32>,
+    },
+    PutFrontend {
+        key: FrontendKey,
+        value: FrontendValue,
+    },
+    DeleteFrontend {
+        key: FrontendKey,
+    },
     /// Ends memberships (after the frontends left the tables that held them).
-    DeleteMembers { service: u32, backends: Vec<u32> },
-    DeleteTable { service: u32 },
-    DeleteBackend { id: u32 },
+    DeleteMembers {
+        service: u32,
+        backends: Vec<u32>,
+    },
+    DeleteTable {
+        service: u32,
+    },
+    DeleteBackend {
+        id: u32,
+    },
     /// Releases a service id (bookkeeping only).
-    UnbindService { name: ServiceName },
+    UnbindService {
+        name: ServiceName,
+    },
     /// Records that an adopted table is exactly the one this plan would write
     /// (bookkeeping only).
-    AdoptTable { service: u32, summary: AppliedTable },
+    AdoptTable {
+        service: u32,
+        summary: AppliedTable,
+    },
 }
 
 /// A desired service that could not be (fully) programmed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("{service}: frontend {frontend} is already served by {owner}; keeping that one")]
-    FrontendConflict { service: ServiceName, frontend: String, owner: ServiceName },
+    FrontendConflict {
+        service: ServiceName,
+        frontend: String,
+        owner: ServiceName,
+    },
     #[error("{service}: no free service id (at most {limit} services)")]
     ServicesFull { service: ServiceName, limit: u32 },
     #[error("{service}: no free backend id (at most {limit} backends)")]
@@ -84,7 +122,16 @@ fn members(spec: &ServiceSpec) -> Vec<(BackendKey, u32)> {
         .backends
         .iter()
         .filter(|b| b.weight > 0)
-        .map(|b| (BackendKey { ip: b.ip, port: b.port, proto: spec.proto }, b.weight))
+        .map(|b| {
+            (
+                BackendKey {
+                    ip: b.ip,
+                    port: b.port,
+                    proto: spec.proto,
+                },
+                b.weight,
+            )
+        })
         .collect();
     m.sort();
     m
@@ -102,7 +149,10 @@ pub fn table_slots(members: &[(BackendKey, u32)], size: u32) -> Vec<u32> {
     let entries: Vec<maglev::Entry<'_>> = identities
         .iter()
         .zip(members)
-        .map(|(id, (_, w))| maglev::Entry { identity: id, weight: *w })
+        .map(|(id, (_, w))| maglev::Entry {
+            identity: id,
+            weight: *w,
+        })
         .collect();
     maglev::build(&entries, size)
 }
@@ -193,7 +243,10 @@ pub fn plan(
         // agent's maps; binding to it keeps its table and frontends as they are.
         let adoptable = || {
             spec.frontends.iter().find_map(|fe| {
-                let id = applied.frontends.get(&FrontendKey::new(fe.ip, fe.port, spec.proto))?.service_id;
+                let id = applied
+                    .frontends
+                    .get(&FrontendKey::new(fe.ip, fe.port, spec.proto))?
+                    .service_id;
                 (applied.service_name(id).is_none() && !adopting.contains(&id)).then_some(id)
             })
         };
@@ -201,12 +254,18 @@ pub fn plan(
             Some(id) => *id,
             None if let Some(id) = adoptable() => {
                 adopting.insert(id);
-                bind.push(Op::BindService { name: (*name).clone(), id });
+                bind.push(Op::BindService {
+                    name: (*name).clone(),
+                    id,
+                });
                 id
             }
             None => match service_pool.take() {
                 Some(id) => {
-                    bind.push(Op::BindService { name: (*name).clone(), id });
+                    bind.push(Op::BindService {
+                        name: (*name).clone(),
+                        id,
+                    });
                     id
                 }
                 None => {
@@ -232,21 +291,33 @@ pub fn plan(
         let mut live = if unchanged { old.cloned() } else { None };
         if let (true, Some(t)) = (unchanged, old) {
             if t.adopted.is_some() {
-                let summary = AppliedTable { members: members.clone(), adopted: None, ..t.clone() };
+                let summary = AppliedTable {
+                    members: members.clone(),
+                    adopted: None,
+                    ..t.clone()
+                };
                 live = Some(summary.clone());
-                bind.push(Op::AdoptTable { service: id, summary });
+                bind.push(Op::AdoptTable {
+                    service: id,
+                    summary,
+                });
             }
         }
         if !unchanged {
             let mut ids = Vec::with_capacity(members.len());
             let mut full = false;
             for (key, _) in &members {
-                let bid = applied.backend_id(key).or_else(|| new_backends.get(key).copied());
+                let bid = applied
+                    .backend_id(key)
+                    .or_else(|| new_backends.get(key).copied());
                 match bid.or_else(|| backend_pool.take()) {
                     Some(bid) => {
                         if applied.backend_id(key).is_none() && !new_backends.contains_key(key) {
                             new_backends.insert(*key, bid);
-                            put_backends.push(Op::PutBackend { id: bid, value: key.value() });
+                            put_backends.push(Op::PutBackend {
+                                id: bid,
+                                value: key.value(),
+                            });
                         }
                         ids.push(bid);
                     }
@@ -277,7 +348,13 @@ pub fn plan(
                 } else {
                     let (size, slots) = table_for(&members, cfg.max_table_size);
                     let (capacity, half, realloc) = placement(size, old);
-                    let summary = AppliedTable { size, members, capacity, half, adopted: None };
+                    let summary = AppliedTable {
+                        size,
+                        members,
+                        capacity,
+                        half,
+                        adopted: None,
+                    };
                     live = Some(summary.clone());
                     put_tables.push(Op::PutTable {
                         service: id,
@@ -294,18 +371,36 @@ pub fn plan(
             (Some(t), Some(_)) => t
                 .members
                 .iter()
-                .filter_map(|(k, _)| applied.backend_id(k).or_else(|| new_backends.get(k).copied()))
+                .filter_map(|(k, _)| {
+                    applied
+                        .backend_id(k)
+                        .or_else(|| new_backends.get(k).copied())
+                })
                 .collect(),
             _ => BTreeSet::new(),
         };
         let have_members = applied.members_of(id);
-        let added: Vec<u32> = want_members.iter().filter(|b| !have_members.contains(b)).copied().collect();
-        let removed: Vec<u32> = have_members.iter().filter(|b| !want_members.contains(b)).copied().collect();
+        let added: Vec<u32> = want_members
+            .iter()
+            .filter(|b| !have_members.contains(b))
+            .copied()
+            .collect();
+        let removed: Vec<u32> = have_members
+            .iter()
+            .filter(|b| !want_members.contains(b))
+            .copied()
+            .collect();
         if !added.is_empty() {
-            put_members.push(Op::PutMembers { service: id, backends: added });
+            put_members.push(Op::PutMembers {
+                service: id,
+                backends: added,
+            });
         }
         if !removed.is_empty() {
-            delete_members.push(Op::DeleteMembers { service: id, backends: removed });
+            delete_members.push(Op::DeleteMembers {
+                service: id,
+                backends: removed,
+            });
         }
 
         // Frontends.
@@ -378,7 +473,10 @@ pub fn plan(
         if !desired.services.contains_key(name) {
             let members = applied.members_of(*id);
             if !members.is_empty() {
-                delete_members.push(Op::DeleteMembers { service: *id, backends: members.iter().copied().collect() });
+                delete_members.push(Op::DeleteMembers {
+                    service: *id,
+                    backends: members.iter().copied().collect(),
+                });
             }
             if let Some(old) = applied.tables.get(id) {
                 for (key, _) in &old.members {
@@ -404,7 +502,10 @@ pub fn plan(
         // Memberships of services no longer bound (left over): prune.
         for (id, members) in &applied.members {
             if applied.service_name(*id).is_none() && !adopting.contains(id) {
-                delete_members.push(Op::DeleteMembers { service: *id, backends: members.iter().copied().collect() });
+                delete_members.push(Op::DeleteMembers {
+                    service: *id,
+                    backends: members.iter().copied().collect(),
+                });
             }
         }
     }
@@ -421,7 +522,9 @@ pub fn plan(
     if scope.is_none() {
         // Backends no table references (left over): prune.
         for (id, _) in &applied.backends {
-            if applied.backend_refs(*id) == 0 && !delete_backends.contains(&Op::DeleteBackend { id: *id }) {
+            if applied.backend_refs(*id) == 0
+                && !delete_backends.contains(&Op::DeleteBackend { id: *id })
+            {
                 let key = BackendKey::of(&applied.backends[id]);
                 if ref_delta.get(&key).copied().unwrap_or(0) <= 0 {
                     delete_backends.push(Op::DeleteBackend { id: *id });
@@ -446,15 +549,27 @@ pub fn plan(
 }
 
 /// Whether an adopted table holds exactly the slots a table of `members` would.
-fn adopted_matches(t: &AppliedTable, members: &[(BackendKey, u32)], size: u32, applied: &Applied) -> bool {
+fn adopted_matches(
+    t: &AppliedTable,
+    members: &[(BackendKey, u32)],
+    size: u32,
+    applied: &Applied,
+) -> bool {
     let Some(live) = &t.adopted else { return false };
     if t.size != size || members.is_empty() {
         return false;
     }
-    let Some(ids) = members.iter().map(|(k, _)| applied.backend_id(k)).collect::<Option<Vec<u32>>>() else {
+    let Some(ids) = members
+        .iter()
+        .map(|(k, _)| applied.backend_id(k))
+        .collect::<Option<Vec<u32>>>()
+    else {
         return false;
     };
-    table_slots(members, size).iter().map(|i| ids[*i as usize]).eq(live.iter().copied())
+    table_slots(members, size)
+        .iter()
+        .map(|i| ids[*i as usize])
+        .eq(live.iter().copied())
 }
 
 fn service_pool_limit(applied: &Applied) -> u32 {

@@ -23,7 +23,10 @@ pub struct Service {
 fn chain_id(kind: &str, name: &str) -> String {
     // kube-proxy hashes the names into 16 base32 characters; a readable, unique stand-in.
     let h = lb_common::flow::murmur3(name.as_bytes(), 0x6b70);
-    format!("KUBE-{kind}-{h:08X}{:08X}", lb_common::flow::murmur3(name.as_bytes(), 0x7370))
+    format!(
+        "KUBE-{kind}-{h:08X}{:08X}",
+        lb_common::flow::murmur3(name.as_bytes(), 0x7370)
+    )
 }
 
 fn proto(s: &Service) -> &'static str {
@@ -47,10 +50,17 @@ fn iptables_service(s: &Service, decl: &mut String, rules: &mut String) {
                 1.0 / left as f64
             );
         } else {
-            let _ = writeln!(rules, "-A {svc} -m comment --comment \"{} -> {ip}:{port}\" -j {sep}", s.name);
+            let _ = writeln!(
+                rules,
+                "-A {svc} -m comment --comment \"{} -> {ip}:{port}\" -j {sep}",
+                s.name
+            );
         }
         let p = proto(s);
-        let _ = writeln!(rules, "-A {sep} -p {p} -m {p} -j DNAT --to-destination {ip}:{port}");
+        let _ = writeln!(
+            rules,
+            "-A {sep} -p {p} -m {p} -j DNAT --to-destination {ip}:{port}"
+        );
     }
 }
 
@@ -67,7 +77,9 @@ fn iptables_jump(s: &Service) -> String {
 
 /// A full `iptables-restore` input for the nat table.
 pub fn iptables_full(services: &[Service]) -> String {
-    let mut decl = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n");
+    let mut decl = String::from(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n",
+    );
     let mut rules = String::from(
         "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
          -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
@@ -81,7 +93,11 @@ pub fn iptables_full(services: &[Service]) -> String {
 
 /// What kube-proxy's partial sync writes (`iptables-restore --noflush`) when one
 /// service's endpoints change: KUBE-SERVICES in full, plus the changed service's chains.
-pub fn iptables_partial(services: &[Service], changed: &Service, removed_sep: Option<&(Ipv4Addr, u16)>) -> String {
+pub fn iptables_partial(
+    services: &[Service],
+    changed: &Service,
+    removed_sep: Option<&(Ipv4Addr, u16)>,
+) -> String {
     let mut decl = String::from("*nat\n:KUBE-SERVICES - [0:0]\n");
     let mut rules = String::new();
     for s in services {
@@ -104,7 +120,13 @@ fn nft_sep(s: &Service, ep: &(Ipv4Addr, u16)) -> String {
 fn nft_endpoint(s: &Service, ep: &(Ipv4Addr, u16), out: &mut String) {
     let sep = nft_sep(s, ep);
     let _ = writeln!(out, "add chain ip kube-proxy {sep}");
-    let _ = writeln!(out, "add rule ip kube-proxy {sep} meta l4proto {} dnat to {}:{}", proto(s), ep.0, ep.1);
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy {sep} meta l4proto {} dnat to {}:{}",
+        proto(s),
+        ep.0,
+        ep.1
+    );
 }
 
 /// The service chain's one rule: pick an endpoint chain at random.
@@ -112,9 +134,17 @@ fn nft_service_rule(s: &Service, out: &mut String) {
     let svc = chain_id("svc", &s.name).to_lowercase();
     let n = s.endpoints.len();
     if n > 0 {
-        let vmap: Vec<String> =
-            s.endpoints.iter().enumerate().map(|(i, ep)| format!("{i} : goto {}", nft_sep(s, ep))).collect();
-        let _ = writeln!(out, "add rule ip kube-proxy {svc} numgen random mod {n} vmap {{ {} }}", vmap.join(", "));
+        let vmap: Vec<String> = s
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, ep)| format!("{i} : goto {}", nft_sep(s, ep)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "add rule ip kube-proxy {svc} numgen random mod {n} vmap {{ {} }}",
+            vmap.join(", ")
+        );
     }
 }
 
@@ -122,12 +152,22 @@ fn nft_service(s: &Service, out: &mut String) {
     for ep in &s.endpoints {
         nft_endpoint(s, ep, out);
     }
-    let _ = writeln!(out, "add chain ip kube-proxy {}", chain_id("svc", &s.name).to_lowercase());
+    let _ = writeln!(
+        out,
+        "add chain ip kube-proxy {}",
+        chain_id("svc", &s.name).to_lowercase()
+    );
     nft_service_rule(s, out);
 }
 
 fn nft_element(s: &Service) -> String {
-    format!("{} . {} . {} : goto {}", s.vip, proto(s), s.port, chain_id("svc", &s.name).to_lowercase())
+    format!(
+        "{} . {} . {} : goto {}",
+        s.vip,
+        proto(s),
+        s.port,
+        chain_id("svc", &s.name).to_lowercase()
+    )
 }
 
 /// A full `nft -f` input: table, verdict map, prerouting chain, every service.
@@ -144,7 +184,11 @@ pub fn nft_full(services: &[Service]) -> String {
     }
     let elements: Vec<String> = services.iter().map(nft_element).collect();
     for chunk in elements.chunks(1000) {
-        let _ = writeln!(out, "add element ip kube-proxy service-ips {{ {} }}", chunk.join(", "));
+        let _ = writeln!(
+            out,
+            "add element ip kube-proxy service-ips {{ {} }}",
+            chunk.join(", ")
+        );
     }
     out
 }
@@ -152,12 +196,20 @@ pub fn nft_full(services: &[Service]) -> String {
 /// What kube-proxy's nftables mode writes when one service's endpoints change: new
 /// endpoint chains, the service chain flushed and rewritten, removed endpoint chains
 /// deleted, in one transaction.
-pub fn nft_partial(changed: &Service, added: Option<&(Ipv4Addr, u16)>, removed: Option<&(Ipv4Addr, u16)>) -> String {
+pub fn nft_partial(
+    changed: &Service,
+    added: Option<&(Ipv4Addr, u16)>,
+    removed: Option<&(Ipv4Addr, u16)>,
+) -> String {
     let mut out = String::new();
     if let Some(ep) = added {
         nft_endpoint(changed, ep, &mut out);
     }
-    let _ = writeln!(out, "flush chain ip kube-proxy {}", chain_id("svc", &changed.name).to_lowercase());
+    let _ = writeln!(
+        out,
+        "flush chain ip kube-proxy {}",
+        chain_id("svc", &changed.name).to_lowercase()
+    );
     nft_service_rule(changed, &mut out);
     if let Some(ep) = removed {
         let _ = writeln!(out, "delete chain ip kube-proxy {}", nft_sep(changed, ep));

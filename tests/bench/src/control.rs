@@ -91,7 +91,11 @@ fn endpoint(i: usize, j: usize, endpoints: usize) -> Ipv4Addr {
 
 fn service(i: usize) -> Service {
     Service {
-        metadata: ObjectMeta { name: Some(format!("svc-{i}")), namespace: Some("bench".into()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(format!("svc-{i}")),
+            namespace: Some("bench".into()),
+            ..Default::default()
+        },
         spec: Some(ServiceSpec {
             cluster_ip: Some(vip(i).to_string()),
             ports: Some(vec![ServicePort {
@@ -112,12 +116,26 @@ fn slice(i: usize, addrs: &[Ipv4Addr]) -> EndpointSlice {
         metadata: ObjectMeta {
             name: Some(format!("svc-{i}-1")),
             namespace: Some("bench".into()),
-            labels: Some(BTreeMap::from([(translate::SERVICE_NAME_LABEL.to_string(), format!("svc-{i}"))])),
+            labels: Some(BTreeMap::from([(
+                translate::SERVICE_NAME_LABEL.to_string(),
+                format!("svc-{i}"),
+            )])),
             ..Default::default()
         },
         address_type: "IPv4".into(),
-        endpoints: addrs.iter().map(|a| Endpoint { addresses: vec![a.to_string()], ..Default::default() }).collect(),
-        ports: Some(vec![EndpointPort { name: Some("http".into()), port: Some(8080), protocol: Some("TCP".into()), ..Default::default() }]),
+        endpoints: addrs
+            .iter()
+            .map(|a| Endpoint {
+                addresses: vec![a.to_string()],
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
     }
 }
 
@@ -128,7 +146,9 @@ fn baseline_services(n: usize, endpoints: usize) -> Vec<baselines::Service> {
             vip: vip(i),
             port: 80,
             tcp: true,
-            endpoints: (0..endpoints).map(|j| (endpoint(i, j, endpoints), 8080)).collect(),
+            endpoints: (0..endpoints)
+                .map(|j| (endpoint(i, j, endpoints), 8080))
+                .collect(),
         })
         .collect()
 }
@@ -140,15 +160,29 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
 }
 
 /// Programs every service from empty, then makes `changes` one-endpoint changes.
-fn xlb_scale(maps: &mut RealMaps, n: usize, endpoints: usize, changes: usize) -> anyhow::Result<(f64, usize, Vec<f64>)> {
+fn xlb_scale(
+    maps: &mut RealMaps,
+    n: usize,
+    endpoints: usize,
+    changes: usize,
+) -> anyhow::Result<(f64, usize, Vec<f64>)> {
     let services: Vec<Service> = (0..n).map(service).collect();
-    let mut slices: Vec<EndpointSlice> =
-        (0..n).map(|i| slice(i, &(0..endpoints).map(|j| endpoint(i, j, endpoints)).collect::<Vec<_>>())).collect();
+    let mut slices: Vec<EndpointSlice> = (0..n)
+        .map(|i| {
+            slice(
+                i,
+                &(0..endpoints)
+                    .map(|j| endpoint(i, j, endpoints))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
     let cfg = PlanConfig::default();
     let mut applied = Applied::new(names::MAX_SERVICES, names::MAX_BACKENDS);
 
     let (programmed, full_ms) = timed(|| -> anyhow::Result<(Desired, usize)> {
-        let (desired, errors, _) = translate::translate_all(services.iter(), slices.iter(), &NodeInfo::default());
+        let (desired, errors, _) =
+            translate::translate_all(services.iter(), slices.iter(), &NodeInfo::default());
         anyhow::ensure!(errors.is_empty(), "{errors:?}");
         let plan = sync::plan(&desired, &applied, None, &cfg);
         anyhow::ensure!(plan.errors.is_empty(), "{:?}", plan.errors);
@@ -181,10 +215,15 @@ fn xlb_scale(maps: &mut RealMaps, n: usize, endpoints: usize, changes: usize) ->
     }
     // Back to empty, for the next size (no grace: nothing reads these maps).
     let plan = sync::plan(&Desired::default(), &applied, None, &cfg);
-    let no_grace = sync::ApplyConfig { backend_grace: Duration::ZERO };
+    let no_grace = sync::ApplyConfig {
+        backend_grace: Duration::ZERO,
+    };
     let report = sync::apply_with(plan, &mut applied, maps, &no_grace);
     anyhow::ensure!(report.errors.is_empty(), "{:?}", report.errors);
-    anyhow::ensure!(applied.frontends.is_empty() && applied.backends.is_empty(), "maps not emptied");
+    anyhow::ensure!(
+        applied.frontends.is_empty() && applied.backends.is_empty(),
+        "maps not emptied"
+    );
     Ok((full_ms, writes, change_ms))
 }
 
@@ -198,17 +237,34 @@ fn pipe(ns: &Netns, program: &str, args: &[&str], input: &str) -> anyhow::Result
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
-    anyhow::ensure!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
 /// kube-proxy's two backends doing the same work: full, then partial syncs.
-fn kube_proxy_scale(n: usize, endpoints: usize, changes: usize) -> anyhow::Result<(f64, Vec<f64>, f64, Vec<f64>)> {
+fn kube_proxy_scale(
+    n: usize,
+    endpoints: usize,
+    changes: usize,
+) -> anyhow::Result<(f64, Vec<f64>, f64, Vec<f64>)> {
     let ns = Netns::create(&format!("{}-kp", xlb_tests::run_prefix()))?;
     let mut services = baseline_services(n, endpoints);
-    let ipt_full = pipe(&ns, "iptables-legacy-restore", &[], &baselines::iptables_full(&services))?;
+    let ipt_full = pipe(
+        &ns,
+        "iptables-legacy-restore",
+        &[],
+        &baselines::iptables_full(&services),
+    )?;
     let nft_full = pipe(&ns, "nft", &["-f", "-"], &baselines::nft_full(&services))?;
     let (mut ipt, mut nft) = (Vec::new(), Vec::new());
     for c in 0..changes {
@@ -222,7 +278,12 @@ fn kube_proxy_scale(n: usize, endpoints: usize, changes: usize) -> anyhow::Resul
             &["--noflush"],
             &baselines::iptables_partial(&services, &services[i], Some(&removed)),
         )?);
-        nft.push(pipe(&ns, "nft", &["-f", "-"], &baselines::nft_partial(&services[i], Some(&added), Some(&removed)))?);
+        nft.push(pipe(
+            &ns,
+            "nft",
+            &["-f", "-"],
+            &baselines::nft_partial(&services[i], Some(&added), Some(&removed)),
+        )?);
     }
     Ok((ipt_full, ipt, nft_full, nft))
 }
@@ -231,8 +292,16 @@ fn maglev_builds(sizes: &[(u32, usize)], repeats: usize) -> Vec<MaglevResult> {
     sizes
         .iter()
         .map(|&(m, n)| {
-            let ids: Vec<Vec<u8>> = (0..n).map(|i| format!("10.128.{}.{}:8080/tcp", i >> 8, i & 255).into_bytes()).collect();
-            let entries: Vec<maglev::Entry<'_>> = ids.iter().map(|i| maglev::Entry { identity: i, weight: 1 }).collect();
+            let ids: Vec<Vec<u8>> = (0..n)
+                .map(|i| format!("10.128.{}.{}:8080/tcp", i >> 8, i & 255).into_bytes())
+                .collect();
+            let entries: Vec<maglev::Entry<'_>> = ids
+                .iter()
+                .map(|i| maglev::Entry {
+                    identity: i,
+                    weight: 1,
+                })
+                .collect();
             let v = (0..repeats)
                 .map(|_| {
                     let (t, ms) = timed(|| maglev::build(&entries, m));
@@ -240,7 +309,11 @@ fn maglev_builds(sizes: &[(u32, usize)], repeats: usize) -> Vec<MaglevResult> {
                     ms
                 })
                 .collect();
-            MaglevResult { table_size: m, backends: n, build_ms: Summary::of(v) }
+            MaglevResult {
+                table_size: m,
+                backends: n,
+                build_ms: Summary::of(v),
+            }
         })
         .collect()
 }
@@ -262,13 +335,22 @@ fn agent_rss(xlb: &Path, services: usize, endpoints: usize) -> anyhow::Result<(f
             vip(i)
         ));
         for j in 0..endpoints {
-            text.push_str(&format!("- addresses: [\"{}\"]\n", endpoint(i, j, endpoints)));
+            text.push_str(&format!(
+                "- addresses: [\"{}\"]\n",
+                endpoint(i, j, endpoints)
+            ));
         }
     }
     std::fs::write(dir.join("all.yaml"), text)?;
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns.name()]).arg(xlb).arg("agent").arg("--manifests").arg(&dir);
-    cmd.arg("--bpffs").arg(bpffs.path().join("rss")).args(["--interface", "v0"]);
+    cmd.args(["netns", "exec", ns.name()])
+        .arg(xlb)
+        .arg("agent")
+        .arg("--manifests")
+        .arg(&dir);
+    cmd.arg("--bpffs")
+        .arg(bpffs.path().join("rss"))
+        .args(["--interface", "v0"]);
     let started = Instant::now();
     let mut agent = Process::spawn("agent", cmd)?;
     agent.wait_for("sync complete", Duration::from_secs(300))?;
@@ -298,9 +380,13 @@ pub fn run(cfg: &Config, xlb: &Path) -> anyhow::Result<Results> {
     let mut maps = dp.maps()?;
     let mut scales = Vec::new();
     for &n in &cfg.service_counts {
-        eprintln!("  control plane: {n} services x {} endpoints", cfg.endpoints);
+        eprintln!(
+            "  control plane: {n} services x {} endpoints",
+            cfg.endpoints
+        );
         let (full_ms, writes, changes) = xlb_scale(&mut maps, n, cfg.endpoints, cfg.changes)?;
-        let (ipt_full, ipt, nft_full, nft) = kube_proxy_scale(n, cfg.endpoints, cfg.baseline_changes)?;
+        let (ipt_full, ipt, nft_full, nft) =
+            kube_proxy_scale(n, cfg.endpoints, cfg.baseline_changes)?;
         scales.push(ScaleResult {
             services: n,
             endpoints: n * cfg.endpoints,
@@ -327,5 +413,10 @@ pub fn run(cfg: &Config, xlb: &Path) -> anyhow::Result<Results> {
     } else {
         (None, None)
     };
-    Ok(Results { scales, maglev, agent_rss_mib, agent_first_sync_ms })
+    Ok(Results {
+        scales,
+        maglev,
+        agent_rss_mib,
+        agent_first_sync_ms,
+    })
 }

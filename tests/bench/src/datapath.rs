@@ -83,7 +83,11 @@ const TCP_ACK: u8 = 0x10;
 const SCENARIOS: [&str; 4] = ["established", "new_flow", "reply", "non_vip_pass"];
 
 fn client(v6: bool) -> IpAddr {
-    if v6 { IpAddr::V6(xlb_tests::lab::CLIENT_V6) } else { IpAddr::V4(xlb_tests::lab::CLIENT_V4) }
+    if v6 {
+        IpAddr::V6(xlb_tests::lab::CLIENT_V6)
+    } else {
+        IpAddr::V4(xlb_tests::lab::CLIENT_V4)
+    }
 }
 
 fn vip(v6: bool, k: usize) -> IpAddr {
@@ -96,7 +100,16 @@ fn vip(v6: bool, k: usize) -> IpAddr {
 
 fn backend(v6: bool, i: usize) -> IpAddr {
     if v6 {
-        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x202, 0, 0, 0, 0, (i >> 16) as u16, i as u16))
+        IpAddr::V6(Ipv6Addr::new(
+            0xfd00,
+            0x202,
+            0,
+            0,
+            0,
+            0,
+            (i >> 16) as u16,
+            i as u16,
+        ))
     } else {
         IpAddr::V4(Ipv4Addr::new(10, 202, (i >> 8) as u8, i as u8))
     }
@@ -121,7 +134,8 @@ struct Bench {
 
 impl Bench {
     fn load(object: &Path) -> anyhow::Result<Self> {
-        let data = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+        let data =
+            std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
         let mut loader = EbpfLoader::new();
         // The bench object carries the datapath's map definitions too (exported by the
         // map macro); it never uses them, so they are created with one entry.
@@ -144,11 +158,19 @@ impl Bench {
         let next = ProgramArray::try_from(take(bench::MAP_NEXT)?)?;
         let template = Array::try_from(take(bench::MAP_TEMPLATE)?)?;
         let config = Array::try_from(take(bench::MAP_CONFIG)?)?;
-        Ok(Self { ebpf, next, template, config })
+        Ok(Self {
+            ebpf,
+            next,
+            template,
+            config,
+        })
     }
 
     fn prog(&self, name: &str) -> &Xdp {
-        self.ebpf.program(name).and_then(|p| p.try_into().ok()).expect("loaded")
+        self.ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded")
     }
 }
 
@@ -185,13 +207,27 @@ fn program_services(dp: &mut Datapath, counts: &[usize]) -> anyhow::Result<Appli
                 namespace: "bench".into(),
                 name: format!("svc-{n}"),
                 port: "80".into(),
-                family: if v6 { lb_common::Family::V6 } else { lb_common::Family::V4 },
+                family: if v6 {
+                    lb_common::Family::V6
+                } else {
+                    lb_common::Family::V4
+                },
                 scope: Scope::All,
             };
             let spec = ServiceSpec {
                 proto: Proto::TCP,
-                frontends: [Frontend { ip: vip(v6, k + 1), port: 80 }].into(),
-                backends: (1..=*n).map(|i| Backend { ip: backend(v6, i), port: 8080, weight: 1 }).collect(),
+                frontends: [Frontend {
+                    ip: vip(v6, k + 1),
+                    port: 80,
+                }]
+                .into(),
+                backends: (1..=*n)
+                    .map(|i| Backend {
+                        ip: backend(v6, i),
+                        port: 8080,
+                        weight: 1,
+                    })
+                    .collect(),
                 affinity_timeout_s: None,
             };
             desired.services.insert(name, spec);
@@ -212,14 +248,24 @@ pub fn run(cfg: &Config, bench_object: &Path) -> anyhow::Result<Results> {
     let bpffs = Bpffs::mount(&prefix)?;
     let pin_dir = bpffs.path().join("dp");
     let object = bench_object.to_path_buf();
-    let cfg = Config { backend_counts: cfg.backend_counts.clone(), only: cfg.only.clone(), ..*cfg };
-    let results = fib.ns.run(move || run_in_namespace(&cfg, &object, pin_dir))??;
+    let cfg = Config {
+        backend_counts: cfg.backend_counts.clone(),
+        only: cfg.only.clone(),
+        ..*cfg
+    };
+    let results = fib
+        .ns
+        .run(move || run_in_namespace(&cfg, &object, pin_dir))??;
     drop(bpffs);
     drop(fib);
     Ok(results)
 }
 
-fn run_in_namespace(cfg: &Config, object: &Path, pin_dir: std::path::PathBuf) -> anyhow::Result<Results> {
+fn run_in_namespace(
+    cfg: &Config,
+    object: &Path,
+    pin_dir: std::path::PathBuf,
+) -> anyhow::Result<Results> {
     let mut dp = Datapath::load(&LoadOptions {
         pin_dir,
         config: Default::default(),
@@ -245,18 +291,32 @@ fn run_in_namespace(cfg: &Config, object: &Path, pin_dir: std::path::PathBuf) ->
         for (k, _) in cfg.backend_counts.iter().enumerate() {
             let fwd = tcp(client(v6), vip(v6, k + 1), 40_000, 80, TCP_ACK);
             let run = dp.run_packet(&fwd)?;
-            anyhow::ensure!(run.action == lb_common::stats::XDP_REDIRECT, "priming flow not redirected");
+            anyhow::ensure!(
+                run.action == lb_common::stats::XDP_REDIRECT,
+                "priming flow not redirected"
+            );
             let chosen = packet::summary(&run.output).dst;
             let reply = tcp(chosen, client(v6), 8080, 40_000, TCP_ACK);
             let syn = tcp(client(v6), vip(v6, k + 1), 1, 80, TCP_SYN);
-            let other = if v6 { "fd00:96:9::9".parse()? } else { "10.96.9.9".parse()? };
+            let other = if v6 {
+                "fd00:96:9::9".parse()?
+            } else {
+                "10.96.9.9".parse()?
+            };
             let non_vip = tcp(client(v6), other, 40_000, 80, TCP_ACK);
             frames.push([fwd, syn, reply, non_vip]);
         }
         for _ in 0..cfg.rounds {
             let est = &frames[0][0];
-            pass.push(time_runs(bench.prog(bench::PROG_PASS), est, cfg, |_| Ok(()))?);
-            parse.push(time_runs(bench.prog(bench::PROG_PARSE_TX), est, cfg, |_| Ok(()))?);
+            pass.push(time_runs(bench.prog(bench::PROG_PASS), est, cfg, |_| {
+                Ok(())
+            })?);
+            parse.push(time_runs(
+                bench.prog(bench::PROG_PARSE_TX),
+                est,
+                cfg,
+                |_| Ok(()),
+            )?);
             let bare_pass = *pass.last().expect("just pushed");
             for (k, _) in cfg.backend_counts.iter().enumerate() {
                 for (s, scenario) in SCENARIOS.iter().enumerate() {
@@ -308,14 +368,29 @@ fn run_in_namespace(cfg: &Config, object: &Path, pin_dir: std::path::PathBuf) ->
             }
         }
         let parse_median = Summary::of(parse.clone()).median;
-        floors.push(Floors { family, pass_ns: Summary::of(pass), parse_tx_ns: Summary::of(parse) });
+        floors.push(Floors {
+            family,
+            pass_ns: Summary::of(pass),
+            parse_tx_ns: Summary::of(parse),
+        });
         for (s, scenario) in SCENARIOS.iter().enumerate() {
             for (k, n) in cfg.backend_counts.iter().enumerate() {
                 let cost = Summary::of(samples[s][k].clone());
                 let vs = cost.median / parse_median;
-                rows.push(Row { scenario, family, backends: *n, cost_ns: cost, vs_parse_tx: vs });
+                rows.push(Row {
+                    scenario,
+                    family,
+                    backends: *n,
+                    cost_ns: cost,
+                    vs_parse_tx: vs,
+                });
             }
         }
     }
-    Ok(Results { repeat_per_call: cfg.repeat, calls_per_sample: cfg.calls, floors, rows })
+    Ok(Results {
+        repeat_per_call: cfg.repeat,
+        calls_per_sample: cfg.calls,
+        floors,
+        rows,
+    })
 }

@@ -103,11 +103,33 @@ const IPERF_PORT: u16 = 5201;
 
 /// The benchmark's services: UDP over three backends, iperf3 on one, connections over three.
 fn services() -> Vec<baselines::Service> {
-    let all = |port| (1..=3).map(|i| (lab::backend_v4(i), port)).collect::<Vec<_>>();
+    let all = |port| {
+        (1..=3)
+            .map(|i| (lab::backend_v4(i), port))
+            .collect::<Vec<_>>()
+    };
     vec![
-        baselines::Service { name: "bench/udp:53".into(), vip: UDP_VIP, port: 53, tcp: false, endpoints: all(BACKEND_UDP_PORT) },
-        baselines::Service { name: "bench/iperf:5201".into(), vip: IPERF_VIP, port: IPERF_PORT, tcp: true, endpoints: vec![(lab::backend_v4(1), IPERF_PORT)] },
-        baselines::Service { name: "bench/conn:81".into(), vip: CONN_VIP, port: 81, tcp: true, endpoints: all(BACKEND_CLOSE_PORT) },
+        baselines::Service {
+            name: "bench/udp:53".into(),
+            vip: UDP_VIP,
+            port: 53,
+            tcp: false,
+            endpoints: all(BACKEND_UDP_PORT),
+        },
+        baselines::Service {
+            name: "bench/iperf:5201".into(),
+            vip: IPERF_VIP,
+            port: IPERF_PORT,
+            tcp: true,
+            endpoints: vec![(lab::backend_v4(1), IPERF_PORT)],
+        },
+        baselines::Service {
+            name: "bench/conn:81".into(),
+            vip: CONN_VIP,
+            port: 81,
+            tcp: true,
+            endpoints: all(BACKEND_CLOSE_PORT),
+        },
     ]
 }
 
@@ -144,7 +166,9 @@ fn targets(mode: Mode) -> Targets {
         Mode::Routing => Targets {
             udp: SocketAddr::from((b1, BACKEND_UDP_PORT)),
             iperf: SocketAddr::from((b1, IPERF_PORT)),
-            conn: (1..=3).map(|i| SocketAddr::from((lab::backend_v4(i), BACKEND_CLOSE_PORT))).collect(),
+            conn: (1..=3)
+                .map(|i| SocketAddr::from((lab::backend_v4(i), BACKEND_CLOSE_PORT)))
+                .collect(),
         },
         _ => Targets {
             udp: SocketAddr::from((UDP_VIP, 53)),
@@ -163,9 +187,17 @@ fn pipe_into(program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {program}"))?;
-    child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
-    anyhow::ensure!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -180,7 +212,11 @@ fn configure(mode: Mode, lab: &mut Lab, xlb: &Path) -> anyhow::Result<()> {
             &["netns", "exec", &node, "iptables-legacy-restore"],
             &baselines::iptables_full(&services),
         )?,
-        Mode::Nftables => pipe_into("ip", &["netns", "exec", &node, "nft", "-f", "-"], &baselines::nft_full(&services))?,
+        Mode::Nftables => pipe_into(
+            "ip",
+            &["netns", "exec", &node, "nft", "-f", "-"],
+            &baselines::nft_full(&services),
+        )?,
         Mode::Xlb => {
             lab.write_manifest("bench.yaml", &manifests(&services))?;
             lab.start_agent(xlb, &[])?;
@@ -192,17 +228,32 @@ fn configure(mode: Mode, lab: &mut Lab, xlb: &Path) -> anyhow::Result<()> {
 fn iperf(lab: &Lab, target: SocketAddr, seconds: f64) -> anyhow::Result<f64> {
     let out = lab.client.exec(
         "iperf3",
-        &["-c", &target.ip().to_string(), "-p", &target.port().to_string(), "-t", &format!("{seconds}"), "-J"],
+        &[
+            "-c",
+            &target.ip().to_string(),
+            "-p",
+            &target.port().to_string(),
+            "-t",
+            &format!("{seconds}"),
+            "-J",
+        ],
     )?;
     let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3: no sum_received")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3: no sum_received")?;
     Ok(bps / 1e9)
 }
 
 /// Connections per second to `targets` (one VIP, or, without a load balancer, the
 /// backends themselves, round robin).
-fn connections_per_second(lab: &Lab, targets: Vec<SocketAddr>, seconds: f64) -> anyhow::Result<f64> {
-    lab.client.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+fn connections_per_second(
+    lab: &Lab,
+    targets: Vec<SocketAddr>,
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    lab.client
+        .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
     lab.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
     let done = lab.client.run(move || {
         let stop = AtomicBool::new(false);
@@ -233,7 +284,12 @@ fn connections_per_second(lab: &Lab, targets: Vec<SocketAddr>, seconds: f64) -> 
         (count.into_inner(), failed.into_inner())
     })?;
     // Threads entered the namespace inside `run`'s thread: sockets live in the client ns.
-    anyhow::ensure!(done.1 * 100 <= done.0.max(1), "{} of {} connections failed", done.1, done.0 + done.1);
+    anyhow::ensure!(
+        done.1 * 100 <= done.0.max(1),
+        "{} of {} connections failed",
+        done.1,
+        done.0 + done.1
+    );
     Ok(done.0 as f64 / seconds)
 }
 
@@ -252,18 +308,27 @@ fn mac_of(ns: &xlb_tests::netns::Netns, dev: &str) -> anyhow::Result<[u8; 6]> {
         .split(':')
         .filter_map(|h| u8::from_str_radix(h, 16).ok())
         .collect();
-    v.try_into().map_err(|_| anyhow::anyhow!("no MAC for {dev}"))
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("no MAC for {dev}"))
 }
 
 fn ifindex_in(ns: &xlb_tests::netns::Netns, dev: &str) -> anyhow::Result<u32> {
     let out = ns.ip(&format!("-o link show {dev}"))?;
-    out.split(':').next().and_then(|s| s.trim().parse().ok()).context("ifindex")
+    out.split(':')
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .context("ifindex")
 }
 
 impl Traffic {
     /// `on_cli0`: the bench program to attach to the node's ingress (none when xlb runs
     /// there).
-    fn setup(lab: &Lab, object: &Path, frame: &[u8], on_cli0: Option<&'static str>) -> anyhow::Result<Self> {
+    fn setup(
+        lab: &Lab,
+        object: &Path,
+        frame: &[u8],
+        on_cli0: Option<&'static str>,
+    ) -> anyhow::Result<Self> {
         let data = std::fs::read(object)?;
         let mut loader = EbpfLoader::new();
         for name in names::ALL_MAPS {
@@ -278,13 +343,19 @@ impl Traffic {
         // it in the kernel's XDP dispatcher (see datapath.rs).
         for b in &lab.backends {
             ebpf = b.ns.run(move || -> anyhow::Result<Ebpf> {
-                let prog: &mut Xdp = ebpf.program_mut(bench::PROG_SINK).expect("loaded").try_into()?;
+                let prog: &mut Xdp = ebpf
+                    .program_mut(bench::PROG_SINK)
+                    .expect("loaded")
+                    .try_into()?;
                 prog.attach("eth0", XdpMode::Driver)?;
                 Ok(ebpf)
             })??;
         }
         ebpf = lab.client.run(move || -> anyhow::Result<Ebpf> {
-            let prog: &mut Xdp = ebpf.program_mut(bench::PROG_GEN).expect("loaded").try_into()?;
+            let prog: &mut Xdp = ebpf
+                .program_mut(bench::PROG_GEN)
+                .expect("loaded")
+                .try_into()?;
             prog.attach("lo", XdpMode::Skb)?;
             Ok(ebpf)
         })??;
@@ -300,10 +371,23 @@ impl Traffic {
         }
         let mut cfg: Array<MapData, BenchConfig> =
             Array::try_from(ebpf.take_map(bench::MAP_CONFIG).context("config map")?)?;
-        cfg.set(0, BenchConfig { sport_offset: 34, flows: 256, sport_base: 20_000, _pad: 0 }, 0)?;
+        cfg.set(
+            0,
+            BenchConfig {
+                sport_offset: 34,
+                flows: 256,
+                sport_base: 20_000,
+                _pad: 0,
+            },
+            0,
+        )?;
         let mut tpl: Array<MapData, [u8; TEMPLATE_LEN]> =
             Array::try_from(ebpf.take_map(bench::MAP_TEMPLATE).context("template map")?)?;
-        tpl.set(0, <[u8; TEMPLATE_LEN]>::try_from(&frame[..TEMPLATE_LEN])?, 0)?;
+        tpl.set(
+            0,
+            <[u8; TEMPLATE_LEN]>::try_from(&frame[..TEMPLATE_LEN])?,
+            0,
+        )?;
         let count = PerCpuArray::try_from(ebpf.take_map(bench::MAP_COUNT).context("count map")?)?;
         Ok(Self { ebpf, count })
     }
@@ -314,8 +398,18 @@ impl Traffic {
 
     /// Runs the generator on `threads` CPUs for `seconds`; with `pps`, paced to that rate
     /// in total. Returns the frames offered.
-    fn generate(&self, lab: &Lab, frame: &[u8], seconds: f64, pps: Option<u64>) -> anyhow::Result<u64> {
-        let prog: &Xdp = self.ebpf.program(bench::PROG_GEN).and_then(|p| p.try_into().ok()).expect("loaded");
+    fn generate(
+        &self,
+        lab: &Lab,
+        frame: &[u8],
+        seconds: f64,
+        pps: Option<u64>,
+    ) -> anyhow::Result<u64> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(bench::PROG_GEN)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded");
         let eth0 = ifindex_in(&lab.client, "eth0")?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex (u32 each).
@@ -351,7 +445,8 @@ impl Traffic {
                         opts.ctx_in = Some(ctx);
                         opts.repeat = batch;
                         opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
-                        prog.test_run(opts).context("live-frames BPF_PROG_TEST_RUN")?;
+                        prog.test_run(opts)
+                            .context("live-frames BPF_PROG_TEST_RUN")?;
                         n += batch as u64;
                         if let Some(p) = pps {
                             // Pace: 100 batches a second.
@@ -366,7 +461,8 @@ impl Traffic {
                 }));
             }
             for h in handles {
-                h.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
             }
             Ok(())
         })?;
@@ -402,7 +498,10 @@ fn napi_threads(prefix: &str) -> Vec<i32> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with(prefix)))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with(prefix))
+        })
         .collect()
 }
 
@@ -410,9 +509,19 @@ fn napi_threads(prefix: &str) -> Vec<i32> {
 fn thread_napi(ns: &xlb_tests::netns::Netns, dev: &str, cpu: usize) -> anyhow::Result<Vec<i32>> {
     let prefix = format!("napi/{dev}-");
     let before = napi_threads(&prefix);
-    ns.exec("sh", &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")])?;
-    let threads: Vec<i32> = napi_threads(&prefix).into_iter().filter(|p| !before.contains(p)).collect();
-    anyhow::ensure!(!threads.is_empty(), "no NAPI thread appeared for {dev} in {}", ns.name());
+    ns.exec(
+        "sh",
+        &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")],
+    )?;
+    let threads: Vec<i32> = napi_threads(&prefix)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    anyhow::ensure!(
+        !threads.is_empty(),
+        "no NAPI thread appeared for {dev} in {}",
+        ns.name()
+    );
     for pid in &threads {
         pin_task(*pid, cpu);
     }
@@ -435,7 +544,11 @@ impl<'a> NodeNapi<'a> {
         let mut total = 0;
         for pid in &self.threads {
             let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
-            total += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).context("schedstat")?;
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .context("schedstat")?;
         }
         Ok(total)
     }
@@ -443,15 +556,21 @@ impl<'a> NodeNapi<'a> {
 
 impl Drop for NodeNapi<'_> {
     fn drop(&mut self) {
-        let _ = self.lab.node.exec("sh", &["-c", "echo 0 > /sys/class/net/cli0/threaded"]);
+        let _ = self
+            .lab
+            .node
+            .exec("sh", &["-c", "echo 0 > /sys/class/net/cli0/threaded"]);
         for b in &self.lab.backends {
-            let _ = b.ns.exec("sh", &["-c", "echo 0 > /sys/class/net/eth0/threaded"]);
+            let _ =
+                b.ns.exec("sh", &["-c", "echo 0 > /sys/class/net/eth0/threaded"]);
         }
     }
 }
 
 fn cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// A UDP/IPv4 frame from the client to `target` through the node, without UDP checksum
@@ -460,7 +579,9 @@ fn cpus() -> usize {
 fn udp_frame(lab: &Lab, target: SocketAddr) -> anyhow::Result<Vec<u8>> {
     let src = mac_of(&lab.client, "eth0")?;
     let dst = mac_of(&lab.node, "cli0")?;
-    let std::net::IpAddr::V4(ip) = target.ip() else { anyhow::bail!("IPv4 target") };
+    let std::net::IpAddr::V4(ip) = target.ip() else {
+        anyhow::bail!("IPv4 target")
+    };
     let mut f = Vec::new();
     etherparse::PacketBuilder::ethernet2(src, dst)
         .ipv4(lab::CLIENT_V4.octets(), ip.octets(), 64)
@@ -471,7 +592,13 @@ fn udp_frame(lab: &Lab, target: SocketAddr) -> anyhow::Result<Vec<u8>> {
     Ok(f)
 }
 
-fn run_mode(mode: Mode, cfg: &Config, xlb: &Path, server: &Path, object: &Path) -> anyhow::Result<ModeResult> {
+fn run_mode(
+    mode: Mode,
+    cfg: &Config,
+    xlb: &Path,
+    server: &Path,
+    object: &Path,
+) -> anyhow::Result<ModeResult> {
     let mut lab = Lab::build(3)?;
     lab.start_servers(server)?;
     configure(mode, &mut lab, xlb)?;
@@ -479,7 +606,16 @@ fn run_mode(mode: Mode, cfg: &Config, xlb: &Path, server: &Path, object: &Path) 
 
     let iperf_server = {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", lab.backends[0].ns.name(), "iperf3", "-s", "--forceflush", "-p", &IPERF_PORT.to_string()]);
+        c.args([
+            "netns",
+            "exec",
+            lab.backends[0].ns.name(),
+            "iperf3",
+            "-s",
+            "--forceflush",
+            "-p",
+            &IPERF_PORT.to_string(),
+        ]);
         let mut p = Process::spawn("iperf3", c)?;
         p.wait_for("Server listening", Duration::from_secs(10))?;
         p
@@ -493,8 +629,12 @@ fn run_mode(mode: Mode, cfg: &Config, xlb: &Path, server: &Path, object: &Path) 
     drop(iperf_server);
 
     let frame = udp_frame(&lab, t.udp)?;
-    let traffic =
-        Traffic::setup(&lab, object, &frame, (mode != Mode::Xlb).then_some(bench::PROG_PASS))?;
+    let traffic = Traffic::setup(
+        &lab,
+        object,
+        &frame,
+        (mode != Mode::Xlb).then_some(bench::PROG_PASS),
+    )?;
     let napi = NodeNapi::dedicate(&lab)?;
     // Warm up: conntrack entries, neighbour entries, caches.
     traffic.generate(&lab, &frame, 0.2, Some(cfg.paced_pps))?;
@@ -527,7 +667,6 @@ fn run_mode(mode: Mode, cfg: &Config, xlb: &Path, server: &Path, object: &Path) 
     })
 }
 
-
 #[derive(Clone, Debug, Serialize)]
 pub struct Results {
     pub modes: Vec<ModeResult>,
@@ -537,7 +676,10 @@ pub fn run(cfg: &Config, xlb: &Path, server: &Path, object: &Path) -> anyhow::Re
     let mut modes = Vec::new();
     for mode in Mode::ALL {
         eprintln!("  end to end: {}", mode.name());
-        modes.push(run_mode(mode, cfg, xlb, server, object).with_context(|| format!("mode {}", mode.name()))?);
+        modes.push(
+            run_mode(mode, cfg, xlb, server, object)
+                .with_context(|| format!("mode {}", mode.name()))?,
+        );
     }
     if let Some(ipt) = modes.iter().find(|r| r.mode == Mode::Iptables).cloned() {
         for r in &mut modes {

@@ -47,15 +47,39 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     xlb_tests::require_root()?;
     let cfg = if let Some(only) = cli.profile {
-        datapath::Config { backend_counts: vec![16], rounds: 20, calls: 200, repeat: 5000, only: Some(only) }
+        datapath::Config {
+            backend_counts: vec![16],
+            rounds: 20,
+            calls: 200,
+            repeat: 5000,
+            only: Some(only),
+        }
     } else if cli.quick {
-        datapath::Config { backend_counts: vec![1, 1024], rounds: 3, calls: 20, repeat: 1000, only: None }
+        datapath::Config {
+            backend_counts: vec![1, 1024],
+            rounds: 3,
+            calls: 20,
+            repeat: 1000,
+            only: None,
+        }
     } else {
-        datapath::Config { backend_counts: vec![1, 16, 256, 1024], rounds: 7, calls: 50, repeat: 2000, only: None }
+        datapath::Config {
+            backend_counts: vec![1, 16, 256, 1024],
+            rounds: 7,
+            calls: 50,
+            repeat: 2000,
+            only: None,
+        }
     };
     let wants = |s: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == s);
-    let xlb = cli.xlb.clone().unwrap_or_else(|| PathBuf::from("target/release/xlb"));
-    let server = cli.lab_server.clone().unwrap_or_else(|| PathBuf::from("target/release/xlb-lab-server"));
+    let xlb = cli
+        .xlb
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/release/xlb"));
+    let server = cli
+        .lab_server
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/release/xlb-lab-server"));
     let mut report = report::Report {
         command: cli.command.clone(),
         date: report::now_utc(),
@@ -71,18 +95,38 @@ fn main() -> anyhow::Result<()> {
     if wants("e2e") {
         eprintln!("end to end: netns lab, xlb vs iptables vs nftables vs routing");
         let e = if cli.quick {
-            e2e::Config { seconds: 1.0, repeats: 1, paced_pps: 200_000 }
+            e2e::Config {
+                seconds: 1.0,
+                repeats: 1,
+                paced_pps: 200_000,
+            }
         } else {
-            e2e::Config { seconds: 3.0, repeats: 3, paced_pps: 200_000 }
+            e2e::Config {
+                seconds: 3.0,
+                repeats: 3,
+                paced_pps: 200_000,
+            }
         };
         report.e2e = Some(e2e::run(&e, &xlb, &server, &cli.bench_object)?);
     }
     if wants("control") {
         eprintln!("control plane");
         let c = if cli.quick {
-            control::Config { service_counts: vec![1000], endpoints: 10, changes: 100, baseline_changes: 3, rss: false }
+            control::Config {
+                service_counts: vec![1000],
+                endpoints: 10,
+                changes: 100,
+                baseline_changes: 3,
+                rss: false,
+            }
         } else {
-            control::Config { service_counts: vec![1000, 10_000], endpoints: 10, changes: 100, baseline_changes: 10, rss: true }
+            control::Config {
+                service_counts: vec![1000, 10_000],
+                endpoints: 10,
+                changes: 100,
+                baseline_changes: 10,
+                rss: true,
+            }
         };
         report.control = Some(control::run(&c, &xlb)?);
     }

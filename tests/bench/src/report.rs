@@ -30,7 +30,11 @@ pub fn machine() -> Machine {
     let cpuinfo = read("/proc/cpuinfo");
     let cpu = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|v| v.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|v| v.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let mem_kb: f64 = read("/proc/meminfo")
         .lines()
@@ -41,7 +45,9 @@ pub fn machine() -> Machine {
     Machine {
         kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
         cpu,
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         memory_gib: mem_kb / 1024.0 / 1024.0,
     }
 }
@@ -78,19 +84,48 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(o, "## Targets\n");
     let _ = writeln!(o, "| target | measured | |\n|---|---|---|");
     if let Some(d) = &r.datapath {
-        for (scenario, limit, label) in [("established", 3.0, "established-flow cost within 3x the parse+XDP_TX floor"), ("new_flow", 10.0, "new-flow cost within 10x the floor")] {
-            let worst = d.rows.iter().filter(|row| row.scenario == scenario).map(|row| row.vs_parse_tx).fold(0.0f64, f64::max);
-            let best = d.rows.iter().filter(|row| row.scenario == scenario).map(|row| row.vs_parse_tx).fold(f64::MAX, f64::min);
-            let _ = writeln!(o, "| {label} | {best:.1}x-{worst:.1}x | {} |", verdict(worst <= limit));
+        for (scenario, limit, label) in [
+            (
+                "established",
+                3.0,
+                "established-flow cost within 3x the parse+XDP_TX floor",
+            ),
+            ("new_flow", 10.0, "new-flow cost within 10x the floor"),
+        ] {
+            let worst = d
+                .rows
+                .iter()
+                .filter(|row| row.scenario == scenario)
+                .map(|row| row.vs_parse_tx)
+                .fold(0.0f64, f64::max);
+            let best = d
+                .rows
+                .iter()
+                .filter(|row| row.scenario == scenario)
+                .map(|row| row.vs_parse_tx)
+                .fold(f64::MAX, f64::min);
+            let _ = writeln!(
+                o,
+                "| {label} | {best:.1}x-{worst:.1}x | {} |",
+                verdict(worst <= limit)
+            );
         }
     }
     if let Some(e) = &r.e2e {
         if let Some(x) = e.modes.iter().find(|m| m.mode == e2e::Mode::Xlb) {
             if let Some(c) = x.cpu_vs_iptables {
-                let _ = writeln!(o, "| node CPU per forwarded packet at most 1/3 of iptables | {c:.2}x | {} |", verdict(c <= 1.0 / 3.0));
+                let _ = writeln!(
+                    o,
+                    "| node CPU per forwarded packet at most 1/3 of iptables | {c:.2}x | {} |",
+                    verdict(c <= 1.0 / 3.0)
+                );
             }
             if let Some(v) = x.rate_vs_iptables {
-                let _ = writeln!(o, "| highest delivered rate at least 3x iptables | {v:.1}x | {} |", verdict(v >= 3.0));
+                let _ = writeln!(
+                    o,
+                    "| highest delivered rate at least 3x iptables | {v:.1}x | {} |",
+                    verdict(v >= 3.0)
+                );
             }
         }
     }
@@ -99,11 +134,21 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(
                 o,
                 "| one-endpoint change at {}k services in the maps within 5 ms p99 | p99 {:.2} ms (median {:.2} ms; iptables-restore partial {:.0} ms) | {} |",
-                s.services / 1000, s.one_change_p99_ms, s.one_change_ms.median, s.iptables_restore_partial_ms.median, verdict(s.one_change_p99_ms <= 5.0)
+                s.services / 1000,
+                s.one_change_p99_ms,
+                s.one_change_ms.median,
+                s.iptables_restore_partial_ms.median,
+                verdict(s.one_change_p99_ms <= 5.0)
             );
         }
         if let Some(mg) = c.maglev.iter().find(|m| m.backends == 1000) {
-            let _ = writeln!(o, "| Maglev build at M={}, N=1000 within 2 ms | {:.2} ms | {} |", mg.table_size, mg.build_ms.median, verdict(mg.build_ms.median <= 2.0));
+            let _ = writeln!(
+                o,
+                "| Maglev build at M={}, N=1000 within 2 ms | {:.2} ms | {} |",
+                mg.table_size,
+                mg.build_ms.median,
+                verdict(mg.build_ms.median <= 2.0)
+            );
         }
     }
 
@@ -134,55 +179,105 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(o, "| floor | family | ns |\n|---|---|---|");
         for f in &d.floors {
             let _ = writeln!(o, "| XDP_PASS only | {} | {} |", f.family, ns(&f.pass_ns));
-            let _ = writeln!(o, "| parse Eth/IP/L4 + XDP_TX | {} | {} |", f.family, ns(&f.parse_tx_ns));
+            let _ = writeln!(
+                o,
+                "| parse Eth/IP/L4 + XDP_TX | {} | {} |",
+                f.family,
+                ns(&f.parse_tx_ns)
+            );
         }
-        let _ = writeln!(o, "\n| scenario | family | backends | ns | x parse+TX floor |\n|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "\n| scenario | family | backends | ns | x parse+TX floor |\n|---|---|---|---|---|"
+        );
         for row in &d.rows {
-            let _ = writeln!(o, "| {} | {} | {} | {} | {:.1} |", row.scenario, row.family, row.backends, ns(&row.cost_ns), row.vs_parse_tx);
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {:.1} |",
+                row.scenario,
+                row.family,
+                row.backends,
+                ns(&row.cost_ns),
+                row.vs_parse_tx
+            );
         }
     }
 
     if let Some(e) = &r.e2e {
-        let _ = writeln!(o, "\n## End to end (network-namespace lab: client, node, 3 backends)\n");
+        let _ = writeln!(
+            o,
+            "\n## End to end (network-namespace lab: client, node, 3 backends)\n"
+        );
         let _ = writeln!(
             o,
             "UDP frames come from BPF_PROG_TEST_RUN's live-frames mode on the client (xdp-trafficgen's technique; one thread on CPU 0, 256 flows) and are counted and dropped by an XDP sink on the backends. The node's receive processing runs as threaded NAPI on its ingress veth, pinned to the other CPU, so all of its work for a packet happens in that kernel thread (the backends' receive processing has threads of its own, on CPU 0). Node CPU per packet: that thread's run time (/proc/<pid>/schedstat) per delivered packet at 200k packets/s. Highest rate: the generator flat out. TCP: iperf3, one stream, one backend (iperf3's two connections must reach the same server). Connections: connect and close, two client threads.\n"
         );
-        let _ = writeln!(o, "| mode | node CPU ns/packet | x iptables | max delivered pps | x iptables | TCP Gbit/s | new conn/s |\n|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "| mode | node CPU ns/packet | x iptables | max delivered pps | x iptables | TCP Gbit/s | new conn/s |\n|---|---|---|---|---|---|---|"
+        );
         for mr in &e.modes {
             let _ = writeln!(
                 o,
                 "| {} | {} | {} | {:.0} ({:.0}-{:.0}) | {} | {:.2} ({:.2}-{:.2}) | {:.0} ({:.0}-{:.0}) |",
                 mr.mode_name(),
                 ns(&mr.node_ns_per_packet),
-                mr.cpu_vs_iptables.map(|v| format!("{v:.2}")).unwrap_or_default(),
-                mr.max_delivered_pps.median, mr.max_delivered_pps.min, mr.max_delivered_pps.max,
-                mr.rate_vs_iptables.map(|v| format!("{v:.2}")).unwrap_or_default(),
-                mr.tcp_gbit_s.median, mr.tcp_gbit_s.min, mr.tcp_gbit_s.max,
-                mr.new_connections_per_s.median, mr.new_connections_per_s.min, mr.new_connections_per_s.max,
+                mr.cpu_vs_iptables
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_default(),
+                mr.max_delivered_pps.median,
+                mr.max_delivered_pps.min,
+                mr.max_delivered_pps.max,
+                mr.rate_vs_iptables
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_default(),
+                mr.tcp_gbit_s.median,
+                mr.tcp_gbit_s.min,
+                mr.tcp_gbit_s.max,
+                mr.new_connections_per_s.median,
+                mr.new_connections_per_s.min,
+                mr.new_connections_per_s.max,
             );
         }
     }
 
     if let Some(c) = &r.control {
         let _ = writeln!(o, "\n## Control plane\n");
-        let _ = writeln!(o, "| services x endpoints | xlb from empty | xlb one change median / p99 | iptables-restore full / partial median (p99) | nft -f full / partial median (p99) |\n|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "| services x endpoints | xlb from empty | xlb one change median / p99 | iptables-restore full / partial median (p99) | nft -f full / partial median (p99) |\n|---|---|---|---|---|"
+        );
         for s in &c.scales {
             let _ = writeln!(
                 o,
                 "| {} x {} | {:.0} ms | {:.3} / {:.3} ms | {:.0} / {:.0} ({:.0}) ms | {:.0} / {:.1} ({:.1}) ms |",
-                s.services, s.endpoints / s.services.max(1), s.program_from_empty_ms, s.one_change_ms.median, s.one_change_p99_ms,
-                s.iptables_restore_full_ms, s.iptables_restore_partial_ms.median, s.iptables_restore_partial_p99_ms,
-                s.nft_full_ms, s.nft_partial_ms.median, s.nft_partial_p99_ms
+                s.services,
+                s.endpoints / s.services.max(1),
+                s.program_from_empty_ms,
+                s.one_change_ms.median,
+                s.one_change_p99_ms,
+                s.iptables_restore_full_ms,
+                s.iptables_restore_partial_ms.median,
+                s.iptables_restore_partial_p99_ms,
+                s.nft_full_ms,
+                s.nft_partial_ms.median,
+                s.nft_partial_p99_ms
             );
         }
         let _ = writeln!(o, "\n| Maglev build | ms |\n|---|---|");
         for mg in &c.maglev {
             let b = &mg.build_ms;
-            let _ = writeln!(o, "| M={}, N={} | {:.2} ({:.2}-{:.2}) |", mg.table_size, mg.backends, b.median, b.min, b.max);
+            let _ = writeln!(
+                o,
+                "| M={}, N={} | {:.2} ({:.2}-{:.2}) |",
+                mg.table_size, mg.backends, b.median, b.min, b.max
+            );
         }
         if let (Some(rss), Some(ms)) = (c.agent_rss_mib, c.agent_first_sync_ms) {
-            let _ = writeln!(o, "\nAgent (`xlb agent --manifests`) with 10k services / 100k endpoints: resident memory {rss:.0} MiB; from start to its first complete sync {ms:.0} ms (reading and parsing the YAML included).");
+            let _ = writeln!(
+                o,
+                "\nAgent (`xlb agent --manifests`) with 10k services / 100k endpoints: resident memory {rss:.0} MiB; from start to its first complete sync {ms:.0} ms (reading and parsing the YAML included)."
+            );
         }
     }
     o

@@ -18,7 +18,10 @@ fn main() -> anyhow::Result<()> {
     let (mut name, mut tcp, mut udp) = (String::from("backend"), 8080u16, 5353u16);
     let mut close_port: Option<u16> = None;
     while let Some(a) = args.next() {
-        let mut value = || args.next().ok_or_else(|| anyhow::anyhow!("{a} needs a value"));
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
+        };
         match a.as_str() {
             "--name" => name = value()?,
             "--tcp-port" => tcp = value()?.parse()?,
@@ -45,7 +48,9 @@ fn main() -> anyhow::Result<()> {
     thread::spawn(move || {
         let mut buf = [0u8; 2048];
         loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
             let mut reply = format!("{udp_name} ").into_bytes();
             reply.extend_from_slice(&buf[..n]);
             let _ = socket.send_to(&reply, from);

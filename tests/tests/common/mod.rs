@@ -47,9 +47,12 @@ pub fn tcp_spread(lab: &Lab, vip: SocketAddr, n: usize) -> BTreeMap<String, usiz
         .run(move || {
             let mut seen = BTreeMap::new();
             for i in 0..n {
-                let mut s = TcpSession::connect(vip).unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"));
+                let mut s = TcpSession::connect(vip)
+                    .unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"));
                 assert_eq!(s.peer().unwrap(), vip, "the connection is with the VIP");
-                let name = s.ask().unwrap_or_else(|e| panic!("request {i} to {vip}: {e}"));
+                let name = s
+                    .ask()
+                    .unwrap_or_else(|e| panic!("request {i} to {vip}: {e}"));
                 *seen.entry(name).or_insert(0) += 1;
             }
             seen
@@ -64,8 +67,8 @@ pub fn udp_spread(lab: &Lab, vip: SocketAddr, n: usize) -> BTreeMap<String, usiz
             let mut seen = BTreeMap::new();
             for i in 0..n {
                 let sock = client::udp_socket(vip).unwrap();
-                let (name, from) =
-                    client::udp_ask(&sock, vip, i as u64).unwrap_or_else(|e| panic!("datagram {i} to {vip}: {e}"));
+                let (name, from) = client::udp_ask(&sock, vip, i as u64)
+                    .unwrap_or_else(|e| panic!("datagram {i} to {vip}: {e}"));
                 assert_eq!(from, vip, "reply {i} must come from the VIP");
                 *seen.entry(name).or_insert(0) += 1;
             }
@@ -81,7 +84,10 @@ pub fn time_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         if cond() {
             return started.elapsed();
         }
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -90,16 +96,23 @@ pub fn time_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 /// took. A check is 12 connections, confirmed by 36 more when none reached `name` (with
 /// three backends, 48 connections all missing one by chance is a 4e-9 event).
 pub fn until_avoided(lab: &Lab, vip: SocketAddr, name: &str, timeout: Duration) -> Duration {
-    time_until(&format!("new connections to {vip} to avoid {name}"), timeout, || {
-        !tcp_spread(lab, vip, 12).contains_key(name) && !tcp_spread(lab, vip, 36).contains_key(name)
-    })
+    time_until(
+        &format!("new connections to {vip} to avoid {name}"),
+        timeout,
+        || {
+            !tcp_spread(lab, vip, 12).contains_key(name)
+                && !tcp_spread(lab, vip, 36).contains_key(name)
+        },
+    )
 }
 
 /// Waits until new TCP connections to `vip` reach backend `name`; returns how long it took.
 pub fn until_reached(lab: &Lab, vip: SocketAddr, name: &str, timeout: Duration) -> Duration {
-    time_until(&format!("new connections to {vip} to reach {name}"), timeout, || {
-        tcp_spread(lab, vip, 12).contains_key(name)
-    })
+    time_until(
+        &format!("new connections to {vip} to reach {name}"),
+        timeout,
+        || tcp_spread(lab, vip, 12).contains_key(name),
+    )
 }
 
 /// The agent's HTTP endpoint, in the node namespace.
@@ -107,7 +120,9 @@ pub const AGENT_HTTP: &str = "127.0.0.1:9464";
 
 /// GETs `path` from the agent's HTTP endpoint (from inside the node namespace).
 pub fn agent_get(lab: &Lab, path: &'static str) -> std::io::Result<(u16, String)> {
-    lab.node.run(move || xlb_tests::http::get(AGENT_HTTP.parse().unwrap(), path)).expect("node thread")
+    lab.node
+        .run(move || xlb_tests::http::get(AGENT_HTTP.parse().unwrap(), path))
+        .expect("node thread")
 }
 
 /// A sample of the agent's /metrics (None if absent).

@@ -1,0 +1,351 @@
+//! Checks of `deploy/`: every manifest parses into its typed Kubernetes object, the
+//! DaemonSet runs the agent the way the code expects (capabilities, bpffs, node name,
+//! probes on the metrics address, arguments the CLI accepts), the RBAC is read-only and
+//! covers exactly what the Kubernetes source watches, and the kustomization and the
+//! Dockerfile refer to what exists. `cargo xtask test` also runs a schema validator
+//! (kubernetes-validate) over the same files.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use clap::Parser;
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::{Container, Namespace, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use serde_json::Value;
+use xlb::cli::{Cli, Command};
+
+fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// The YAML documents of a deploy file, as JSON values.
+fn documents(file: &str) -> Vec<Value> {
+    let path = deploy_dir().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().chain(std::iter::once("---")) {
+        if line.trim_end() == "---" {
+            if let Some(v) = serde_saphyr::from_str::<Option<Value>>(&current)
+                .unwrap_or_else(|e| panic!("{file}: invalid YAML: {e}"))
+            {
+                docs.push(v);
+            }
+            current.clear();
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    docs
+}
+
+fn typed<T: serde::de::DeserializeOwned>(file: &str, kind: &str) -> Vec<T> {
+    documents(file)
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .map(|d| serde_json::from_value(d).unwrap_or_else(|e| panic!("{file}: {kind}: {e}")))
+        .collect()
+}
+
+fn one<T: serde::de::DeserializeOwned>(file: &str, kind: &str) -> T {
+    let mut all = typed::<T>(file, kind);
+    assert_eq!(all.len(), 1, "{file}: expected exactly one {kind}");
+    all.remove(0)
+}
+
+fn daemonset() -> DaemonSet {
+    one("daemonset.yaml", "DaemonSet")
+}
+
+fn agent_container(ds: &DaemonSet) -> Container {
+    let pod = ds
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .expect("pod spec");
+    assert_eq!(pod.containers.len(), 1, "one container");
+    pod.containers[0].clone()
+}
+
+/// The container's args with `$(VAR)` replaced by the container's literal env values,
+/// as the kubelet does.
+fn expanded_args(c: &Container) -> Vec<String> {
+    let env = c.env.clone().unwrap_or_default();
+    c.args
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut arg| {
+            for var in &env {
+                if let Some(value) = &var.value {
+                    arg = arg.replace(&format!("$({})", var.name), value);
+                }
+            }
+            assert!(
+                !arg.contains("$("),
+                "argument {arg} refers to an undefined variable"
+            );
+            arg
+        })
+        .collect()
+}
+
+fn parsed_agent_args(c: &Container) -> xlb::cli::AgentArgs {
+    let mut argv = vec!["xlb".to_string()];
+    argv.extend(expanded_args(c));
+    // NODE_NAME comes from the downward API in the pod (checked below); the CLI reads
+    // it from the environment, so the args need not name the node.
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("DaemonSet args {argv:?}: {e}"));
+    match cli.command {
+        Command::Agent(args) => args,
+        other => panic!("the DaemonSet runs {other:?}, not the agent"),
+    }
+}
+
+#[test]
+fn daemonset_runs_the_agent_with_the_kubernetes_source() {
+    let ds = daemonset();
+    let pod = ds.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    assert_eq!(
+        pod.host_network,
+        Some(true),
+        "XDP attaches to the node's interfaces: hostNetwork"
+    );
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    assert_eq!(pod.service_account_name.as_deref(), Some("xlb-agent"));
+    let c = agent_container(&ds);
+    let args = parsed_agent_args(&c);
+    assert!(args.kubernetes, "--kubernetes");
+    assert!(args.manifests.is_none());
+    assert!(args.kubeconfig.is_none(), "in-cluster configuration");
+    assert!(!args.interfaces.is_empty());
+    assert!(
+        !args.cleanup_on_exit,
+        "pins must outlive the pod for hitless restarts"
+    );
+
+    // The node name comes from the downward API.
+    let env = c.env.clone().unwrap_or_default();
+    let node = env
+        .iter()
+        .find(|e| e.name == "NODE_NAME")
+        .expect("NODE_NAME in env");
+    let field = node
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .expect("fieldRef");
+    assert_eq!(field.field_path, "spec.nodeName");
+
+    // Selector matches the template.
+    let selector = ds
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .match_labels
+        .clone()
+        .unwrap();
+    let labels = ds
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    for (k, v) in &selector {
+        assert_eq!(labels.get(k), Some(v), "template lacks selector label {k}");
+    }
+}
+
+#[test]
+fn daemonset_has_exactly_the_needed_capabilities_and_the_bpffs() {
+    let ds = daemonset();
+    let c = agent_container(&ds);
+    let sc = c.security_context.clone().expect("securityContext");
+    assert_ne!(sc.privileged, Some(true), "no blanket privileged");
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.expect("capabilities");
+    assert_eq!(caps.drop.unwrap_or_default(), vec!["ALL".to_string()]);
+    let added: BTreeSet<String> = caps.add.unwrap_or_default().into_iter().collect();
+    let wanted: BTreeSet<String> = ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(added, wanted);
+
+    // The pin directory lies on the host's bpffs, mounted into the container.
+    let args = parsed_agent_args(&c);
+    let pod = ds.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let mounts = c.volume_mounts.clone().unwrap_or_default();
+    let mount = mounts
+        .iter()
+        .find(|m| args.bpffs.starts_with(&m.mount_path))
+        .unwrap_or_else(|| {
+            panic!(
+                "--bpffs {} is not under a volume mount",
+                args.bpffs.display()
+            )
+        });
+    let volume = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == mount.name)
+        .expect("the bpffs mount's volume");
+    let host = volume.host_path.expect("bpffs is a hostPath volume");
+    assert_eq!(host.path, "/sys/fs/bpf");
+    assert_eq!(mount.mount_path, "/sys/fs/bpf");
+    assert_ne!(
+        mount.read_only,
+        Some(true),
+        "the agent pins maps: read-write"
+    );
+}
+
+#[test]
+fn probes_hit_the_agent_health_endpoints() {
+    let ds = daemonset();
+    let c = agent_container(&ds);
+    let args = parsed_agent_args(&c);
+    let addr = args.metrics_addr;
+    for (probe, path) in [
+        (&c.readiness_probe, "/readyz"),
+        (&c.liveness_probe, "/healthz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{path} probe"));
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(
+            get.host.as_deref(),
+            Some(addr.ip().to_string().as_str()),
+            "{path}: probe host"
+        );
+        let port = match &get.port {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => *p,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => c
+                .ports
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(|p| p.container_port)
+                .unwrap_or_else(|| panic!("probe port {name} is not declared")),
+        };
+        assert_eq!(port, i32::from(addr.port()), "{path}: probe port");
+    }
+}
+
+#[test]
+fn rbac_is_read_only_and_covers_what_the_agent_watches() {
+    let sa: ServiceAccount = one("serviceaccount.yaml", "ServiceAccount");
+    let ns: Namespace = one("namespace.yaml", "Namespace");
+    let role: ClusterRole = one("rbac.yaml", "ClusterRole");
+    let binding: ClusterRoleBinding = one("rbac.yaml", "ClusterRoleBinding");
+    let ds = daemonset();
+    let ns_name = ns.metadata.name.clone().unwrap();
+    assert_eq!(sa.metadata.namespace.as_deref(), Some(ns_name.as_str()));
+    assert_eq!(ds.metadata.namespace.as_deref(), Some(ns_name.as_str()));
+    assert_eq!(
+        ds.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .service_account_name,
+        sa.metadata.name
+    );
+
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.unwrap_or_default() {
+        let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+        assert_eq!(
+            verbs,
+            BTreeSet::from(["get", "list", "watch"]),
+            "read-only verbs: {rule:?}"
+        );
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        for group in rule.api_groups.unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                granted.insert((group.clone(), resource));
+            }
+        }
+    }
+    let wanted: BTreeSet<(String, String)> = [
+        ("", "services"),
+        ("", "nodes"),
+        ("discovery.k8s.io", "endpointslices"),
+    ]
+    .into_iter()
+    .map(|(g, r)| (g.to_string(), r.to_string()))
+    .collect();
+    assert_eq!(granted, wanted);
+
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(Some(&subjects[0].name), sa.metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace.as_deref(), Some(ns_name.as_str()));
+}
+
+#[test]
+fn kustomization_lists_every_manifest_and_the_image() {
+    let k = &documents("kustomization.yaml")[0];
+    assert_eq!(k["kind"], "Kustomization");
+    let listed: BTreeSet<String> = k["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    let present: BTreeSet<String> = std::fs::read_dir(deploy_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present, "kustomization resources vs deploy/*.yaml");
+    let image = agent_container(&daemonset()).image.unwrap();
+    let name = image.split(':').next().unwrap();
+    let images = k["images"].as_array().expect("images");
+    assert!(
+        images.iter().any(|i| i["name"] == name),
+        "kustomization does not set image {name}"
+    );
+}
+
+#[test]
+fn dockerfile_builds_with_the_project_recipe() {
+    let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    // The build stage installs what the toolchain check wants and builds through xtask.
+    for needed in [
+        "rustc-web",
+        "cargo-web",
+        "libstd-rust-web-dev-bpf",
+        "llvm-22-dev",
+        "cargo xtask build --release",
+    ] {
+        assert!(text.contains(needed), "Dockerfile lacks {needed}");
+    }
+    assert!(text.contains("ENTRYPOINT [\"/usr/local/bin/xlb\"]"));
+    let ignore = std::fs::read_to_string(deploy_dir().join("../.dockerignore")).unwrap();
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target"),
+        ".dockerignore keeps target/ out of the context"
+    );
+}
