@@ -19,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::AgentArgs,
-    datapath::{self, Datapath, LoadOptions, RealMaps},
+    datapath::{self, Attachment, Datapath, LoadOptions, RealMaps},
     metrics::{self, Metrics, errors},
     reconcile::Reconciler,
     sources::{self, manifests::ManifestSource},
@@ -84,13 +84,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let mut dp = Datapath::load(&opts).context("loading the datapath")?;
     let result = serve(&args, &mut dp, node_name, listener, client).await;
-    dp.detach_all();
-    drop(dp);
     if args.cleanup_on_exit {
+        dp.detach_all();
+        drop(dp);
         datapath::remove_pins(&args.bpffs)?;
         tracing::info!("detached, pins removed, stopped");
     } else {
-        tracing::info!(dir = %args.bpffs.display(), "detached and stopped; the maps stay pinned for the next agent");
+        let interfaces = dp.interfaces();
+        drop(dp);
+        tracing::info!(
+            dir = %args.bpffs.display(),
+            ?interfaces,
+            "stopped; the datapath keeps serving from its pinned links and maps until the next agent takes over (`xlb cleanup` removes it)"
+        );
     }
     result
 }
@@ -103,8 +109,18 @@ async fn serve(
     client: Option<kube::Client>,
 ) -> anyhow::Result<()> {
     for interface in &args.interfaces {
-        let mode = dp.attach(interface, args.xdp_mode)?;
-        tracing::info!(interface, ?mode, "attached");
+        match dp.attach(interface, args.xdp_mode)? {
+            Attachment::New(mode) => tracing::info!(interface, ?mode, "attached"),
+            Attachment::Replaced => {
+                tracing::info!(
+                    interface,
+                    "took over the pinned link: this agent's program replaced the old one atomically"
+                )
+            }
+        }
+    }
+    for interface in dp.detach_others(&args.interfaces)? {
+        tracing::info!(interface, "detached: no longer in --interface");
     }
     let maps = dp.maps()?;
     let applied = if dp.adopted() {

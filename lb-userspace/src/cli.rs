@@ -28,8 +28,9 @@ pub enum Command {
     Agent(AgentArgs),
     /// Print the datapath counters of a running agent (read from its pinned maps).
     Stats(StatsArgs),
-    /// Remove an agent's pinned maps (stop the agent first). This drops the connection
-    /// table: established connections through the node break.
+    /// Detach the datapath an agent left serving and remove its pins (stop the agent
+    /// first). This drops the connection table: established connections through the
+    /// node break.
     Cleanup(CleanupArgs),
 }
 
@@ -78,8 +79,9 @@ pub struct AgentArgs {
     /// Address of the HTTP endpoint with /metrics, /healthz and /readyz.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: std::net::SocketAddr,
-    /// On exit, also remove the pinned maps (by default they stay, so that the next
-    /// agent adopts the programmed state and the connection table).
+    /// On exit, detach from every interface and remove the pins. By default the
+    /// datapath keeps serving after the agent exits (its links and maps are pinned), and
+    /// the next agent takes it over without dropping a packet or a connection.
     #[arg(long)]
     pub cleanup_on_exit: bool,
     #[command(flatten)]

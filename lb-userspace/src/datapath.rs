@@ -13,7 +13,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, HashOfMaps, IterableMap as _, Map, MapData, PerCpuArray},
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use lb_common::{
     config::{CONFIG_GLOBAL, DatapathConfig},
@@ -62,6 +66,8 @@ pub enum DatapathError {
     IncompatiblePins { dir: PathBuf, reason: String },
     #[error("cannot read the pinned maps back: {0}")]
     ReadBack(String),
+    #[error("cannot keep the XDP link of {interface}: {reason}")]
+    Link { interface: String, reason: String },
     #[error("cannot attach to interface {interface}: {source}")]
     Attach {
         interface: String,
@@ -97,12 +103,37 @@ pub struct PacketRun {
     pub output: Vec<u8>,
 }
 
+/// Directory, inside an instance's pin directory, of the pinned XDP links (one per
+/// interface, named after it).
+pub const LINKS_DIR: &str = "links";
+
 /// The loaded program, its attachments and its maps.
+///
+/// Attachments are bpf_links pinned in `links/<interface>`: they outlive the agent, so a
+/// stopped, killed or restarting agent leaves the datapath serving, and the next agent
+/// replaces the program of each link atomically (`BPF_LINK_UPDATE`) with its own, which
+/// uses the same pinned maps.
 pub struct Datapath {
     ebpf: Ebpf,
-    links: Vec<(String, XdpLinkId)>,
+    links: Vec<AttachedLink>,
     pin_dir: PathBuf,
     adopted: bool,
+}
+
+struct AttachedLink {
+    interface: String,
+    link: FdLink,
+    pin: PathBuf,
+}
+
+/// How an interface got the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// A new link, in this mode.
+    New(XdpMode),
+    /// The link an earlier agent pinned now runs this agent's program (link update:
+    /// atomic, no packet sees no program).
+    Replaced,
 }
 
 /// Key and value sizes of every map, as this agent lays them out.
@@ -219,7 +250,9 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DatapathError> {
     })
 }
 
-/// Removes every pin of this instance (and the directory when it is left empty).
+/// Removes every pin of this instance (and the directory when it is left empty): the
+/// program is detached from every interface it was left attached to, and the maps, the
+/// connection table included, are freed.
 pub fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
     let tables = dir.join(names::TABLES_DIR);
     if let Ok(entries) = std::fs::read_dir(&tables) {
@@ -328,8 +361,36 @@ impl Datapath {
             .expect("the program was checked at load")
     }
 
-    /// Attaches to `interface`; returns the mode used.
-    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<XdpMode, DatapathError> {
+    /// Attaches to `interface`, or takes over the link an earlier agent pinned for it.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        mode: AttachMode,
+    ) -> Result<Attachment, DatapathError> {
+        let dir = self.pin_dir.join(LINKS_DIR);
+        std::fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let pin = dir.join(interface);
+        if pin.exists() {
+            match self.take_over(&pin) {
+                Ok(link) => {
+                    self.links.push(AttachedLink {
+                        interface: interface.into(),
+                        link,
+                        pin,
+                    });
+                    return Ok(Attachment::Replaced);
+                }
+                Err(e) => {
+                    // E.g. the interface was deleted and re-created: its old link is
+                    // defunct. Start over on this interface.
+                    tracing::warn!(interface, error = %e, "cannot take over the pinned link; attaching anew");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
         let attempts: &[XdpMode] = match mode {
             AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
             AttachMode::Native => &[XdpMode::Driver],
@@ -346,8 +407,24 @@ impl Datapath {
                             "native XDP is not available, attached in generic mode (slower)"
                         );
                     }
-                    self.links.push((interface.to_string(), id));
-                    return Ok(*m);
+                    let link = self
+                        .program()
+                        .take_link(id)
+                        .map_err(DatapathError::Program)?;
+                    let link = FdLink::try_from(link).map_err(|e| DatapathError::Link {
+                        interface: interface.into(),
+                        reason: format!("not a bpf_link (kernel without XDP links?): {e}"),
+                    })?;
+                    let pinned = link.pin(&pin).map_err(|e| DatapathError::Link {
+                        interface: interface.into(),
+                        reason: format!("cannot pin it at {}: {e}", pin.display()),
+                    })?;
+                    self.links.push(AttachedLink {
+                        interface: interface.into(),
+                        link: pinned.into(),
+                        pin,
+                    });
+                    return Ok(Attachment::New(*m));
                 }
                 Err(e) => last = Some(e),
             }
@@ -358,14 +435,53 @@ impl Datapath {
         })
     }
 
-    /// Detaches from every interface.
-    pub fn detach_all(&mut self) {
-        let links = std::mem::take(&mut self.links);
-        for (interface, id) in links {
-            if let Err(e) = self.program().detach(id) {
-                tracing::warn!(interface, error = %e, "detach failed");
+    /// Points the pinned link at this agent's program.
+    fn take_over(&mut self, pin: &Path) -> Result<FdLink, String> {
+        let link: FdLink = PinnedLink::from_pin(pin).map_err(|e| e.to_string())?.into();
+        let link = XdpLink::try_from(link).map_err(|e| e.to_string())?;
+        let id = self
+            .program()
+            .attach_to_link(link)
+            .map_err(|e| e.to_string())?;
+        let link = self.program().take_link(id).map_err(|e| e.to_string())?;
+        FdLink::try_from(link).map_err(|e| e.to_string())
+    }
+
+    /// Detaches the pinned links of interfaces not in `keep` (an earlier agent served them;
+    /// this one does not).
+    pub fn detach_others(&mut self, keep: &[String]) -> Result<Vec<String>, DatapathError> {
+        let dir = self.pin_dir.join(LINKS_DIR);
+        let mut detached = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(detached);
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !keep.contains(&name) {
+                std::fs::remove_file(entry.path()).map_err(|source| DatapathError::PinDir {
+                    path: entry.path(),
+                    source,
+                })?;
+                detached.push(name);
             }
         }
+        Ok(detached)
+    }
+
+    /// Detaches from every interface (removes the links' pins; the links go with their
+    /// last reference).
+    pub fn detach_all(&mut self) {
+        for l in std::mem::take(&mut self.links) {
+            if let Err(e) = std::fs::remove_file(&l.pin) {
+                tracing::warn!(interface = l.interface, error = %e, "cannot remove the link's pin");
+            }
+            drop(l.link);
+        }
+    }
+
+    /// The interfaces this agent serves.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.links.iter().map(|l| l.interface.clone()).collect()
     }
 
     /// Runs one frame through the loaded program with BPF_PROG_TEST_RUN: the kernel runs

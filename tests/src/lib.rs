@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod fixture;
 pub mod http;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod process;
