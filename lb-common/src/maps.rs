@@ -12,6 +12,7 @@
 //! | [`STATS`] | per-CPU array, 1 slot | 0 -> [`crate::stats::GlobalStats`] | datapath |
 //! | [`SERVICE_STATS`] | per-CPU array | service id -> [`crate::stats::ServiceStats`] | datapath |
 //! | [`BACKEND_STATS`] | per-CPU array | backend id -> [`crate::stats::BackendStats`] | datapath |
+//! | [`SIGNALS`] | ring buffer | [`Signal`] records | datapath |
 //!
 //! A service's Maglev tables live in its inner array of [`MaglevChunk`]s, which has two
 //! halves. The frontends of the service name the live one ([`FrontendValue::table_base`],
@@ -40,9 +41,32 @@ pub const BACKEND_STATS: &str = "XLB_BACKEND_STATS";
 pub const AFFINITY: &str = "XLB_AFFINITY";
 pub const AFFINITY_MEMBERS: &str = "XLB_AFFINITY_MEMBERS";
 pub const META: &str = "XLB_META";
+pub const SIGNALS: &str = "XLB_SIGNALS";
+
+/// Bytes of the [`SIGNALS`] ring buffer (a power of two, a multiple of the page size):
+/// room for 8k signals between two reads of the agent.
+pub const SIGNALS_BYTES: u32 = 128 * 1024;
+
+/// What the datapath tells the agent through [`SIGNALS`], as it happens: today, that a
+/// backend failed a new connection (passive health).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Signal {
+    /// `SIGNAL_*`.
+    pub kind: u32,
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub _pad: u32,
+}
+crate::pod!(Signal);
+
+/// A backend answered a new connection's SYN with a RST.
+pub const SIGNAL_CONN_REFUSED: u32 = 1;
+/// A backend answered a new flow with an ICMP destination unreachable.
+pub const SIGNAL_UNREACHABLE: u32 = 2;
 
 /// Every map the datapath defines, in a fixed order (used to pin and to adopt them).
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     META,
     FRONTENDS,
     MAGLEV,
@@ -53,6 +77,7 @@ pub const ALL_MAPS: [&str; 10] = [
     BACKEND_STATS,
     AFFINITY,
     AFFINITY_MEMBERS,
+    SIGNALS,
 ];
 
 /// Version of the layout of the pinned maps (names, kinds, key and value formats, and
@@ -60,10 +85,11 @@ pub const ALL_MAPS: [&str; 10] = [
 /// version; bump it with any change that an agent of the previous version would
 /// misread.
 ///
+/// 3: the [`SIGNALS`] ring buffer; per-backend refused/unreachable counters.
 /// 2: each service's Maglev table is pinned as `tables/svc-<service>-<map id>` beside
 /// the maps, so that an agent without CAP_SYS_ADMIN (which opening a map by id needs)
 /// can reopen the live tables.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Directory, inside an instance's pin directory, of the pinned Maglev tables.
 pub const TABLES_DIR: &str = "tables";
@@ -155,6 +181,9 @@ const _: () = assert!(core::mem::size_of::<FrontendValue>() == 24);
 
 /// `sessionAffinity: ClientIP`: new flows of a client stick to its previous backend.
 pub const FRONTEND_F_AFFINITY: u32 = 1 << 0;
+/// Every backend of the service is down and all are kept (fail open): a backend's RST
+/// to a SYN reaches the client (with [`FRONTEND_F_AFFINITY`] clear or set).
+pub const FRONTEND_F_FAIL_OPEN: u32 = 1 << 1;
 
 /// A backend (endpoint address and target port), indexed by backend id.
 #[repr(C)]

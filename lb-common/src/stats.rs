@@ -120,6 +120,11 @@ reasons! {
     /// The maps are inconsistent (a table slot names a backend that is not programmed).
     /// Fail closed: a VIP packet passed untranslated would go nowhere useful.
     INTERNAL = 20, "internal", XDP_DROP;
+    /// A backend answered a new connection's SYN with a RST (nothing listens, it is
+    /// dying): the RST is dropped and the flow forgotten, so the client's SYN
+    /// retransmission is balanced afresh, by then without that backend (passive health).
+    /// Not when the service is in fail open: then the client gets the RST.
+    CONN_REFUSED = 21, "conn_refused", XDP_DROP;
 }
 
 /// Number of reason slots per action in [`GlobalStats::packets`].
@@ -144,6 +149,11 @@ impl Event {
     pub const CT_REPLY_RESTORED: Self = Self(4);
     /// A new flow of a client went to the backend its session affinity remembered.
     pub const AFFINITY_HIT: Self = Self(5);
+    /// A backend answered a new connection's SYN with a RST (counted also when the RST
+    /// was let through).
+    pub const CONN_REFUSED: Self = Self(6);
+    /// An ICMP destination unreachable from a backend about one of its flows.
+    pub const BACKEND_UNREACHABLE: Self = Self(7);
     pub const ALL: &'static [(Event, &'static str)] = &[
         (Self::NEW_FLOW, "new_flow"),
         (Self::CT_HIT, "ct_hit"),
@@ -151,6 +161,8 @@ impl Event {
         (Self::CT_INSERT_FAILED, "ct_insert_failed"),
         (Self::CT_REPLY_RESTORED, "ct_reply_restored"),
         (Self::AFFINITY_HIT, "affinity_hit"),
+        (Self::CONN_REFUSED, "conn_refused"),
+        (Self::BACKEND_UNREACHABLE, "backend_unreachable"),
     ];
 }
 
@@ -214,7 +226,11 @@ pub struct BackendStats {
     pub bytes: u64,
     pub reply_packets: u64,
     pub reply_bytes: u64,
-    pub _reserved: [u64; 3],
+    /// New connections it refused (RST answering the SYN).
+    pub conn_refused: u64,
+    /// ICMP destination unreachable it sent about its flows.
+    pub unreachable: u64,
+    pub _reserved: u64,
 }
 crate::pod!(BackendStats);
 
@@ -226,6 +242,8 @@ impl BackendStats {
         self.bytes += o.bytes;
         self.reply_packets += o.reply_packets;
         self.reply_bytes += o.reply_bytes;
+        self.conn_refused += o.conn_refused;
+        self.unreachable += o.unreachable;
     }
 }
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 64);

@@ -3,14 +3,15 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, HashOfMaps, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, HashOfMaps, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
     maps::{
         AFFINITY_ENTRIES, AffinityKey, AffinityValue, BPF_F_INNER_MAP, BackendValue,
         CONNTRACK_ENTRIES, CtKey, CtValue, FrontendKey, FrontendValue, MAX_AFFINITY_MEMBERS,
-        MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MaglevChunk, MemberKey, Meta,
+        MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MaglevChunk, MemberKey, Meta, SIGNALS_BYTES,
+        Signal,
     },
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
@@ -65,3 +66,7 @@ pub static XLB_AFFINITY_MEMBERS: HashMap<MemberKey, u32, { MAX_AFFINITY_MEMBERS 
 /// The layout version of the pinned maps (written by the agent; not read by the program).
 #[btf_map]
 pub static XLB_META: Array<Meta, 1> = Array::new();
+
+/// Signals to the agent (passive health), written only on the rare failure paths.
+#[btf_map]
+pub static XLB_SIGNALS: RingBuf<Signal, { SIGNALS_BYTES as usize }> = RingBuf::new();

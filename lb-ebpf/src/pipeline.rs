@@ -6,16 +6,16 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    maps::{CtKey, CtValue, FRONTEND_F_AFFINITY, FrontendKey, FrontendValue},
+    maps::{CT_STATE_SYN_SENT, CtKey, CtValue, FRONTEND_F_AFFINITY, FRONTEND_F_FAIL_OPEN, FrontendKey, FrontendValue},
     stats::{Event, Reason, XDP_PASS},
 };
 
 use crate::{
     config, conntrack,
     fwd::{self, NextHop, Outcome},
-    maps::XLB_FRONTENDS,
+    maps::{XLB_CONNTRACK, XLB_FRONTENDS},
     nat::{self, End},
-    parse::{self, Packet},
+    parse::{self, Packet, TCP_RST},
     select,
     stats::{self, Counters},
 };
@@ -192,6 +192,9 @@ fn from_backend(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtValue) -
 #[inline(always)]
 fn from_backend_inner(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtValue) -> Result<Outcome, Reason> {
     translatable(pkt)?;
+    if pkt.has_tcp_flag(TCP_RST) && refused(env, key, entry) != 0 {
+        return Ok(Outcome::new(lb_common::stats::XDP_DROP, Reason::CONN_REFUSED));
+    }
     // SAFETY: a map value pointer, used during this run (see conntrack).
     let e = unsafe { &*entry };
     nat::rewrite(env.ctx, pkt, End::Source, &e.nat_addr, e.nat_port_be)?;
@@ -200,4 +203,43 @@ fn from_backend_inner(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtVa
     conntrack::refresh_reply(key, entry, pkt, env.now, &learned(&nh, fresh));
     stats::backend(backend_id, pkt.ip_len, false, true);
     send(env.ctx, pkt, nh, Reason::FORWARD_REPLY)
+}
+
+/// A RST from a backend: if it answers the SYN of a new connection, the backend refused
+/// it. Counted and signalled to the agent (passive health); then, unless the service is
+/// in fail open, the flow is forgotten and the RST dropped (returns 1): the client
+/// retransmits its SYN (after a second), which is balanced afresh, by then without the
+/// backend. Off the per-packet path: only RSTs get here.
+#[inline(never)]
+fn refused(env: &Env, key: &CtKey, entry: *mut CtValue) -> u32 {
+    // SAFETY: a map value pointer, used during this run (see conntrack).
+    let e = unsafe { &*entry };
+    // The reply entry holds the VIP; the forward key is the client's tuple to it.
+    let forward = CtKey {
+        src: key.dst,
+        dst: e.nat_addr,
+        sport_be: key.dport_be,
+        dport_be: e.nat_port_be,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    };
+    let Some(f) = XLB_CONNTRACK.get_ptr(&forward) else { return 0 };
+    // SAFETY: as above.
+    if unsafe { (*f).state } != CT_STATE_SYN_SENT {
+        return 0;
+    }
+    let (backend_id, service_id) = (e.backend_id, e.service_id);
+    env.counters.event(Event::CONN_REFUSED);
+    stats::backend_failed(backend_id, service_id, false);
+    let fkey = FrontendKey { addr: e.nat_addr, port_be: e.nat_port_be, proto: key.proto, family: key.family };
+    if let Some(fe) = XLB_FRONTENDS.get_ptr(&fkey) {
+        // SAFETY: see new_flow_inner.
+        if unsafe { (*fe).flags } & FRONTEND_F_FAIL_OPEN != 0 {
+            return 0;
+        }
+    }
+    let _ = XLB_CONNTRACK.remove(&forward);
+    let _ = XLB_CONNTRACK.remove(key);
+    1
 }

@@ -84,3 +84,22 @@ pub fn backend(backend_id: u32, bytes: u16, new_flow: bool, reply: bool) {
         }
     }
 }
+
+/// Counts a failed new connection of a backend (`unreachable`: an ICMP unreachable, else
+/// a RST answering the SYN) and tells the agent through the signal ring. A full ring
+/// loses the signal, not the count.
+#[inline(always)]
+pub fn backend_failed(backend_id: u32, service_id: u32, unreachable: bool) {
+    if let Some(s) = XLB_BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot returned by the map; no concurrent writer.
+        unsafe {
+            if unreachable {
+                (*s).unreachable += 1;
+            } else {
+                (*s).conn_refused += 1;
+            }
+        }
+    }
+    let kind = if unreachable { lb_common::maps::SIGNAL_UNREACHABLE } else { lb_common::maps::SIGNAL_CONN_REFUSED };
+    let _ = crate::maps::XLB_SIGNALS.output(&lb_common::maps::Signal { kind, backend_id, service_id, _pad: 0 }, 0);
+}

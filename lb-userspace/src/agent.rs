@@ -32,6 +32,10 @@ use crate::{
 #[derive(Debug)]
 pub enum Msg {
     Change(Change),
+    /// An active health probe changed state.
+    Health(crate::health::Transition),
+    /// The datapath saw a new connection to this backend (id) fail.
+    ConnectionFailed(u32),
     Stop,
 }
 
@@ -123,6 +127,7 @@ async fn serve(
         tracing::info!(interface, "detached: no longer in --interface");
     }
     let maps = dp.maps()?;
+    let signals = dp.signals()?;
     let applied = if dp.adopted() {
         let (applied, found) = Applied::adopt(
             maps.programmed()?,
@@ -153,6 +158,9 @@ async fn serve(
         addresses: args.node_addresses.clone(),
         zone: args.node_zone.clone(),
     };
+    let health_view = args.health.view()?;
+    let (targets_tx, targets_rx) = tokio::sync::watch::channel(Default::default());
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
     let reconciler = Reconciler::new(
         Store::new(Some(node_name.clone())),
         fallback,
@@ -163,8 +171,28 @@ async fn serve(
         },
         ApplyConfig::default(),
         metrics.clone(),
+    )
+    .with_health(
+        health_view,
+        Some(crate::reconcile::HealthLinks {
+            targets: targets_tx,
+            commands: commands_tx,
+        }),
+        args.health.drain_timeout,
     );
     let (tx, rx) = mpsc::channel::<Msg>();
+    let report_tx = std::sync::Mutex::new(tx.clone());
+    let reporter: crate::health::Reporter = Arc::new(move |t| {
+        report_tx
+            .lock()
+            .expect("not poisoned")
+            .send(Msg::Health(t))
+            .is_ok()
+    });
+    let signal_task = tokio::spawn(read_signals(signals, tx.clone()));
+    let checker = tokio::spawn(
+        crate::health::Checker::new(reporter, metrics.health.clone()).run(targets_rx, commands_rx),
+    );
     let worker = std::thread::Builder::new()
         .name("xlb-reconcile".into())
         .spawn(move || reconcile_loop(reconciler, maps, rx))
@@ -200,6 +228,8 @@ async fn serve(
     };
     source.abort();
     http.abort();
+    checker.abort();
+    signal_task.abort();
     let _ = tx.send(Msg::Stop);
     match tokio::task::spawn_blocking(move || worker.join()).await {
         Ok(Ok(())) => {}
@@ -211,6 +241,44 @@ async fn serve(
     result
 }
 
+/// Forwards the datapath's signals (failed new connections) to the reconciler as they
+/// come: the ring buffer wakes this task through epoll.
+async fn read_signals(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    tx: mpsc::Sender<Msg>,
+) -> anyhow::Result<()> {
+    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long
+    // as it lives, and it lives inside the AsyncFd.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    }
+    .context("polling the signal ring")?;
+    loop {
+        let mut guard = fd.readable_mut().await.context("polling the signal ring")?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<lb_common::maps::Signal>() {
+                continue;
+            }
+            let signal: lb_common::maps::Signal =
+                bytemuck::pod_read_unaligned(&item[..size_of::<lb_common::maps::Signal>()]);
+            if tx.send(Msg::ConnectionFailed(signal.backend_id)).is_err() {
+                return Ok(());
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+fn handle(rec: &mut Reconciler, msg: Msg) {
+    match msg {
+        Msg::Change(change) => rec.handle(&change),
+        Msg::Health(t) => rec.health_transition(&t),
+        Msg::ConnectionFailed(id) => rec.connection_failed(id),
+        Msg::Stop => {}
+    }
+}
+
 /// The reconciler thread: applies changes as they come, syncing after each batch.
 fn reconcile_loop(mut rec: Reconciler, mut maps: RealMaps, rx: mpsc::Receiver<Msg>) {
     let mut next_tick = Instant::now() + TICK;
@@ -218,18 +286,18 @@ fn reconcile_loop(mut rec: Reconciler, mut maps: RealMaps, rx: mpsc::Receiver<Ms
     loop {
         let timeout = next_tick.saturating_duration_since(Instant::now());
         match rx.recv_timeout(timeout) {
-            Ok(Msg::Change(change)) => {
-                rec.handle(&change);
+            Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(msg) => {
+                handle(&mut rec, msg);
                 // Take everything that has arrived meanwhile: one sync for the batch.
                 loop {
                     match rx.try_recv() {
-                        Ok(Msg::Change(change)) => rec.handle(&change),
                         Ok(Msg::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
+                        Ok(msg) => handle(&mut rec, msg),
                         Err(mpsc::TryRecvError::Empty) => break,
                     }
                 }
             }
-            Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if let Some(r) = rec.sync(&mut maps) {

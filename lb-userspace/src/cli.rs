@@ -86,6 +86,94 @@ pub struct AgentArgs {
     pub cleanup_on_exit: bool,
     #[command(flatten)]
     pub datapath: DatapathArgs,
+    #[command(flatten)]
+    pub health: HealthArgs,
+}
+
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::health::parse_duration(text)
+}
+
+/// Health checks, passive ejection and draining. Services override the check settings
+/// with `xlb.dev/health-check*` annotations.
+#[derive(Debug, Args, Clone)]
+pub struct HealthArgs {
+    /// Active check for Services without an `xlb.dev/health-check` annotation: tcp
+    /// (connect) or http (GET); none when not given. UDP ports are checked only with an
+    /// `xlb.dev/health-check-port` annotation.
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub health_check: Option<crate::health::MethodKind>,
+    /// Default path of http checks.
+    #[arg(long, default_value = "/")]
+    pub health_check_path: String,
+    /// Default healthy status range of http checks.
+    #[arg(long, default_value = "200-399")]
+    pub health_check_status: String,
+    /// Default interval between two checks of a backend (e.g. 500ms, 2s).
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    pub health_check_interval: std::time::Duration,
+    /// Default time a check may take.
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub health_check_timeout: std::time::Duration,
+    /// Consecutive successes that bring an unhealthy backend back.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a backend out.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub unhealthy_threshold: u32,
+    /// Failed new connections (TCP RST answering the SYN, ICMP unreachable from the
+    /// backend) within --outlier-window that eject a backend at once; 0: off.
+    #[arg(long, default_value_t = 3)]
+    pub outlier_failures: u32,
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub outlier_window: std::time::Duration,
+    /// How long a passive ejection lasts for backends without an active check (with one,
+    /// the check brings them back).
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub outlier_ejection: std::time::Duration,
+    /// How long TCP connections to a backend that left its Service (terminating or
+    /// deleted endpoint) keep going before their entries are removed. UDP flows of a
+    /// removed backend move to another backend at once.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub drain_timeout: std::time::Duration,
+}
+
+impl HealthArgs {
+    /// The health view's settings; a bad default status range is an error.
+    pub fn view(&self) -> anyhow::Result<crate::health::HealthView> {
+        let status = crate::health::HealthAnnotations::parse(Some(
+            &[(
+                format!("{}-status", crate::health::ANNOTATION_PREFIX),
+                self.health_check_status.clone(),
+            )]
+            .into(),
+        ))
+        .map_err(|e| anyhow::anyhow!("--health-check-status: {e}"))?
+        .status
+        .expect("parsed");
+        if !self.health_check_path.starts_with('/') {
+            anyhow::bail!(
+                "--health-check-path {:?}: not an absolute path",
+                self.health_check_path
+            );
+        }
+        Ok(crate::health::HealthView::new(
+            crate::health::HealthDefaults {
+                method: self.health_check,
+                path: self.health_check_path.clone(),
+                status,
+                interval: self.health_check_interval,
+                timeout: self.health_check_timeout.min(self.health_check_interval),
+                healthy_threshold: self.healthy_threshold,
+                unhealthy_threshold: self.unhealthy_threshold,
+            },
+            crate::health::OutlierConfig {
+                failures: self.outlier_failures,
+                window: self.outlier_window,
+                ejection: self.outlier_ejection,
+            },
+        ))
+    }
 }
 
 /// Settings of the datapath, fixed when the program is loaded.

@@ -137,7 +137,7 @@ pub enum Attachment {
 }
 
 /// Key and value sizes of every map, as this agent lays them out.
-fn expected_layout() -> [(&'static str, usize, usize); 10] {
+fn expected_layout() -> [(&'static str, usize, usize); 11] {
     use lb_common::{
         maps::{AffinityKey, AffinityValue, CtKey, CtValue, Meta},
         stats::{BackendStats, GlobalStats, ServiceStats},
@@ -161,6 +161,8 @@ fn expected_layout() -> [(&'static str, usize, usize); 10] {
             size_of::<AffinityValue>(),
         ),
         (names::AFFINITY_MEMBERS, size_of::<MemberKey>(), 4),
+        // A ring buffer has neither keys nor values.
+        (names::SIGNALS, 0, 0),
     ]
 }
 
@@ -516,6 +518,12 @@ impl Datapath {
         program.fd().expect("the program is loaded")
     }
 
+    /// The signal ring (passive health), taken out of the object: call once.
+    pub fn signals(&mut self) -> Result<aya::maps::RingBuf<MapData>, DatapathError> {
+        aya::maps::RingBuf::try_from(take(&mut self.ebpf, names::SIGNALS)?)
+            .map_err(map_err(names::SIGNALS))
+    }
+
     /// Typed handles on the maps the agent writes.
     pub fn maps(&mut self) -> Result<RealMaps, DatapathError> {
         RealMaps::from_ebpf(&mut self.ebpf, &self.pin_dir)
@@ -711,6 +719,32 @@ mod single {
         }
         Ok(Some(value))
     }
+
+    /// Deletes `key`.
+    pub fn delete<K: aya::Pod>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
+        const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+        let mut attr = ElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            _pad: 0,
+            key: key as *const K as u64,
+            value: 0,
+            flags: 0,
+        };
+        // SAFETY: as in `lookup`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_ELEM,
+                &mut attr as *mut ElemAttr,
+                size_of::<ElemAttr>() as u32,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
 }
 
 type Inner = Array<MapData, MaglevChunk>;
@@ -736,6 +770,8 @@ pub struct RealMaps {
     maglev: Map,
     backends: Array<MapData, BackendValue>,
     members: HashMap<MapData, MemberKey, u32>,
+    /// The connection table (LRU hash of `CtKey` -> `CtValue`), for sweeps.
+    conntrack: MapData,
     tables_dir: PathBuf,
     /// The live table of each service (by service id), open.
     tables: std::collections::BTreeMap<u32, Table>,
@@ -753,6 +789,10 @@ impl RealMaps {
                 .map_err(map_err(names::BACKENDS))?,
             members: HashMap::try_from(take(ebpf, names::AFFINITY_MEMBERS)?)
                 .map_err(map_err(names::AFFINITY_MEMBERS))?,
+            conntrack: match take(ebpf, names::CONNTRACK)? {
+                Map::LruHashMap(data) => data,
+                _ => return Err(DatapathError::MissingMap(names::CONNTRACK)),
+            },
             tables_dir: pin_dir.join(names::TABLES_DIR),
             tables: Default::default(),
         };
@@ -773,6 +813,7 @@ impl RealMaps {
                 .map_err(map_err(names::BACKENDS))?,
             members: HashMap::try_from(Map::HashMap(open(names::AFFINITY_MEMBERS)?))
                 .map_err(map_err(names::AFFINITY_MEMBERS))?,
+            conntrack: open(names::CONNTRACK)?,
             tables_dir: dir.join(names::TABLES_DIR),
             tables: Default::default(),
         };
@@ -1133,6 +1174,47 @@ impl Maps for RealMaps {
             "insert",
             format!("{} members of service {service}", keys.len()),
         ))
+    }
+
+    fn sweep_flows(&mut self, targets: &[crate::sync::FlowTarget]) -> Result<usize, MapsError> {
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let wanted: std::collections::BTreeSet<(u32, [u8; 16], u16, u8)> = targets
+            .iter()
+            .map(|t| {
+                (
+                    t.service,
+                    lb_common::Addr::from_ip(&t.backend.ip).octets(),
+                    t.backend.port.to_be(),
+                    t.backend.proto.0,
+                )
+            })
+            .collect();
+        let what = || format!("flows of {} service backends", targets.len());
+        // One pass over the whole table (batched reads), then one delete per entry found.
+        let entries: Vec<(lb_common::maps::CtKey, lb_common::maps::CtValue)> = batch::lookup_all(
+            self.conntrack.fd().as_fd(),
+            8192,
+        )
+        .map_err(io_err(names::CONNTRACK, "read", what()))?;
+        let mut deleted = 0;
+        for (key, value) in entries {
+            // Forward entries hold the backend in nat_*; reply entries are keyed by it.
+            let (addr, port) = if value.flags & lb_common::maps::CT_F_REPLY != 0 {
+                (key.src, key.sport_be)
+            } else {
+                (value.nat_addr, value.nat_port_be)
+            };
+            if wanted.contains(&(value.service_id, addr.octets(), port, key.proto.0)) {
+                match single::delete(self.conntrack.fd().as_fd(), &key) {
+                    Ok(()) => deleted += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(io_err(names::CONNTRACK, "delete", what())(e)),
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     fn delete_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError> {

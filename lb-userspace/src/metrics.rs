@@ -6,7 +6,7 @@
 //! exactly what `xlb stats` shows.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::PathBuf,
     sync::{
@@ -34,6 +34,16 @@ pub const HEALTHY_WITHIN: std::time::Duration = std::time::Duration::from_secs(1
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceNameLabel {
+    pub service: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +77,13 @@ pub struct Metrics {
     pub frontends: Gauge,
     pub backends: Gauge,
     pub rejected_objects: Gauge,
+    /// Backends ejected by passive detection.
+    pub ejections: Counter,
+    /// Services serving every backend because all are down.
+    pub fail_open: Gauge,
+    fail_open_services: Family<ServiceNameLabel, Gauge>,
+    flows_swept: Family<ReasonLabel, Counter>,
+    pub health: Arc<crate::health::HealthMetrics>,
     ready: AtomicBool,
     /// When the reconciler last went round its loop (ms since `started`).
     heartbeat_ms: AtomicU64,
@@ -97,6 +114,11 @@ impl Metrics {
             frontends: Gauge::default(),
             backends: Gauge::default(),
             rejected_objects: Gauge::default(),
+            ejections: Counter::default(),
+            fail_open: Gauge::default(),
+            fail_open_services: Family::default(),
+            flows_swept: Family::default(),
+            health: Arc::default(),
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
             started: std::time::Instant::now(),
@@ -110,6 +132,26 @@ impl Metrics {
 
     pub fn errors(&self, kind: &'static str) -> u64 {
         self.sync_errors.get_or_create(&KindLabel { kind }).get()
+    }
+
+    /// Counts connection-table entries removed for `reason`.
+    pub fn flows_swept(&self, reason: &'static str, entries: u64) {
+        self.flows_swept
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(entries);
+    }
+
+    /// The services in fail open (every backend down, all kept).
+    pub fn set_fail_open(&self, services: &BTreeSet<crate::model::ServiceName>) {
+        self.fail_open.set(services.len() as i64);
+        self.fail_open_services.clear();
+        for s in services {
+            self.fail_open_services
+                .get_or_create(&ServiceNameLabel {
+                    service: s.to_string(),
+                })
+                .set(1);
+        }
     }
 
     pub fn set_ready(&self) {
@@ -180,6 +222,36 @@ impl Metrics {
             "rejected_objects",
             "Objects currently rejected as invalid",
             self.rejected_objects.clone(),
+        );
+        r.register(
+            "backend_ejections",
+            "Backends ejected by passive health detection (failed new connections seen by the datapath)",
+            self.ejections.clone(),
+        );
+        r.register(
+            "services_fail_open",
+            "Services whose backends are all down, so all of them are kept (fail open)",
+            self.fail_open.clone(),
+        );
+        r.register(
+            "service_fail_open",
+            "1 for each service in fail open",
+            self.fail_open_services.clone(),
+        );
+        r.register(
+            "flows_swept",
+            "Connection-table entries removed (UDP flows of removed backends, TCP past the drain timeout)",
+            self.flows_swept.clone(),
+        );
+        r.register(
+            "health_probe_up",
+            "Active health check state per probe (method and address): 1 healthy, 0 unhealthy",
+            self.health.probe_healthy.clone(),
+        );
+        r.register(
+            "health_checks",
+            "Active health checks run, by result",
+            self.health.checks.clone(),
         );
         if let Some(dir) = pin_dir {
             r.register_collector(Box::new(DatapathCollector {
@@ -322,6 +394,18 @@ impl Collector for DatapathCollector {
             "backend_reply_packets",
             "Reply packets from a backend",
             &rows(|b| b.reply_packets),
+        )?;
+        counter(
+            &mut encoder,
+            "backend_conn_refused",
+            "New connections a backend refused (RST answering the SYN), seen by the datapath",
+            &rows(|b| b.conn_refused),
+        )?;
+        counter(
+            &mut encoder,
+            "backend_unreachable",
+            "ICMP destination unreachable a backend sent about its flows, seen by the datapath",
+            &rows(|b| b.unreachable),
         )?;
         Ok(())
     }

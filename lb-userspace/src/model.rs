@@ -83,6 +83,11 @@ pub struct ServiceSpec {
     pub backends: Vec<Backend>,
     /// `sessionAffinity: ClientIP` timeout.
     pub affinity_timeout_s: Option<u32>,
+    /// The Service's health-check annotations (the agent applies its defaults).
+    pub health: crate::health::HealthAnnotations,
+    /// Every backend is down and all are kept (set by the health filter, not by the
+    /// translation).
+    pub fail_open: bool,
 }
 
 impl ServiceSpec {
@@ -162,6 +167,8 @@ mod tests {
                 frontends: BTreeSet::new(),
                 backends: vec![],
                 affinity_timeout_s: None,
+                health: Default::default(),
+                fail_open: false,
             },
         )
     }

@@ -19,12 +19,23 @@ use std::{
 };
 
 use crate::{
+    health::{self, HealthView},
     metrics::{Metrics, Names, ScopeLabel, errors},
-    model::{Desired, ServiceSpec, object_range},
+    model::{Desired, ServiceName, ServiceSpec, object_range},
     store::{Change, Store},
-    sync::{self, Applied, ApplyConfig, Maps, PlanConfig},
+    sync::{self, Applied, ApplyConfig, BackendKey, FlowTarget, Maps, PlanConfig},
     translate::{self, NodeInfo, ObjectKey},
 };
+
+/// Default time a backend's TCP connections keep going after it left its service (a
+/// terminating or deleted endpoint), before their entries are removed.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Where the reconciler sends what the health checker must do.
+pub struct HealthLinks {
+    pub targets: tokio::sync::watch::Sender<BTreeMap<health::Probe, health::Schedule>>,
+    pub commands: tokio::sync::mpsc::UnboundedSender<health::Command>,
+}
 
 /// What one sync did.
 #[derive(Debug, Default, Clone)]
@@ -47,7 +58,15 @@ pub struct SyncReport {
 
 pub struct Reconciler {
     pub store: Store,
+    /// What the objects translate to, before health filtering.
+    translated: Desired,
+    /// What is programmed: `translated` without the backends that are down.
     desired: Desired,
+    health: HealthView,
+    health_links: Option<HealthLinks>,
+    /// TCP flows of backends that left their service, and when they are cut.
+    drains: BTreeMap<FlowTarget, Instant>,
+    drain_timeout: std::time::Duration,
     node: NodeInfo,
     /// This node as the command line describes it (used without a Node object).
     node_fallback: NodeInfo,
@@ -77,7 +96,12 @@ impl Reconciler {
     ) -> Self {
         Self {
             store,
+            translated: Desired::default(),
             desired: Desired::default(),
+            health: HealthView::default(),
+            health_links: None,
+            drains: BTreeMap::new(),
+            drain_timeout: DRAIN_TIMEOUT,
             node: node_fallback.clone(),
             node_fallback,
             pending: BTreeMap::new(),
@@ -92,8 +116,154 @@ impl Reconciler {
         }
     }
 
+    /// Health checks, passive ejection and drains (the agent's settings).
+    pub fn with_health(
+        mut self,
+        view: HealthView,
+        links: Option<HealthLinks>,
+        drain_timeout: std::time::Duration,
+    ) -> Self {
+        self.health = view;
+        self.health_links = links;
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
     pub fn desired(&self) -> &Desired {
         &self.desired
+    }
+
+    /// An active probe changed state.
+    pub fn health_transition(&mut self, t: &health::Transition) {
+        let now = Instant::now();
+        match (&t.reason, t.healthy) {
+            (_, true) => {
+                tracing::info!(probe = %t.probe, "backend healthy again: it takes new connections")
+            }
+            (reason, false) => tracing::warn!(
+                probe = %t.probe,
+                reason = reason.as_deref().unwrap_or(""),
+                "backend unhealthy: no new connections go to it"
+            ),
+        }
+        for key in self.health.transition(t) {
+            self.pending.entry(key).or_insert(now);
+        }
+    }
+
+    /// The datapath saw a new connection to backend `id` fail (RST answering its SYN, or
+    /// an ICMP unreachable from it).
+    pub fn connection_failed(&mut self, id: u32) {
+        let Some(value) = self.applied.backends.get(&id) else {
+            return;
+        };
+        let backend = BackendKey::of(value);
+        let now = Instant::now();
+        let Some(probes) = self.health.failure(backend, now) else {
+            return;
+        };
+        tracing::warn!(
+            %backend,
+            failures = self.health.outlier.failures,
+            window = ?self.health.outlier.window,
+            "backend ejected: its new connections fail (passive detection)"
+        );
+        self.metrics.ejections.inc();
+        if let Some(links) = &self.health_links {
+            for p in probes {
+                let _ = links.commands.send(health::Command::ForceDown(p));
+            }
+        }
+        for key in HealthView::objects_with(&backend, &self.translated) {
+            self.pending.entry(key).or_insert(now);
+        }
+    }
+
+    /// Table members (backends taking new flows) of each service `names` selects.
+    fn members(
+        &self,
+        names: impl Iterator<Item = ServiceName>,
+    ) -> BTreeMap<ServiceName, (u32, BTreeSet<BackendKey>)> {
+        names
+            .filter_map(|n| {
+                let id = *self.applied.services.get(&n)?;
+                let members = self
+                    .applied
+                    .tables
+                    .get(&id)
+                    .map(|t| t.members.iter().map(|(k, _)| *k).collect())
+                    .unwrap_or_default();
+                Some((n, (id, members)))
+            })
+            .collect()
+    }
+
+    /// After a sync: the flows of backends that left a service's table. UDP flows are
+    /// deleted at once (their next datagram is balanced afresh: a client that keeps its
+    /// source port is not stuck on a gone backend). TCP connections keep their backend:
+    /// for good when it left for health (it may still answer), until the drain timeout
+    /// when it left the Service.
+    fn retire_flows(
+        &mut self,
+        before: BTreeMap<ServiceName, (u32, BTreeSet<BackendKey>)>,
+        maps: &mut impl Maps,
+    ) {
+        let now = Instant::now();
+        let after = self.members(before.keys().cloned());
+        let mut sweep = Vec::new();
+        for (name, (id, old)) in before {
+            let current = after
+                .get(&name)
+                .filter(|(i, _)| *i == id)
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default();
+            for b in &current {
+                self.drains.remove(&FlowTarget {
+                    service: id,
+                    backend: *b,
+                });
+            }
+            for b in old.difference(&current) {
+                let target = FlowTarget {
+                    service: id,
+                    backend: *b,
+                };
+                if b.proto == lb_common::Proto::UDP {
+                    sweep.push(target);
+                    continue;
+                }
+                let still_endpoint = self.translated.services.get(&name).is_some_and(|s| {
+                    s.backends
+                        .iter()
+                        .any(|e| e.ip == b.ip && e.port == b.port && e.weight > 0)
+                });
+                if !still_endpoint {
+                    self.drains.insert(target, now + self.drain_timeout);
+                }
+            }
+        }
+        self.sweep(&sweep, "udp_backend_removed", maps);
+    }
+
+    fn sweep(&mut self, targets: &[FlowTarget], reason: &'static str, maps: &mut impl Maps) {
+        if targets.is_empty() {
+            return;
+        }
+        match maps.sweep_flows(targets) {
+            Ok(n) => {
+                tracing::debug!(
+                    targets = targets.len(),
+                    entries = n,
+                    reason,
+                    "flows removed from the connection table"
+                );
+                self.metrics.flows_swept(reason, n as u64);
+            }
+            Err(e) => {
+                tracing::error!("map write failed: {e}");
+                self.metrics.error(errors::MAP_WRITE);
+            }
+        }
     }
 
     pub fn node(&self) -> &NodeInfo {
@@ -134,6 +304,7 @@ impl Reconciler {
         }
         let started = Instant::now();
         let mut report = SyncReport::default();
+        let before;
         let (plan, since) = if let Some(since) = self.full.take() {
             report.full = true;
             self.node = self.store.node_info(&self.node_fallback);
@@ -145,8 +316,25 @@ impl Reconciler {
                 report.translated += 1;
                 self.translate_into(&key, Some(&svc), &mut desired, &mut rejected, &mut report);
             }
-            self.desired = desired;
             self.rejected = rejected;
+            self.health.forget_all();
+            let now = Instant::now();
+            let mut filtered = Desired::default();
+            for (name, spec) in &desired.services {
+                filtered
+                    .services
+                    .insert(name.clone(), self.health.filter(name, spec, now).spec);
+            }
+            self.translated = desired;
+            self.desired = filtered;
+            before = self.members(
+                self.applied
+                    .services
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            );
             let plan = sync::plan(&self.desired, &self.applied, None, &self.plan_cfg);
             // The first sync's start is the agent's, not a change's: only the changes
             // it carries count as programming latency.
@@ -164,8 +352,26 @@ impl Reconciler {
                 rejected.remove(key);
                 self.translate_into(key, svc.as_deref(), &mut fresh, &mut rejected, &mut report);
                 self.rejected = rejected;
-                self.desired.replace_object(&key.0, &key.1, fresh.services);
+                self.health.forget_object(&key.0, &key.1);
+                let now = Instant::now();
+                let filtered: Vec<(ServiceName, ServiceSpec)> = fresh
+                    .services
+                    .iter()
+                    .map(|(name, spec)| (name.clone(), self.health.filter(name, spec, now).spec))
+                    .collect();
+                self.translated
+                    .replace_object(&key.0, &key.1, fresh.services);
+                self.desired.replace_object(&key.0, &key.1, filtered);
             }
+            let names: Vec<ServiceName> = scope
+                .iter()
+                .flat_map(|k| {
+                    object_range(&self.applied.services, &k.0, &k.1)
+                        .map(|(n, _)| n.clone())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            before = self.members(names.into_iter());
             let plan = sync::plan(&self.desired, &self.applied, Some(&scope), &self.plan_cfg);
             (plan, pending.into_values().collect())
         };
@@ -183,6 +389,13 @@ impl Reconciler {
             report.problems.push(msg);
         }
         report.writes = applied.writes;
+        self.retire_flows(before, maps);
+        if let Some(targets) = self.health.take_targets() {
+            if let Some(links) = &self.health_links {
+                let _ = links.targets.send(targets);
+            }
+        }
+        self.metrics.set_fail_open(self.health.fail_open());
         report.services = self.desired.services.len();
         report.frontends = self.desired.frontend_count();
         report.backends = self.desired.backend_count();
@@ -232,7 +445,7 @@ impl Reconciler {
             Err(e) => {
                 self.metrics.error(errors::INVALID_OBJECT);
                 let previous: Vec<(crate::model::ServiceName, ServiceSpec)> =
-                    object_range(&self.desired.services, &key.0, &key.1)
+                    object_range(&self.translated.services, &key.0, &key.1)
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
                 let at = svc
@@ -270,6 +483,23 @@ impl Reconciler {
     /// and refreshes the names the metrics label datapath counters with (off the sync
     /// path: with many services it is not free).
     pub fn tick(&mut self, maps: &mut impl Maps) {
+        let now = Instant::now();
+        let due: Vec<FlowTarget> = self
+            .drains
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(f, _)| *f)
+            .collect();
+        for f in &due {
+            self.drains.remove(f);
+        }
+        self.sweep(&due, "drain_timeout", maps);
+        for backend in self.health.expire(now) {
+            tracing::info!(%backend, "ejection over: the backend takes new connections again");
+            for key in HealthView::objects_with(&backend, &self.translated) {
+                self.pending.entry(key).or_insert(now);
+            }
+        }
         let reaped = sync::reap(&mut self.applied, maps);
         for e in &reaped.errors {
             tracing::error!("map write failed: {e}");

@@ -37,6 +37,10 @@ pub struct BackendReport {
     pub bytes: u64,
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// New connections it refused (RST to the SYN).
+    pub conn_refused: u64,
+    /// ICMP unreachable it sent about its flows.
+    pub unreachable: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,6 +130,8 @@ pub fn read(dir: &Path) -> Result<Report, DatapathError> {
             bytes: b.bytes,
             reply_packets: b.reply_packets,
             reply_bytes: b.reply_bytes,
+            conn_refused: b.conn_refused,
+            unreachable: b.unreachable,
         })
         .collect();
     Ok(Report {
@@ -169,14 +175,14 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(out, "Backends:");
     let _ = writeln!(
         out,
-        "  {:>4} {:<30} {:>10} {:>10} {:>10}",
-        "ID", "ADDRESS", "NEW_FLOWS", "PACKETS", "REPLIES"
+        "  {:>4} {:<30} {:>10} {:>10} {:>10} {:>8} {:>11}",
+        "ID", "ADDRESS", "NEW_FLOWS", "PACKETS", "REPLIES", "REFUSED", "UNREACHABLE"
     );
     for b in &report.backends {
         let _ = writeln!(
             out,
-            "  {:>4} {:<30} {:>10} {:>10} {:>10}",
-            b.id, b.address, b.new_flows, b.packets, b.reply_packets
+            "  {:>4} {:<30} {:>10} {:>10} {:>10} {:>8} {:>11}",
+            b.id, b.address, b.new_flows, b.packets, b.reply_packets, b.conn_refused, b.unreachable
         );
     }
     out

@@ -284,6 +284,8 @@ pub fn translate_service(
         Some("NodePort") | Some("LoadBalancer")
     );
     let affinity_timeout_s = session_affinity(spec).map_err(err)?;
+    let health =
+        crate::health::HealthAnnotations::parse(svc.metadata.annotations.as_ref()).map_err(err)?;
     let weights = weights(svc).map_err(err)?;
     let topology = wants_topology(svc, spec);
     let internal_local = policy_is_local(spec.internal_traffic_policy.as_ref());
@@ -379,6 +381,8 @@ pub fn translate_service(
                 frontends,
                 backends,
                 affinity_timeout_s,
+                health: health.clone(),
+                fail_open: false,
             };
             if external.is_empty() || internal.is_empty() || internal_backends == external_backends
             {

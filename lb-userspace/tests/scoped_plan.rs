@@ -35,6 +35,8 @@ fn service(i: u32, backends: &[u32]) -> (ServiceName, ServiceSpec) {
                 })
                 .collect(),
             affinity_timeout_s: None,
+            health: Default::default(),
+            fail_open: false,
         },
     )
 }

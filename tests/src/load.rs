@@ -29,6 +29,8 @@ pub enum Kind {
 
 #[derive(Clone, Debug)]
 pub struct Record {
+    /// When the request started and when it ended.
+    pub started: Instant,
     pub at: Instant,
     pub kind: Kind,
     /// The backend that answered, or the error.
@@ -45,6 +47,8 @@ pub struct LoadSpec {
     pub udp: Option<SocketAddr>,
     /// Pause between two requests of a loop (keeps two cores from saturating).
     pub pace: Duration,
+    /// Threads opening new TCP connections.
+    pub tcp_threads: usize,
 }
 
 impl LoadSpec {
@@ -55,6 +59,7 @@ impl LoadSpec {
             long_lived_every: Duration::from_millis(20),
             udp: None,
             pace: Duration::from_millis(2),
+            tcp_threads: 1,
         }
     }
 }
@@ -92,8 +97,9 @@ impl Load {
         let records: Arc<Mutex<Vec<Record>>> = Arc::default();
         let mut threads = Vec::new();
         let mut long_lived_backends = Vec::new();
-        let push = |records: &Arc<Mutex<Vec<Record>>>, kind, result| {
+        let push = |records: &Arc<Mutex<Vec<Record>>>, started, kind, result| {
             records.lock().unwrap().push(Record {
+                started,
                 at: Instant::now(),
                 kind,
                 result,
@@ -120,12 +126,13 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) {
                         for (i, slot) in sessions.iter_mut().enumerate() {
                             let Some(s) = slot else { continue };
+                            let started = Instant::now();
                             let result = s.ask().map_err(|e| e.to_string());
                             if result.is_err() {
                                 // A broken connection stays broken: count it once.
                                 *slot = None;
                             }
-                            push(&records, Kind::LongLived(i), result);
+                            push(&records, started, Kind::LongLived(i), result);
                         }
                         std::thread::sleep(every);
                     }
@@ -134,14 +141,17 @@ impl Load {
                     .recv_timeout(Duration::from_secs(10))
                     .expect("long-lived connections");
             }
-            let (stop, records, pace) = (stop.clone(), records.clone(), spec.pace);
-            threads.push(in_netns(netns_path, "load-tcp", move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let result = client::tcp_ask(vip).map_err(|e| e.to_string());
-                    push(&records, Kind::NewConnection, result);
-                    std::thread::sleep(pace);
-                }
-            }));
+            for _ in 0..spec.tcp_threads.max(1) {
+                let (stop, records, pace) = (stop.clone(), records.clone(), spec.pace);
+                threads.push(in_netns(netns_path, "load-tcp", move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let result = client::tcp_ask(vip).map_err(|e| e.to_string());
+                        push(&records, started, Kind::NewConnection, result);
+                        std::thread::sleep(pace);
+                    }
+                }));
+            }
         }
         if let Some(vip) = spec.udp {
             let (stop, records, pace) = (stop.clone(), records.clone(), spec.pace);
@@ -149,11 +159,12 @@ impl Load {
                 let mut id = 0;
                 while !stop.load(Ordering::Relaxed) {
                     id += 1;
+                    let started = Instant::now();
                     let result = client::udp_socket(vip)
                         .and_then(|s| client::udp_ask(&s, vip, id))
                         .map(|(name, _)| name)
                         .map_err(|e| e.to_string());
-                    push(&records, Kind::Udp, result);
+                    push(&records, started, Kind::Udp, result);
                     std::thread::sleep(pace);
                 }
             }));

@@ -112,3 +112,287 @@ fn an_upgrade_to_a_rebuilt_program_loses_nothing() {
         }
     }
 }
+
+/// The lab with the web Service carrying `annotations` and the agent started with `args`.
+fn health_lab(annotations: &[(&str, &str)], args: &[&str]) -> Lab {
+    let mut lab = Lab::build(3).expect("lab topology");
+    lab.start_servers(&common::server_bin())
+        .expect("backend servers");
+    lab.write_default_manifests().unwrap();
+    let (_, services) = xlb_tests::lab::DEFAULT_MANIFESTS[0];
+    let mut block = String::from("  annotations:\n");
+    for (k, v) in annotations {
+        block.push_str(&format!("    {k}: \"{v}\"\n"));
+    }
+    let anchor = "  name: web\n  namespace: default\n";
+    assert!(services.contains(anchor));
+    lab.write_manifest(
+        "services.yaml",
+        &services.replacen(anchor, &format!("{anchor}{block}"), 1),
+    )
+    .unwrap();
+    lab.start_agent(&common::xlb_bin(), args).unwrap();
+    lab
+}
+
+/// Kills b3's server (kill -9) under load and reports: how long after the kill new
+/// connections still went to b3 (the last new connection that was slowed down by hitting
+/// it: its SYN was refused, the RST absorbed, and the retransmission went elsewhere), and
+/// the failed requests, which must be only the ones in flight on b3.
+/// The time of an agent log line (`2026-11-22T21:07:16.465822Z ...`).
+fn log_time(line: &str) -> std::time::SystemTime {
+    let ts = line.split_whitespace().next().expect("timestamp");
+    let num = |r: std::ops::Range<usize>| -> i64 { ts[r].parse().expect("timestamp field") };
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    // Days since the epoch of a civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
+    let frac: f64 = format!("0{}", &ts[19..ts.len() - 1]).parse().unwrap_or(0.0);
+    std::time::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_secs_f64(frac)
+}
+
+/// When the agent wrote the maps that took b3 out: the first sync after the line that
+/// says it went down (`marker`).
+fn b3_out_at(lab: &mut Lab, marker: &str) -> std::time::SystemTime {
+    let out = lab.agent().output();
+    let at = out
+        .iter()
+        .position(|l| l.contains(marker) && l.contains("10.201.3.2"))
+        .unwrap_or_else(|| panic!("no {marker:?} for b3: {out:#?}"));
+    let sync = out[at..]
+        .iter()
+        .find(|l| l.contains("sync complete"))
+        .expect("a sync after it");
+    log_time(sync)
+}
+
+fn kill_b3_under_load(
+    lab: &mut Lab,
+    threads: usize,
+) -> (std::time::SystemTime, Duration, Vec<load::Record>, usize) {
+    let spec = LoadSpec {
+        long_lived: 9,
+        tcp_threads: threads,
+        pace: Duration::from_millis(5),
+        ..LoadSpec::tcp(WEB_V4)
+    };
+    let load = Load::start(&lab.client.path(), spec);
+    let on_b3 = load
+        .long_lived_backends
+        .iter()
+        .filter(|b| *b == "b3")
+        .count();
+    load.wait_for_more(Kind::NewConnection, 100, Duration::from_secs(10));
+    let server = lab.backends[2].server.as_mut().unwrap();
+    server.signal(libc::SIGKILL).unwrap();
+    let killed = std::time::Instant::now();
+    let killed_at = std::time::SystemTime::now();
+    xlb_tests::wait::until(
+        "b3's server exits",
+        Duration::from_secs(5),
+        Duration::from_millis(1),
+        || (!server.is_running()).then_some(()),
+    )
+    .unwrap();
+    // Long enough for absorbed SYNs to be retransmitted and answered.
+    std::thread::sleep(Duration::from_millis(2500));
+    let records = load.stop();
+    let slowed: Vec<&load::Record> = records
+        .iter()
+        .filter(|r| {
+            r.kind == Kind::NewConnection
+                && r.started >= killed
+                && r.at - r.started >= Duration::from_millis(900)
+        })
+        .collect();
+    let avoided_after = slowed
+        .iter()
+        .map(|r| r.started - killed)
+        .max()
+        .unwrap_or_default();
+    let after: Vec<&load::Record> = records
+        .iter()
+        .filter(|r| r.kind == Kind::NewConnection && r.started > killed)
+        .collect();
+    assert!(
+        after.len() > 100,
+        "the load went on: {} new connections after the kill",
+        after.len()
+    );
+    assert!(
+        after
+            .iter()
+            .all(|r| r.result.as_deref().map_or(true, |b| b != "b3")),
+        "nothing is served by a dead server"
+    );
+    eprintln!(
+        "killed b3: new connections still reached it for {avoided_after:?} ({} were slowed by a refused SYN, none failed for it)",
+        slowed.len()
+    );
+    (killed_at, avoided_after, records, on_b3)
+}
+
+/// Failures must be only requests in flight on b3: its long-lived connections, and at
+/// most one new connection per load thread (the one in progress at the kill).
+fn assert_only_in_flight_failed(records: &[load::Record], on_b3: usize, threads: usize) {
+    let failed_long: usize = records
+        .iter()
+        .filter(|r| matches!(r.kind, Kind::LongLived(_)) && r.result.is_err())
+        .count();
+    let failed_new: Vec<String> = records
+        .iter()
+        .filter(|r| r.kind == Kind::NewConnection && r.result.is_err())
+        .map(|r| r.result.clone().unwrap_err())
+        .collect();
+    eprintln!(
+        "failed: {failed_long} of the long-lived connections ({on_b3} were on b3), {} new connections (in flight at the kill: at most {threads})",
+        failed_new.len()
+    );
+    assert!(
+        failed_long <= on_b3,
+        "only long-lived connections on b3 break"
+    );
+    assert!(
+        failed_new.len() <= threads,
+        "only new connections in flight on b3 fail: {failed_new:?}"
+    );
+}
+
+#[test]
+fn a_killed_backend_is_avoided_within_a_second_by_the_active_check_and_returns_after_its_threshold()
+{
+    let mut lab = health_lab(
+        &[
+            ("xlb.dev/health-check", "tcp"),
+            ("xlb.dev/health-check-interval", "200ms"),
+            ("xlb.dev/health-check-timeout", "200ms"),
+            ("xlb.dev/health-check-unhealthy-threshold", "2"),
+            ("xlb.dev/health-check-healthy-threshold", "3"),
+        ],
+        // Active checks only.
+        &["--outlier-failures", "0"],
+    );
+    let threads = 4;
+    let (killed_at, slowed, records, on_b3) = kill_b3_under_load(&mut lab, threads);
+    let out_after = b3_out_at(&mut lab, "backend unhealthy")
+        .duration_since(killed_at)
+        .unwrap_or_default();
+    eprintln!("active check: b3 out of the maps {out_after:?} after the kill");
+    assert!(
+        out_after < Duration::from_secs(1),
+        "b3 left the maps only {out_after:?} after the kill"
+    );
+    assert!(slowed < Duration::from_secs(1));
+    assert_only_in_flight_failed(&records, on_b3, threads);
+    assert_eq!(
+        common::metric(&lab, "xlb_health_probe_up{probe=\"tcp 10.201.3.2:8080\"}"),
+        Some(0.0)
+    );
+    let out = lab.agent().output().join("\n");
+    assert!(out.contains("backend unhealthy"), "{out}");
+    assert!(
+        !out.contains("passive detection"),
+        "the active check found it: {out}"
+    );
+
+    // The backend returns: it takes new connections again once 3 checks in a row (200 ms
+    // apart) passed, not before.
+    lab.backends[2].start_server(&common::server_bin()).unwrap();
+    let back = common::until_reached(&lab, WEB_V4, "b3", Duration::from_secs(5));
+    eprintln!("b3 restarted: new connections reach it again after {back:?}");
+    assert!(
+        back >= Duration::from_millis(350),
+        "it came back before its healthy threshold: {back:?}"
+    );
+    assert!(back < Duration::from_secs(2), "{back:?}");
+    assert_eq!(
+        common::metric(&lab, "xlb_health_probe_up{probe=\"tcp 10.201.3.2:8080\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn passive_detection_ejects_a_killed_backend_within_200ms_and_the_active_check_restores_it() {
+    let mut lab = health_lab(
+        &[
+            // An active check too slow to matter here (it restores the backend later).
+            ("xlb.dev/health-check", "tcp"),
+            ("xlb.dev/health-check-interval", "5s"),
+            ("xlb.dev/health-check-healthy-threshold", "1"),
+        ],
+        &["--outlier-failures", "3", "--outlier-window", "1s"],
+    );
+    let threads = 4;
+    let (killed_at, slowed, records, on_b3) = kill_b3_under_load(&mut lab, threads);
+    let out_after = b3_out_at(&mut lab, "backend ejected")
+        .duration_since(killed_at)
+        .unwrap_or_default();
+    eprintln!("passive detection: b3 out of the maps {out_after:?} after the kill");
+    assert!(
+        out_after < Duration::from_millis(200),
+        "b3 left the maps only {out_after:?} after the kill"
+    );
+    assert!(slowed < Duration::from_millis(200));
+    assert_only_in_flight_failed(&records, on_b3, threads);
+    let out = lab.agent().output().join("\n");
+    assert!(out.contains("passive detection"), "{out}");
+    assert!(common::metric(&lab, "xlb_backend_ejections_total").unwrap_or(0.0) >= 1.0);
+    assert!(
+        common::metric(&lab, "xlb_datapath_events_total{event=\"conn_refused\"}").unwrap_or(0.0)
+            >= 3.0,
+        "the datapath counted the refused connections"
+    );
+
+    // Restored through the active check (next check within 5 s, healthy after one).
+    lab.backends[2].start_server(&common::server_bin()).unwrap();
+    let back = common::until_reached(&lab, WEB_V4, "b3", Duration::from_secs(12));
+    eprintln!("b3 restarted: back after {back:?}");
+}
+
+#[test]
+fn every_backend_down_fails_open_and_says_so() {
+    let mut lab = health_lab(
+        &[
+            ("xlb.dev/health-check", "tcp"),
+            ("xlb.dev/health-check-interval", "100ms"),
+            ("xlb.dev/health-check-timeout", "100ms"),
+        ],
+        &[],
+    );
+    for b in &mut lab.backends {
+        b.server.as_mut().unwrap().signal(libc::SIGKILL).unwrap();
+    }
+    common::time_until("fail open", Duration::from_secs(5), || {
+        common::metric(&lab, "xlb_services_fail_open") == Some(2.0)
+    });
+    let out = lab.agent().output().join("\n");
+    assert!(
+        out.contains("every backend is down: serving all of them (fail open)"),
+        "{out}"
+    );
+    // The clients get the refusal at once (the RST is not absorbed in fail open).
+    let refused = lab
+        .client
+        .run(|| {
+            let started = std::time::Instant::now();
+            let r = xlb_tests::client::tcp_ask(WEB_V4);
+            (r.is_err(), started.elapsed())
+        })
+        .unwrap();
+    assert!(
+        refused.0 && refused.1 < Duration::from_millis(500),
+        "{refused:?}"
+    );
+    // One comes back: fail open ends, and only it takes new connections.
+    lab.backends[0].start_server(&common::server_bin()).unwrap();
+    common::time_until("fail open to end", Duration::from_secs(5), || {
+        common::metric(&lab, "xlb_services_fail_open") == Some(0.0)
+    });
+    let seen = common::tcp_spread(&lab, WEB_V4, 12);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["b1"], "{seen:?}");
+}

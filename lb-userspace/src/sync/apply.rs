@@ -47,6 +47,21 @@ pub trait Maps {
     fn put_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError>;
     /// Removes affinity memberships of `service` (one batch).
     fn delete_members(&mut self, service: u32, backends: &[u32]) -> Result<(), MapsError>;
+    /// Deletes the connection-table entries (both directions) of the flows of each
+    /// target: their next packet is balanced afresh. Returns how many entries went. The
+    /// fake maps hold no connection table.
+    fn sweep_flows(&mut self, targets: &[FlowTarget]) -> Result<usize, MapsError> {
+        let _ = targets;
+        Ok(0)
+    }
+}
+
+/// The flows of one service to one backend, of one protocol (see [`Maps::sweep_flows`]).
+/// By address rather than backend id: an id is reused once its backend is retired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowTarget {
+    pub service: u32,
+    pub backend: BackendKey,
 }
 
 /// A map write that failed.

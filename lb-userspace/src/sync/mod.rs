@@ -19,8 +19,8 @@ mod plan;
 
 pub use applied::{Adopted, Applied, AppliedTable, BackendKey, Programmed};
 pub use apply::{
-    ApplyConfig, ApplyError, ApplyReport, BACKEND_GRACE, HALF_GRACE, Maps, MapsError, TableWrite,
-    apply, apply_with, reap,
+    ApplyConfig, ApplyError, ApplyReport, BACKEND_GRACE, FlowTarget, HALF_GRACE, Maps, MapsError,
+    TableWrite, apply, apply_with, reap,
 };
 pub use fake::FakeMaps;
 pub use plan::{

@@ -159,10 +159,13 @@ pub fn table_slots(members: &[(BackendKey, u32)], size: u32) -> Vec<u32> {
 
 /// A frontend of service `id`, pointing at its live table `table` (none: no backend).
 fn frontend_value(id: u32, spec: &ServiceSpec, table: Option<&AppliedTable>) -> FrontendValue {
-    let (flags, affinity_timeout_s) = match spec.affinity_timeout_s {
+    let (mut flags, affinity_timeout_s) = match spec.affinity_timeout_s {
         Some(t) => (FRONTEND_F_AFFINITY, t),
         None => (0, 0),
     };
+    if spec.fail_open {
+        flags |= lb_common::maps::FRONTEND_F_FAIL_OPEN;
+    }
     FrontendValue {
         service_id: id,
         flags,

@@ -229,6 +229,8 @@ fn program_services(dp: &mut Datapath, counts: &[usize]) -> anyhow::Result<Appli
                     })
                     .collect(),
                 affinity_timeout_s: None,
+                health: Default::default(),
+                fail_open: false,
             };
             desired.services.insert(name, spec);
         }
