@@ -125,6 +125,10 @@ reasons! {
     /// retransmission is balanced afresh, by then without that backend (passive health).
     /// Not when the service is in fail open: then the client gets the RST.
     CONN_REFUSED = 21, "conn_refused", XDP_DROP;
+    /// An ICMP destination unreachable from a backend about one of its flows: counted
+    /// (passive health), the flow forgotten (its next packet is balanced afresh), and the
+    /// message passed to the kernel untouched.
+    BACKEND_UNREACHABLE = 22, "backend_unreachable", XDP_PASS;
 }
 
 /// Number of reason slots per action in [`GlobalStats::packets`].

@@ -32,6 +32,12 @@ const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+/// Bytes of an ICMP header before the quoted packet.
+const ICMP_HDR_LEN: usize = 8;
 /// IPv6 extension headers walked before giving up (passing the packet).
 const MAX_IPV6_EXT: usize = 4;
 /// Bound on the offset of the L4 header. Keeps every offset the verifier tracks small; a
@@ -60,6 +66,10 @@ pub struct Packet {
     pub vlan: bool,
     /// A first fragment (more fragments follow): it has ports, its followers do not.
     pub first_fragment: bool,
+    /// An ICMP destination unreachable sent by the host its inner packet was addressed
+    /// to; `key` is then the tuple of a reply to that inner packet (from that host), i.e.
+    /// the key of the reply entry of the flow it is about.
+    pub icmp_unreachable: bool,
 }
 
 impl Packet {
@@ -80,6 +90,7 @@ impl Packet {
         tcp_flags: 0,
         vlan: false,
         first_fragment: false,
+        icmp_unreachable: false,
     };
 
     #[inline(always)]
@@ -164,9 +175,16 @@ fn parse_ipv4(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
         return Err(Reason::FRAGMENT);
     }
     let proto = Proto(ip.proto);
+    if ip.proto == IPPROTO_ICMP {
+        pkt.icmp_unreachable = false;
+        // SAFETY: inside the checked header.
+        let from = unsafe { load_u32(addr_of!(ip.src_addr)) };
+        return parse_icmp4(ctx, l3_off + ihl, from, pkt);
+    }
     if proto != Proto::TCP && proto != Proto::UDP {
         return Err(Reason::NOT_TCP_UDP);
     }
+    pkt.icmp_unreachable = false;
     pkt.key.family = Family::V4;
     pkt.key.proto = proto;
     pkt.key._pad = [0; 2];
@@ -234,6 +252,12 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
         }
     }
     let proto = Proto(next);
+    if next == IPPROTO_ICMPV6 {
+        pkt.icmp_unreachable = false;
+        // SAFETY: inside the checked header.
+        let from = unsafe { load_addr6(addr_of!(ip.src_addr)) };
+        return parse_icmp6(ctx, off, from, pkt);
+    }
     if proto != Proto::TCP && proto != Proto::UDP {
         return Err(match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH
@@ -244,6 +268,7 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
     if off > end {
         return Err(Reason::MALFORMED_IPV6);
     }
+    pkt.icmp_unreachable = false;
     pkt.key.family = Family::V6;
     pkt.key.proto = proto;
     pkt.key._pad = [0; 2];
@@ -258,6 +283,93 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
     pkt.l4_off = off as u16;
     pkt.ip_len = (Ipv6Hdr::LEN + payload_len) as u16;
     parse_l4(ctx, pkt, end)
+}
+
+/// An ICMP destination unreachable (any code) about a TCP/UDP packet, sent by that
+/// packet's destination (`from`): fills `pkt.key` with the tuple of a reply to it. Any
+/// other ICMP message, or one cut short, is passed as it always was (`NOT_TCP_UDP`).
+#[inline(always)]
+fn parse_icmp4(ctx: &impl Frame, off: usize, from: u32, pkt: &mut Packet) -> Result<(), Reason> {
+    // Verifier: IPv4 header at most 60 bytes after at most 18 of L2; bounds every offset.
+    if off > MAX_L4_OFFSET {
+        return Err(Reason::NOT_TCP_UDP);
+    }
+    let icmp: *const [u8; ICMP_HDR_LEN] = ctx.at(off).ok_or(Reason::NOT_TCP_UDP)?;
+    // SAFETY: bounds-checked by Frame::at.
+    if unsafe { (*icmp)[0] } != ICMP_DEST_UNREACH {
+        return Err(Reason::NOT_TCP_UDP);
+    }
+    let inner_off = off + ICMP_HDR_LEN;
+    let inner: *const Ipv4Hdr = ctx.at(inner_off).ok_or(Reason::NOT_TCP_UDP)?;
+    // SAFETY: the quoted packet's fixed header was bounds-checked by Frame::at.
+    let inner = unsafe { &*inner };
+    let ihl = ((inner.vihl & 0x0f) as usize) * 4;
+    if inner.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || (inner.proto != Proto::TCP.0 && inner.proto != Proto::UDP.0) {
+        return Err(Reason::NOT_TCP_UDP);
+    }
+    // SAFETY: inside the checked header.
+    let (src, dst) = unsafe { (load_u32(addr_of!(inner.src_addr)), load_u32(addr_of!(inner.dst_addr))) };
+    if dst != from {
+        return Err(Reason::NOT_TCP_UDP);
+    }
+    pkt.key.family = Family::V4;
+    pkt.key.proto = Proto(inner.proto);
+    pkt.key._pad = [0; 2];
+    pkt.key.src = Addr { raw: [dst, 0, 0, 0] };
+    pkt.key.dst = Addr { raw: [src, 0, 0, 0] };
+    quoted_ports(ctx, inner_off + ihl, pkt)
+}
+
+/// [`parse_icmp4`] for ICMPv6 (destination unreachable: type 1). The quoted packet's
+/// extension headers are not walked.
+#[inline(always)]
+fn parse_icmp6(ctx: &impl Frame, off: usize, from: [u32; 4], pkt: &mut Packet) -> Result<(), Reason> {
+    if off > MAX_L4_OFFSET {
+        return Err(Reason::NOT_TCP_UDP);
+    }
+    let icmp: *const [u8; ICMP_HDR_LEN] = ctx.at(off).ok_or(Reason::NOT_TCP_UDP)?;
+    // SAFETY: bounds-checked by Frame::at.
+    if unsafe { (*icmp)[0] } != ICMPV6_DEST_UNREACH {
+        return Err(Reason::NOT_TCP_UDP);
+    }
+    let inner_off = off + ICMP_HDR_LEN;
+    let inner: *const Ipv6Hdr = ctx.at(inner_off).ok_or(Reason::NOT_TCP_UDP)?;
+    // SAFETY: bounds-checked by Frame::at.
+    let inner = unsafe { &*inner };
+    if inner.vcf[0] >> 4 != 6 || (inner.next_hdr != Proto::TCP.0 && inner.next_hdr != Proto::UDP.0) {
+        return Err(Reason::NOT_TCP_UDP);
+    }
+    // SAFETY: inside the checked header.
+    let (src, dst) = unsafe { (load_addr6(addr_of!(inner.src_addr)), load_addr6(addr_of!(inner.dst_addr))) };
+    if dst != from {
+        return Err(Reason::NOT_TCP_UDP);
+    }
+    pkt.key.family = Family::V6;
+    pkt.key.proto = Proto(inner.next_hdr);
+    pkt.key._pad = [0; 2];
+    pkt.key.src = Addr { raw: dst };
+    pkt.key.dst = Addr { raw: src };
+    quoted_ports(ctx, inner_off + Ipv6Hdr::LEN, pkt)
+}
+
+/// The ports of a quoted packet (its first 4 L4 bytes, which ICMP always quotes),
+/// swapped like its addresses.
+#[inline(always)]
+fn quoted_ports(ctx: &impl Frame, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
+    // Verifier: see MAX_L4_OFFSET (an ICMP error quoting options can go beyond it; such
+    // a message is simply passed).
+    if off > MAX_L4_OFFSET {
+        return Err(Reason::NOT_TCP_UDP);
+    }
+    let ports: *const [[u8; 2]; 2] = ctx.at(off).ok_or(Reason::NOT_TCP_UDP)?;
+    // SAFETY: bounds-checked by Frame::at.
+    unsafe {
+        pkt.key.sport_be = load_u16(addr_of!((*ports)[1]));
+        pkt.key.dport_be = load_u16(addr_of!((*ports)[0]));
+    }
+    pkt.tcp_flags = 0;
+    pkt.icmp_unreachable = true;
+    Ok(())
 }
 
 /// Reads the ports (and TCP flags); `l4_end` is where the IP packet ends.

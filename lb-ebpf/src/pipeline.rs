@@ -50,6 +50,9 @@ fn process(env: &Env) -> Result<Outcome, Reason> {
         u32::MAX => {}
         reason => return Err(Reason(reason)),
     }
+    if pkt.icmp_unreachable {
+        return Ok(Outcome::unpack(unreachable(env, &pkt.key)));
+    }
     // The key is copied: translation rewrites `pkt.key`, while the connection table must
     // still be addressed by the tuple the packet arrived with.
     let key = pkt.key;
@@ -242,4 +245,35 @@ fn refused(env: &Env, key: &CtKey, entry: *mut CtValue) -> u32 {
     let _ = XLB_CONNTRACK.remove(&forward);
     let _ = XLB_CONNTRACK.remove(key);
     1
+}
+
+/// An ICMP destination unreachable from a backend about one of its flows (`key`: that
+/// flow's reply key): the backend failed the flow. Counted and signalled to the agent
+/// (passive health); the flow's entries go, so its next packet is balanced afresh. The
+/// ICMP message itself goes to the kernel as before. Off the per-packet path: only ICMP
+/// errors get here.
+#[inline(never)]
+fn unreachable(env: &Env, key: &CtKey) -> u64 {
+    let Some(entry) = conntrack::lookup(key) else {
+        return Outcome::new(XDP_PASS, Reason::NOT_TCP_UDP).pack();
+    };
+    // SAFETY: a map value pointer, used during this run (see conntrack).
+    let e = unsafe { &*entry };
+    if !conntrack::is_reply(e) {
+        return Outcome::new(XDP_PASS, Reason::NOT_TCP_UDP).pack();
+    }
+    let forward = CtKey {
+        src: key.dst,
+        dst: e.nat_addr,
+        sport_be: key.dport_be,
+        dport_be: e.nat_port_be,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    };
+    env.counters.event(Event::BACKEND_UNREACHABLE);
+    stats::backend_failed(e.backend_id, e.service_id, true);
+    let _ = XLB_CONNTRACK.remove(&forward);
+    let _ = XLB_CONNTRACK.remove(key);
+    Outcome::new(XDP_PASS, Reason::BACKEND_UNREACHABLE).pack()
 }

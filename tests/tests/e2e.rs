@@ -37,29 +37,7 @@ fn every_vip_balances_over_every_backend_and_replies_come_from_the_vip() {
 
 /// The default EndpointSlices without backend `b3` in the web Service.
 fn web_without_b3() -> String {
-    let (_, slices) = xlb_tests::lab::DEFAULT_MANIFESTS[1];
-    let mut out = String::new();
-    for doc in slices.split("\n---\n") {
-        if doc.contains("name: web-") {
-            let mut kept = Vec::new();
-            let mut skip = 0;
-            for line in doc.lines() {
-                if line.contains("10.201.3.2") || line.contains("fd00:201:3::2") {
-                    skip = 3; // the address line, its conditions and its nodeName
-                }
-                if skip > 0 {
-                    skip -= 1;
-                    continue;
-                }
-                kept.push(line);
-            }
-            out.push_str(&kept.join("\n"));
-        } else {
-            out.push_str(doc);
-        }
-        out.push_str("\n---\n");
-    }
-    out
+    common::slices_without("web", 3)
 }
 
 #[test]

@@ -396,3 +396,162 @@ fn every_backend_down_fails_open_and_says_so() {
     let seen = common::tcp_spread(&lab, WEB_V4, 12);
     assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["b1"], "{seen:?}");
 }
+
+#[test]
+fn a_udp_client_keeping_its_port_moves_off_a_removed_backend_and_tcp_drains() {
+    let mut lab = Lab::build(3).expect("lab topology");
+    lab.start_servers(&common::server_bin()).unwrap();
+    lab.write_default_manifests().unwrap();
+    lab.start_agent(&common::xlb_bin(), &["--drain-timeout", "2s"])
+        .unwrap();
+
+    // One UDP socket (one source port) and one TCP connection, each on some backend.
+    let (sock, first) = lab
+        .client
+        .run(|| {
+            let sock = xlb_tests::client::udp_socket(DNS_V4).unwrap();
+            let (name, from) = xlb_tests::client::udp_ask(&sock, DNS_V4, 1).unwrap();
+            assert_eq!(from, DNS_V4);
+            // The same flow stays on its backend.
+            for id in 2..5 {
+                assert_eq!(
+                    xlb_tests::client::udp_ask(&sock, DNS_V4, id).unwrap().0,
+                    name
+                );
+            }
+            (sock, name)
+        })
+        .unwrap();
+    let mut session = lab
+        .client
+        .run(|| xlb_tests::client::TcpSession::connect(WEB_V4).unwrap())
+        .unwrap();
+    let tcp_backend = session.ask().unwrap();
+
+    // Remove the UDP flow's backend from dns and the TCP one's from web.
+    let udp_index: usize = first[1..].parse().unwrap();
+    let tcp_index: usize = tcp_backend[1..].parse().unwrap();
+    let mut text = String::new();
+    let dns_without = common::slices_without("dns", udp_index);
+    for doc in dns_without.split("\n---\n") {
+        if doc.contains("name: web-") {
+            let web_only = common::slices_without("web", tcp_index);
+            let name = doc
+                .lines()
+                .find(|l| l.contains("name: web-"))
+                .unwrap()
+                .to_string();
+            text.push_str(
+                web_only
+                    .split("\n---\n")
+                    .find(|d| d.contains(&name))
+                    .unwrap(),
+            );
+        } else {
+            text.push_str(doc);
+        }
+        text.push_str("\n---\n");
+    }
+    lab.update_manifest("endpointslices.yaml", &text).unwrap();
+    let removed = std::time::Instant::now();
+
+    // UDP: the next datagram of the same socket is answered by another backend, from the VIP.
+    let (next, from) = lab
+        .client
+        .run(move || xlb_tests::client::udp_ask(&sock, DNS_V4, 100).unwrap())
+        .unwrap();
+    assert_eq!(from, DNS_V4);
+    assert_ne!(
+        next, first,
+        "the UDP flow stayed on the removed backend {first}"
+    );
+    assert!(
+        common::metric(
+            &lab,
+            "xlb_flows_swept_total{reason=\"udp_backend_removed\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    );
+
+    // TCP: the established connection keeps its (removed, still running) backend until the
+    // drain timeout, then its entries go and it ends.
+    assert_eq!(session.ask().unwrap(), tcp_backend, "drained, not cut");
+    let ended = common::time_until(
+        "the drained connection to end",
+        Duration::from_secs(6),
+        || session.ask().is_err(),
+    );
+    let lived = removed.elapsed();
+    eprintln!(
+        "the drained TCP connection ended {lived:?} after its backend was removed (drain timeout 2 s; checked {ended:?})"
+    );
+    assert!(
+        lived >= Duration::from_millis(1900),
+        "cut before the drain timeout: {lived:?}"
+    );
+    assert!(
+        common::metric(&lab, "xlb_flows_swept_total{reason=\"drain_timeout\"}").unwrap_or(0.0)
+            >= 2.0
+    );
+}
+
+#[test]
+fn a_dead_udp_backend_is_ejected_through_the_icmp_unreachable_it_sends() {
+    let mut lab = Lab::build(3).expect("lab topology");
+    lab.start_servers(&common::server_bin()).unwrap();
+    lab.write_default_manifests().unwrap();
+    // No active check on the UDP Service: only passive detection can find it.
+    lab.start_agent(&common::xlb_bin(), &[]).unwrap();
+    lab.backends[2]
+        .server
+        .as_mut()
+        .unwrap()
+        .signal(libc::SIGKILL)
+        .unwrap();
+    let killed_at = std::time::SystemTime::now();
+    // Datagrams from fresh sockets (fresh flows) until b3 is ejected: those that reach
+    // b3 are answered by an ICMP port unreachable from its kernel.
+    let ejected = |lab: &mut Lab| {
+        lab.agent()
+            .output()
+            .iter()
+            .any(|l| l.contains("backend ejected") && l.contains("10.201.3.2:5353/udp"))
+    };
+    let started = std::time::Instant::now();
+    while !ejected(&mut lab) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "b3 was not ejected"
+        );
+        lab.client
+            .run(|| {
+                let socks: Vec<_> = (0..12)
+                    .map(|_| xlb_tests::client::udp_socket(DNS_V4).unwrap())
+                    .collect();
+                for (i, s) in socks.iter().enumerate() {
+                    s.send_to(format!("req {i}").as_bytes(), DNS_V4).unwrap();
+                }
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out_after = b3_out_at(&mut lab, "backend ejected")
+        .duration_since(killed_at)
+        .unwrap_or_default();
+    eprintln!("dead UDP backend out of the maps {out_after:?} after the kill");
+    assert!(out_after < Duration::from_secs(1), "{out_after:?}");
+    let seen = common::udp_spread(&lab, DNS_V4, 30);
+    assert!(
+        !seen.contains_key("b3") && seen.values().sum::<usize>() == 30,
+        "{seen:?}"
+    );
+    assert!(
+        common::metric(
+            &lab,
+            "xlb_datapath_events_total{event=\"backend_unreachable\"}"
+        )
+        .unwrap_or(0.0)
+            >= 3.0
+    );
+}

@@ -606,3 +606,189 @@ fn session_affinity_keeps_a_client_on_its_backend_until_it_leaves_or_times_out()
         }
     });
 }
+
+/// Sets a TCP frame's flags (offset of the flags byte: Ethernet, IP header, 13).
+fn with_tcp_flags(mut f: Vec<u8>, flags: u8) -> Vec<u8> {
+    let l4 = if f[12] == 0x08 {
+        14 + (f[14] & 0x0f) as usize * 4
+    } else {
+        14 + 40
+    };
+    f[l4 + 13] = flags;
+    f
+}
+
+/// An ICMP destination unreachable from `from` quoting `quoted` (an Ethernet frame).
+fn unreachable_from(from: IpAddr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B);
+    let inner = &quoted[14..];
+    let mut v = Vec::new();
+    match (from, to) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b
+            .ipv4(s.octets(), d.octets(), 64)
+            .icmpv4_raw(3, 3, [0; 4])
+            .write(&mut v, inner),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b
+            .ipv6(s.octets(), d.octets(), 64)
+            .icmpv6_raw(1, 4, [0; 4])
+            .write(&mut v, inner),
+        _ => panic!("mixed families"),
+    }
+    .unwrap();
+    v
+}
+
+#[test]
+fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalanced() {
+    with_env(|env| {
+        let mut signals = env.dp.signals().expect("signal ring");
+        for (i, client) in CLIENT.into_iter().enumerate() {
+            let vip: IpAddr = if client.is_ipv4() {
+                "10.96.0.10"
+            } else {
+                "fd00:96::10"
+            }
+            .parse()
+            .unwrap();
+            let dns: IpAddr = if client.is_ipv4() {
+                "10.96.0.11"
+            } else {
+                "fd00:96::11"
+            }
+            .parse()
+            .unwrap();
+            let before = env.stats();
+            let count = |r: &xlb::stats::Report, e: &str| r.events[e];
+
+            // A SYN, answered by the backend with RST+ACK: dropped, flow forgotten.
+            let sport = 43_000 + i as u16 * 10;
+            let syn = |sport| with_tcp_flags(frame(true, client, vip, sport, 80, b""), 0x02);
+            let (action, out) = env.run(&syn(sport));
+            assert_eq!(action, XDP_REDIRECT);
+            let backend = summary(&out).dst;
+            let rst = with_tcp_flags(frame(true, backend, client, 8080, sport, b""), 0x14);
+            let (action, _) = env.run(&rst);
+            assert_eq!(
+                action, XDP_DROP,
+                "{client}: a RST answering the SYN is absorbed"
+            );
+            let after = env.stats();
+            assert_eq!(
+                after.packets("drop", "conn_refused") - before.packets("drop", "conn_refused"),
+                1
+            );
+            assert_eq!(
+                count(&after, "conn_refused") - count(&before, "conn_refused"),
+                1
+            );
+            let id = env
+                .applied
+                .backend_id(&BackendKey {
+                    ip: backend,
+                    port: 8080,
+                    proto: Proto::TCP,
+                })
+                .unwrap();
+            let item = signals.next().expect("a signal for the refused connection");
+            let signal: lb_common::maps::Signal = bytemuck::pod_read_unaligned(&item[..16]);
+            assert_eq!(
+                (signal.kind, signal.backend_id),
+                (lb_common::maps::SIGNAL_CONN_REFUSED, id)
+            );
+            drop(item);
+            assert_eq!(
+                after
+                    .backends
+                    .iter()
+                    .find(|b| b.id == id)
+                    .unwrap()
+                    .conn_refused,
+                1
+            );
+            // The client's SYN retransmission is a new flow (balanced afresh).
+            env.run(&syn(sport));
+            assert_eq!(
+                count(&env.stats(), "new_flow") - count(&after, "new_flow"),
+                1
+            );
+
+            // A RST on an established connection is the client's business: forwarded.
+            let sport = sport + 1;
+            let (_, out) = env.run(&syn(sport));
+            let backend = summary(&out).dst;
+            env.run(&with_tcp_flags(
+                frame(true, client, vip, sport, 80, b"x"),
+                0x10,
+            ));
+            let (action, out) = env.run(&with_tcp_flags(
+                frame(true, backend, client, 8080, sport, b""),
+                0x14,
+            ));
+            assert_eq!(
+                action, XDP_REDIRECT,
+                "{client}: a RST of an established connection goes to the client"
+            );
+            assert_eq!(summary(&out).src, vip);
+
+            // UDP: an ICMP port unreachable from the backend: counted, passed, flow forgotten.
+            let sport = 5_000 + i as u16;
+            let (_, out) = env.run(&frame(false, client, dns, sport, 53, b"q"));
+            let backend = summary(&out).dst;
+            let before = env.stats();
+            let (action, unchanged) = env.run(&unreachable_from(backend, client, &out));
+            assert_eq!(action, XDP_PASS);
+            assert_eq!(
+                unchanged,
+                unreachable_from(backend, client, &out),
+                "the ICMP message passes untouched"
+            );
+            let after = env.stats();
+            assert_eq!(
+                after.packets("pass", "backend_unreachable")
+                    - before.packets("pass", "backend_unreachable"),
+                1
+            );
+            let id = env
+                .applied
+                .backend_id(&BackendKey {
+                    ip: backend,
+                    port: 5353,
+                    proto: Proto::UDP,
+                })
+                .unwrap();
+            assert_eq!(
+                after
+                    .backends
+                    .iter()
+                    .find(|b| b.id == id)
+                    .unwrap()
+                    .unreachable,
+                1
+            );
+            let item = signals
+                .next()
+                .expect("a signal for the unreachable backend");
+            let signal: lb_common::maps::Signal = bytemuck::pod_read_unaligned(&item[..16]);
+            assert_eq!(
+                (signal.kind, signal.backend_id),
+                (lb_common::maps::SIGNAL_UNREACHABLE, id)
+            );
+            drop(item);
+            env.run(&frame(false, client, dns, sport, 53, b"q"));
+            assert_eq!(
+                count(&env.stats(), "new_flow") - count(&after, "new_flow"),
+                1,
+                "the next datagram is a new flow"
+            );
+
+            // An ICMP unreachable from someone else, or about an unknown flow: passed as before.
+            let (action, _) = env.run(&unreachable_from(
+                client,
+                backend,
+                &frame(false, backend, client, 1, 2, b""),
+            ));
+            assert_eq!(action, XDP_PASS);
+            assert!(signals.next().is_none());
+        }
+    });
+}

@@ -131,3 +131,35 @@ pub fn metric(lab: &Lab, series: &str) -> Option<f64> {
     assert_eq!(code, 200, "{body}");
     xlb_tests::http::sample(&body, series)
 }
+
+/// The default EndpointSlices without backend `b<i>` in the Service `service` (both
+/// families).
+pub fn slices_without(service: &str, i: usize) -> String {
+    let (_, slices) = xlb_tests::lab::DEFAULT_MANIFESTS[1];
+    let (v4, v6) = (
+        xlb_tests::lab::backend_v4(i).to_string(),
+        xlb_tests::lab::backend_v6(i).to_string(),
+    );
+    let mut out = String::new();
+    for doc in slices.split("\n---\n") {
+        if doc.contains(&format!("name: {service}-")) {
+            let mut kept = Vec::new();
+            let mut skip = 0;
+            for line in doc.lines() {
+                if line.contains(&format!("\"{v4}\"")) || line.contains(&format!("\"{v6}\"")) {
+                    skip = 3; // the address line, its conditions and its nodeName
+                }
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                kept.push(line);
+            }
+            out.push_str(&kept.join("\n"));
+        } else {
+            out.push_str(doc);
+        }
+        out.push_str("\n---\n");
+    }
+    out
+}
