@@ -256,15 +256,16 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DatapathError> {
 /// program is detached from every interface it was left attached to, and the maps, the
 /// connection table included, are freed.
 pub fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
-    let tables = dir.join(names::TABLES_DIR);
-    if let Ok(entries) = std::fs::read_dir(&tables) {
-        for entry in entries.flatten() {
-            std::fs::remove_file(entry.path()).map_err(|source| DatapathError::PinDir {
-                path: entry.path(),
-                source,
-            })?;
+    // Links first: removing a link's pin detaches the program from its interface.
+    for sub in [LINKS_DIR, names::TABLES_DIR] {
+        let sub = dir.join(sub);
+        if let Ok(entries) = std::fs::read_dir(&sub) {
+            for entry in entries.flatten() {
+                std::fs::remove_file(entry.path())
+                    .map_err(|source| DatapathError::PinDir { path: entry.path(), source })?;
+            }
+            let _ = std::fs::remove_dir(&sub);
         }
-        let _ = std::fs::remove_dir(&tables);
     }
     for name in names::ALL_MAPS {
         match std::fs::remove_file(dir.join(name)) {

@@ -936,6 +936,43 @@ mod tests {
         );
     }
 
+    /// A one-shot HTTP server answering every request with `status`.
+    fn http_server(status: u16) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                use std::io::{BufRead as _, Write as _};
+                let mut stream = stream.unwrap();
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                assert!(line.starts_with("GET /ready HTTP/1.1"), "{line}");
+                let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn http_checks_look_at_the_status() {
+        let method = Method::Http { path: "/ready".into(), min: 200, max: 299 };
+        let ok = Probe { addr: http_server(204), method: method.clone() };
+        assert_eq!(check(&ok).await, Ok(()));
+        let bad = Probe { addr: http_server(503), method };
+        assert_eq!(check(&bad).await, Err("status 503".to_string()));
+        // Not HTTP at all.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.write_all(b"SSH-2.0-x\r\n");
+        });
+        let e = check(&Probe { addr, method: Method::Http { path: "/ready".into(), min: 200, max: 299 } }).await.unwrap_err();
+        assert!(e.contains("not an HTTP response"), "{e}");
+    }
+
     #[tokio::test]
     async fn probes_go_down_and_up_with_hysteresis() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

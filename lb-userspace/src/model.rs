@@ -88,6 +88,9 @@ pub struct ServiceSpec {
     /// Every backend is down and all are kept (set by the health filter, not by the
     /// translation).
     pub fail_open: bool,
+    /// Endpoints that are serving and terminating (graceful shutdown): their existing
+    /// flows, UDP included, drain rather than move.
+    pub terminating: Vec<(IpAddr, u16)>,
 }
 
 impl ServiceSpec {
@@ -169,6 +172,7 @@ mod tests {
                 affinity_timeout_s: None,
                 health: Default::default(),
                 fail_open: false,
+                terminating: Vec::new(),
             },
         )
     }

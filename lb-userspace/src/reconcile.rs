@@ -198,46 +198,34 @@ impl Reconciler {
             .collect()
     }
 
-    /// After a sync: the flows of backends that left a service's table. UDP flows are
-    /// deleted at once (their next datagram is balanced afresh: a client that keeps its
-    /// source port is not stuck on a gone backend). TCP connections keep their backend:
-    /// for good when it left for health (it may still answer), until the drain timeout
-    /// when it left the Service.
-    fn retire_flows(
-        &mut self,
-        before: BTreeMap<ServiceName, (u32, BTreeSet<BackendKey>)>,
-        maps: &mut impl Maps,
-    ) {
+    /// After a sync: the flows of backends that left a service's table.
+    /// - It left for health (still an endpoint): TCP connections keep it (it may still
+    ///   answer); UDP flows move at once (a client that keeps its source port is not
+    ///   stuck on a failed backend).
+    /// - It is terminating but still serving: its flows, UDP included, keep it until they
+    ///   end or the drain timeout passes.
+    /// - It is gone (deleted, not serving): UDP flows move at once, TCP connections keep
+    ///   it until the drain timeout.
+    fn retire_flows(&mut self, before: BTreeMap<ServiceName, (u32, BTreeSet<BackendKey>)>, maps: &mut impl Maps) {
         let now = Instant::now();
         let after = self.members(before.keys().cloned());
         let mut sweep = Vec::new();
         for (name, (id, old)) in before {
-            let current = after
-                .get(&name)
-                .filter(|(i, _)| *i == id)
-                .map(|(_, m)| m.clone())
-                .unwrap_or_default();
+            let current = after.get(&name).filter(|(i, _)| *i == id).map(|(_, m)| m.clone()).unwrap_or_default();
             for b in &current {
-                self.drains.remove(&FlowTarget {
-                    service: id,
-                    backend: *b,
-                });
+                self.drains.remove(&FlowTarget { service: id, backend: *b });
             }
+            let spec = self.translated.services.get(&name);
             for b in old.difference(&current) {
-                let target = FlowTarget {
-                    service: id,
-                    backend: *b,
-                };
-                if b.proto == lb_common::Proto::UDP {
+                let target = FlowTarget { service: id, backend: *b };
+                let endpoint = spec.is_some_and(|s| s.backends.iter().any(|e| e.ip == b.ip && e.port == b.port && e.weight > 0));
+                let terminating = spec.is_some_and(|s| s.terminating.contains(&(b.ip, b.port)));
+                let udp = b.proto == lb_common::Proto::UDP;
+                if terminating {
+                    self.drains.insert(target, now + self.drain_timeout);
+                } else if udp {
                     sweep.push(target);
-                    continue;
-                }
-                let still_endpoint = self.translated.services.get(&name).is_some_and(|s| {
-                    s.backends
-                        .iter()
-                        .any(|e| e.ip == b.ip && e.port == b.port && e.weight > 0)
-                });
-                if !still_endpoint {
+                } else if !endpoint {
                     self.drains.insert(target, now + self.drain_timeout);
                 }
             }

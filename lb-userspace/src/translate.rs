@@ -353,6 +353,11 @@ pub fn translate_service(
                 continue;
             }
             let candidates = candidates(port, proto, family, slices, &weights);
+            let terminating: Vec<(IpAddr, u16)> = candidates
+                .iter()
+                .filter(|c| c.serving_terminating)
+                .map(|c| (c.backend.ip, c.backend.port))
+                .collect();
             let cluster_set = if topology {
                 by_zone(&candidates, node)
             } else {
@@ -383,6 +388,7 @@ pub fn translate_service(
                 affinity_timeout_s,
                 health: health.clone(),
                 fail_open: false,
+                terminating: terminating.clone(),
             };
             if external.is_empty() || internal.is_empty() || internal_backends == external_backends
             {

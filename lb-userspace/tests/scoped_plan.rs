@@ -37,6 +37,7 @@ fn service(i: u32, backends: &[u32]) -> (ServiceName, ServiceSpec) {
             affinity_timeout_s: None,
             health: Default::default(),
             fail_open: false,
+            terminating: Vec::new(),
         },
     )
 }

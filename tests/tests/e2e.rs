@@ -286,6 +286,11 @@ fn pins_of_an_incompatible_layout_are_refused_with_a_clear_error_and_cleanup_cle
         "{}",
         String::from_utf8_lossy(&cleanup.stderr)
     );
+    assert!(
+        !ns.ip("-d link show dev lo").unwrap().contains("prog/xdp"),
+        "xlb cleanup detaches the datapath"
+    );
+    assert!(!pins.exists(), "xlb cleanup removes every pin");
     let mut third = agent();
     third
         .wait_for("sync complete", Duration::from_secs(20))
@@ -398,4 +403,35 @@ fn the_agent_serves_with_only_the_capabilities_the_daemonset_grants() {
     common::until_reached(&lab, WEB_V4, "b3", Duration::from_secs(5));
     let out = lab.agent().output().join("\n");
     assert!(!out.contains("ERROR"), "{out}");
+}
+
+#[test]
+fn by_default_the_datapath_outlives_the_agent_and_cleanup_on_exit_removes_it() {
+    xlb_tests::require_root().unwrap();
+    let prefix = xlb_tests::run_prefix();
+    let ns = xlb_tests::netns::Netns::create(&format!("{prefix}-exit")).unwrap();
+    let bpffs = xlb_tests::bpffs::Bpffs::mount(&prefix).unwrap();
+    let pins = bpffs.path().join("x");
+    let dir = xlb_tests::lab::TempDir(std::env::temp_dir().join(format!("{prefix}-m")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let attached = || ns.ip("-d link show dev lo").unwrap().contains("prog/xdp");
+    for cleanup in [false, true] {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns.name()]).arg(common::xlb_bin()).arg("agent");
+        cmd.arg("--manifests").arg(&dir.0).arg("--bpffs").arg(&pins).args(["--interface", "lo"]);
+        if cleanup {
+            cmd.arg("--cleanup-on-exit");
+        }
+        let mut agent = xlb_tests::process::Process::spawn("agent", cmd).unwrap();
+        agent.wait_for("sync complete", Duration::from_secs(20)).unwrap();
+        assert!(attached());
+        assert!(agent.stop(Duration::from_secs(10)).unwrap().success());
+        if cleanup {
+            assert!(!attached(), "--cleanup-on-exit detaches");
+            assert!(!pins.exists(), "--cleanup-on-exit removes the pins");
+        } else {
+            assert!(attached(), "a stopped agent leaves the datapath serving");
+            assert!(pins.join("links/lo").exists());
+        }
+    }
 }

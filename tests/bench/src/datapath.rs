@@ -231,6 +231,7 @@ fn program_services(dp: &mut Datapath, counts: &[usize]) -> anyhow::Result<Appli
                 affinity_timeout_s: None,
                 health: Default::default(),
                 fail_open: false,
+                terminating: Vec::new(),
             };
             desired.services.insert(name, spec);
         }
