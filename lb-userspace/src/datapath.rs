@@ -261,8 +261,10 @@ pub fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
         let sub = dir.join(sub);
         if let Ok(entries) = std::fs::read_dir(&sub) {
             for entry in entries.flatten() {
-                std::fs::remove_file(entry.path())
-                    .map_err(|source| DatapathError::PinDir { path: entry.path(), source })?;
+                std::fs::remove_file(entry.path()).map_err(|source| DatapathError::PinDir {
+                    path: entry.path(),
+                    source,
+                })?;
             }
             let _ = std::fs::remove_dir(&sub);
         }

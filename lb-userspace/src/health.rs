@@ -956,10 +956,20 @@ mod tests {
 
     #[tokio::test]
     async fn http_checks_look_at_the_status() {
-        let method = Method::Http { path: "/ready".into(), min: 200, max: 299 };
-        let ok = Probe { addr: http_server(204), method: method.clone() };
+        let method = Method::Http {
+            path: "/ready".into(),
+            min: 200,
+            max: 299,
+        };
+        let ok = Probe {
+            addr: http_server(204),
+            method: method.clone(),
+        };
         assert_eq!(check(&ok).await, Ok(()));
-        let bad = Probe { addr: http_server(503), method };
+        let bad = Probe {
+            addr: http_server(503),
+            method,
+        };
         assert_eq!(check(&bad).await, Err("status 503".to_string()));
         // Not HTTP at all.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -969,7 +979,16 @@ mod tests {
             let (mut s, _) = listener.accept().unwrap();
             let _ = s.write_all(b"SSH-2.0-x\r\n");
         });
-        let e = check(&Probe { addr, method: Method::Http { path: "/ready".into(), min: 200, max: 299 } }).await.unwrap_err();
+        let e = check(&Probe {
+            addr,
+            method: Method::Http {
+                path: "/ready".into(),
+                min: 200,
+                max: 299,
+            },
+        })
+        .await
+        .unwrap_err();
         assert!(e.contains("not an HTTP response"), "{e}");
     }
 

@@ -206,19 +206,37 @@ impl Reconciler {
     ///   end or the drain timeout passes.
     /// - It is gone (deleted, not serving): UDP flows move at once, TCP connections keep
     ///   it until the drain timeout.
-    fn retire_flows(&mut self, before: BTreeMap<ServiceName, (u32, BTreeSet<BackendKey>)>, maps: &mut impl Maps) {
+    fn retire_flows(
+        &mut self,
+        before: BTreeMap<ServiceName, (u32, BTreeSet<BackendKey>)>,
+        maps: &mut impl Maps,
+    ) {
         let now = Instant::now();
         let after = self.members(before.keys().cloned());
         let mut sweep = Vec::new();
         for (name, (id, old)) in before {
-            let current = after.get(&name).filter(|(i, _)| *i == id).map(|(_, m)| m.clone()).unwrap_or_default();
+            let current = after
+                .get(&name)
+                .filter(|(i, _)| *i == id)
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default();
             for b in &current {
-                self.drains.remove(&FlowTarget { service: id, backend: *b });
+                self.drains.remove(&FlowTarget {
+                    service: id,
+                    backend: *b,
+                });
             }
             let spec = self.translated.services.get(&name);
             for b in old.difference(&current) {
-                let target = FlowTarget { service: id, backend: *b };
-                let endpoint = spec.is_some_and(|s| s.backends.iter().any(|e| e.ip == b.ip && e.port == b.port && e.weight > 0));
+                let target = FlowTarget {
+                    service: id,
+                    backend: *b,
+                };
+                let endpoint = spec.is_some_and(|s| {
+                    s.backends
+                        .iter()
+                        .any(|e| e.ip == b.ip && e.port == b.port && e.weight > 0)
+                });
                 let terminating = spec.is_some_and(|s| s.terminating.contains(&(b.ip, b.port)));
                 let udp = b.proto == lb_common::Proto::UDP;
                 if terminating {

@@ -417,13 +417,21 @@ fn by_default_the_datapath_outlives_the_agent_and_cleanup_on_exit_removes_it() {
     let attached = || ns.ip("-d link show dev lo").unwrap().contains("prog/xdp");
     for cleanup in [false, true] {
         let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", ns.name()]).arg(common::xlb_bin()).arg("agent");
-        cmd.arg("--manifests").arg(&dir.0).arg("--bpffs").arg(&pins).args(["--interface", "lo"]);
+        cmd.args(["netns", "exec", ns.name()])
+            .arg(common::xlb_bin())
+            .arg("agent");
+        cmd.arg("--manifests")
+            .arg(&dir.0)
+            .arg("--bpffs")
+            .arg(&pins)
+            .args(["--interface", "lo"]);
         if cleanup {
             cmd.arg("--cleanup-on-exit");
         }
         let mut agent = xlb_tests::process::Process::spawn("agent", cmd).unwrap();
-        agent.wait_for("sync complete", Duration::from_secs(20)).unwrap();
+        agent
+            .wait_for("sync complete", Duration::from_secs(20))
+            .unwrap();
         assert!(attached());
         assert!(agent.stop(Duration::from_secs(10)).unwrap().success());
         if cleanup {

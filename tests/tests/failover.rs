@@ -561,7 +561,8 @@ fn flows_of_a_terminating_endpoint_udp_included_keep_it_until_the_drain_timeout(
     let mut lab = Lab::build(3).expect("lab topology");
     lab.start_servers(&common::server_bin()).unwrap();
     lab.write_default_manifests().unwrap();
-    lab.start_agent(&common::xlb_bin(), &["--drain-timeout", "2s"]).unwrap();
+    lab.start_agent(&common::xlb_bin(), &["--drain-timeout", "2s"])
+        .unwrap();
     let (sock, first) = lab
         .client
         .run(|| {
@@ -576,7 +577,10 @@ fn flows_of_a_terminating_endpoint_udp_included_keep_it_until_the_drain_timeout(
     let mut text = String::new();
     for doc in slices.split("\n---\n") {
         if doc.contains("name: dns-ipv4") {
-            let addr = format!("- addresses: [\"{}\"]\n  conditions: {{ready: true}}", xlb_tests::lab::backend_v4(i));
+            let addr = format!(
+                "- addresses: [\"{}\"]\n  conditions: {{ready: true}}",
+                xlb_tests::lab::backend_v4(i)
+            );
             assert!(doc.contains(&addr), "{doc}");
             let terminating = format!(
                 "- addresses: [\"{}\"]\n  conditions: {{ready: false, serving: true, terminating: true}}",
@@ -592,13 +596,22 @@ fn flows_of_a_terminating_endpoint_udp_included_keep_it_until_the_drain_timeout(
     let changed = std::time::Instant::now();
     // New flows avoid it; the existing one keeps it...
     let seen = common::udp_spread(&lab, DNS_V4, 30);
-    assert!(!seen.contains_key(&first), "new flows avoid the terminating endpoint: {seen:?}");
+    assert!(
+        !seen.contains_key(&first),
+        "new flows avoid the terminating endpoint: {seen:?}"
+    );
     let sock = std::sync::Arc::new(sock);
     let ask = |lab: &Lab, id: u64| {
         let s = sock.clone();
-        lab.client.run(move || xlb_tests::client::udp_ask(&s, DNS_V4, id).unwrap().0).unwrap()
+        lab.client
+            .run(move || xlb_tests::client::udp_ask(&s, DNS_V4, id).unwrap().0)
+            .unwrap()
     };
-    assert_eq!(ask(&lab, 2), first, "the UDP flow keeps its terminating endpoint");
+    assert_eq!(
+        ask(&lab, 2),
+        first,
+        "the UDP flow keeps its terminating endpoint"
+    );
     // ...until the drain timeout, then it moves.
     let mut id = 3;
     common::time_until("the UDP flow to move", Duration::from_secs(6), || {
@@ -606,6 +619,8 @@ fn flows_of_a_terminating_endpoint_udp_included_keep_it_until_the_drain_timeout(
         ask(&lab, id) != first
     });
     let moved = changed.elapsed();
-    eprintln!("the UDP flow left its terminating endpoint {moved:?} after the change (drain timeout 2 s)");
+    eprintln!(
+        "the UDP flow left its terminating endpoint {moved:?} after the change (drain timeout 2 s)"
+    );
     assert!(moved >= Duration::from_millis(1900), "{moved:?}");
 }

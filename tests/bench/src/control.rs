@@ -46,6 +46,9 @@ pub struct Config {
     /// Repeats of the kube-proxy baselines' partial syncs (each takes about a second).
     pub baseline_changes: usize,
     pub rss: bool,
+    pub health_probes: usize,
+    pub health_seconds: f64,
+    pub sweep_entries: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -79,6 +82,240 @@ pub struct Results {
     pub agent_rss_mib: Option<f64>,
     /// How long that agent took from start to its first complete sync.
     pub agent_first_sync_ms: Option<f64>,
+    pub health: Option<HealthResult>,
+    pub sweep: Option<SweepResult>,
+}
+
+/// Removing the UDP flows of one backend from a full connection table (what a UDP
+/// backend's removal costs the agent).
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepResult {
+    pub table_entries: usize,
+    pub matching_entries: usize,
+    pub sweep_ms: Summary,
+}
+
+/// Fills a connection table of `entries` (flows of 100 backends, forward and reply
+/// entries) and times the removal of one backend's flows, `repeats` times.
+pub fn sweep(entries: u32, repeats: usize) -> anyhow::Result<SweepResult> {
+    use lb_common::{
+        Addr, Family, Proto,
+        maps::{CT_F_REPLY, CtKey, CtValue},
+    };
+    let prefix = xlb_tests::run_prefix();
+    let bpffs = Bpffs::mount(&prefix)?;
+    let pin_dir = bpffs.path().join("sw");
+    let mut dp = Datapath::load(&LoadOptions {
+        pin_dir: pin_dir.clone(),
+        config: Default::default(),
+        conntrack_entries: entries,
+    })?;
+    let mut maps = dp.maps()?;
+    let mut ct: aya::maps::HashMap<aya::maps::MapData, CtKey, CtValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(
+            pin_dir.join(names::CONNTRACK),
+        )?))?;
+    let backend = |b: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + b);
+    let vip = Addr::from_ip(&Ipv4Addr::new(10, 96, 0, 11).into());
+    let mut times = Vec::new();
+    let mut matching = 0;
+    for _ in 0..repeats {
+        // Refill: flows[i] from client i to backend i % 100 (the LRU keeps the newest).
+        let flows = entries as usize / 2;
+        for i in 0..flows {
+            let client = Addr::from_ip(
+                &Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i as u32).into(),
+            );
+            let b = Addr::from_ip(&backend((i % 100) as u32).into());
+            let sport = (10_000 + i % 50_000) as u16;
+            let fwd = CtKey {
+                src: client,
+                dst: vip,
+                sport_be: sport.to_be(),
+                dport_be: 53u16.to_be(),
+                proto: Proto::UDP,
+                family: Family::V4,
+                _pad: [0; 2],
+            };
+            let rev = CtKey {
+                src: b,
+                dst: client,
+                sport_be: 5353u16.to_be(),
+                dport_be: sport.to_be(),
+                proto: Proto::UDP,
+                family: Family::V4,
+                _pad: [0; 2],
+            };
+            let mut v = CtValue {
+                nat_addr: b,
+                nat_port_be: 5353u16.to_be(),
+                state: 1,
+                flags: 0,
+                backend_id: 1 + (i % 100) as u32,
+                service_id: 1,
+                nh_ifindex: 0,
+                last_seen_ns: 0,
+                nh_macs: [0; 6],
+                _pad: [0; 4],
+            };
+            ct.insert(fwd, v, 0)?;
+            v.nat_addr = vip;
+            v.nat_port_be = 53u16.to_be();
+            v.flags = CT_F_REPLY;
+            ct.insert(rev, v, 0)?;
+        }
+        let target = xlb::sync::FlowTarget {
+            service: 1,
+            backend: xlb::sync::BackendKey {
+                ip: backend(7).into(),
+                port: 5353,
+                proto: Proto::UDP,
+            },
+        };
+        let started = Instant::now();
+        matching = xlb::sync::Maps::sweep_flows(&mut maps, &[target])?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(SweepResult {
+        table_entries: entries as usize,
+        matching_entries: matching,
+        sweep_ms: Summary::of(times),
+    })
+}
+
+/// The active health checker's cost: `probes` TCP probes, each every `interval_ms`,
+/// against a local listener.
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthResult {
+    pub probes: usize,
+    pub interval_ms: u64,
+    pub seconds: f64,
+    pub checks_per_s: f64,
+    /// CPU time of the checker's threads (user + system) per second of wall time, in %
+    /// of one core.
+    pub checker_cpu_percent: f64,
+    pub cpu_us_per_check: f64,
+}
+
+/// CPU time (user + system, seconds) of this process's threads named `name`.
+fn threads_cpu_s(name: &str) -> f64 {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ...: fields after the comm's closing parenthesis.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if !head.ends_with(name) && !head.contains(&format!("({name}")) {
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
+        total += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+    }
+    total as f64 / ticks
+}
+
+/// Runs the agent's health checker on `probes` probes for `seconds` and measures its CPU.
+/// The probes go to distinct loopback addresses (127.0.x.y) on one listening port, so
+/// each is its own probe; the listener's accept loop runs on another thread, not counted.
+pub fn health_checks(
+    probes: usize,
+    interval: std::time::Duration,
+    seconds: f64,
+) -> anyhow::Result<HealthResult> {
+    use xlb::health::{Checker, HealthMetrics, Method, Probe, Reporter, Schedule};
+    let listener = std::net::TcpListener::bind("0.0.0.0:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::Builder::new()
+        .name("bench-accept".into())
+        .spawn(move || {
+            for s in listener.incoming() {
+                drop(s);
+            }
+        })?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("xlb-health")
+        .enable_all()
+        .build()?;
+    let metrics = std::sync::Arc::new(HealthMetrics::default());
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = down.clone();
+    let reporter: Reporter = std::sync::Arc::new(move |_| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    });
+    let schedule = Schedule {
+        interval,
+        timeout: interval.min(std::time::Duration::from_secs(1)),
+        healthy_threshold: 2,
+        unhealthy_threshold: 2,
+    };
+    let targets: std::collections::BTreeMap<Probe, Schedule> = (0..probes)
+        .map(|i| {
+            let ip = Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
+            (
+                Probe {
+                    addr: std::net::SocketAddr::new(ip.into(), port),
+                    method: Method::Tcp,
+                },
+                schedule,
+            )
+        })
+        .collect();
+    let (targets_tx, targets_rx) = tokio::sync::watch::channel(Default::default());
+    let (_commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    // One label at a time: a family's guard must be dropped before the next lookup
+    // (creating a missing label takes the write lock).
+    let checks = |m: &HealthMetrics| {
+        let ok = m
+            .checks
+            .get_or_create(&xlb::health::ResultLabel { result: "ok" })
+            .get();
+        let fail = m
+            .checks
+            .get_or_create(&xlb::health::ResultLabel { result: "fail" })
+            .get();
+        ok + fail
+    };
+    rt.spawn(Checker::new(reporter, metrics.clone()).run(targets_rx, commands_rx));
+    targets_tx.send(targets)?;
+    // Let every probe start (first checks are spread over one interval).
+    std::thread::sleep(interval * 2);
+    let (c0, cpu0, t0) = (
+        checks(&metrics),
+        threads_cpu_s("xlb-health"),
+        std::time::Instant::now(),
+    );
+    std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+    let (c1, cpu1, wall) = (
+        checks(&metrics),
+        threads_cpu_s("xlb-health"),
+        t0.elapsed().as_secs_f64(),
+    );
+    drop(targets_tx);
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    let n = (c1 - c0) as f64;
+    anyhow::ensure!(
+        down.load(std::sync::atomic::Ordering::Relaxed) == 0,
+        "probes went down against a live listener"
+    );
+    Ok(HealthResult {
+        probes,
+        interval_ms: interval.as_millis() as u64,
+        seconds: wall,
+        checks_per_s: n / wall,
+        checker_cpu_percent: 100.0 * (cpu1 - cpu0) / wall,
+        cpu_us_per_check: 1e6 * (cpu1 - cpu0) / n.max(1.0),
+    })
 }
 
 fn vip(i: usize) -> Ipv4Addr {
@@ -413,10 +650,26 @@ pub fn run(cfg: &Config, xlb: &Path) -> anyhow::Result<Results> {
     } else {
         (None, None)
     };
+    eprintln!(
+        "  control plane: health checker, {} probes",
+        cfg.health_probes
+    );
+    let health = Some(health_checks(
+        cfg.health_probes,
+        std::time::Duration::from_secs(1),
+        cfg.health_seconds,
+    )?);
+    eprintln!(
+        "  control plane: connection-table sweep, {} entries",
+        cfg.sweep_entries
+    );
+    let sweep = Some(sweep(cfg.sweep_entries, 3)?);
     Ok(Results {
         scales,
         maglev,
         agent_rss_mib,
         agent_first_sync_ms,
+        health,
+        sweep,
     })
 }

@@ -118,6 +118,9 @@ fn main() -> anyhow::Result<()> {
                 changes: 100,
                 baseline_changes: 3,
                 rss: false,
+                health_probes: 1000,
+                health_seconds: 3.0,
+                sweep_entries: 65_536,
             }
         } else {
             control::Config {
@@ -126,6 +129,9 @@ fn main() -> anyhow::Result<()> {
                 changes: 100,
                 baseline_changes: 10,
                 rss: true,
+                health_probes: 5000,
+                health_seconds: 10.0,
+                sweep_entries: lb_common::maps::CONNTRACK_ENTRIES,
             }
         };
         report.control = Some(control::run(&c, &xlb)?);

@@ -279,6 +279,29 @@ pub fn markdown(r: &Report) -> String {
                 "\nAgent (`xlb agent --manifests`) with 10k services / 100k endpoints: resident memory {rss:.0} MiB; from start to its first complete sync {ms:.0} ms (reading and parsing the YAML included)."
             );
         }
+        if let Some(h) = &c.health {
+            let _ = writeln!(
+                o,
+                "\nActive health checks (`xlb::health::Checker`, TCP connect, {} probes every {} ms, {:.0} s): {:.0} checks/s for {:.1}% of one core ({:.1} us of CPU per check, the checker's threads only; the local listener's accept loop not counted).",
+                h.probes,
+                h.interval_ms,
+                h.seconds,
+                h.checks_per_s,
+                h.checker_cpu_percent,
+                h.cpu_us_per_check
+            );
+        }
+        if let Some(w) = &c.sweep {
+            let _ = writeln!(
+                o,
+                "\nRemoving one UDP backend's flows from a full connection table ({} entries, {} of them that backend's): {:.1} ms median ({:.1}-{:.1}); the agent does this once per sync that removes UDP backends, after the maps are written.",
+                w.table_entries,
+                w.matching_entries,
+                w.sweep_ms.median,
+                w.sweep_ms.min,
+                w.sweep_ms.max
+            );
+        }
     }
     o
 }
