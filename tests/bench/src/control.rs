@@ -642,7 +642,7 @@ pub fn run(cfg: &Config, xlb: &Path) -> anyhow::Result<Results> {
     drop(maps);
     drop(dp);
     drop(bpffs);
-    let maglev = maglev_builds(&[(65_537, 100), (65_537, 1000)], 7);
+    let maglev = maglev_builds(&[(65_537, 100), (65_537, 1000)], 31);
     let (agent_rss_mib, agent_first_sync_ms) = if cfg.rss {
         eprintln!("  control plane: agent memory at 10k services / 100k endpoints");
         let (rss, ms) = agent_rss(xlb, 10_000, 10)?;
