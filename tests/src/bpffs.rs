@@ -18,6 +18,7 @@ impl Bpffs {
             "mount",
             &["-t", "bpf", prefix, dir.to_str().expect("utf-8 temp dir")],
         )?;
+        crate::registry::mount(&dir);
         Ok(Self { dir })
     }
 
@@ -28,6 +29,7 @@ impl Bpffs {
 
 impl Drop for Bpffs {
     fn drop(&mut self) {
+        crate::registry::mount_gone(&self.dir);
         let d = self.dir.to_string_lossy().into_owned();
         if let Err(e) = cmd::run("umount", &[&d]) {
             eprintln!("lab teardown: {e}");

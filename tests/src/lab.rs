@@ -119,8 +119,18 @@ pub struct Lab {
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
+impl TempDir {
+    /// A directory (created) removed on drop, and by the interrupt teardown.
+    pub fn create(path: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&path)?;
+        crate::registry::dir(&path);
+        Ok(Self(path))
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
+        crate::registry::dir_gone(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -130,7 +140,7 @@ impl Lab {
     pub fn build(backends: usize) -> anyhow::Result<Self> {
         crate::require_root()?;
         let prefix = crate::run_prefix();
-        let dir = TempDir(std::env::temp_dir().join(format!("{prefix}-lab")));
+        let dir = TempDir::create(std::env::temp_dir().join(format!("{prefix}-lab")))?;
         std::fs::create_dir_all(dir.0.join("manifests"))?;
         let bpffs = Bpffs::mount(&prefix)?;
         let node = Netns::create(&format!("{prefix}-node"))?;

@@ -18,6 +18,7 @@ pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod process;
+pub mod registry;
 pub mod wait;
 
 /// A short prefix unique to this call, e.g. `xlb3fa2c1`: the process id, the time and a

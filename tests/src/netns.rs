@@ -14,6 +14,7 @@ pub struct Netns {
 impl Netns {
     pub fn create(name: &str) -> anyhow::Result<Self> {
         cmd::ip(&format!("netns add {name}"))?;
+        crate::registry::netns(name);
         let ns = Self {
             name: name.to_string(),
         };
@@ -86,6 +87,7 @@ pub fn run_in<T: Send + 'static>(
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        crate::registry::netns_gone(&self.name);
         if let Err(e) = cmd::ip(&format!("netns del {}", self.name)) {
             eprintln!("lab teardown: {e}");
         }

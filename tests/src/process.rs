@@ -45,6 +45,7 @@ impl Process {
                 }
             });
         }
+        crate::registry::process(child.id());
         Ok(Self {
             name: name.to_string(),
             child,
@@ -146,5 +147,6 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.stop(Duration::from_secs(5));
+        crate::registry::process_gone(self.child.id());
     }
 }

@@ -100,22 +100,8 @@ fn established_connections_survive_the_removal_of_a_backend() {
 fn attaches_in_generic_mode_where_native_xdp_is_missing() {
     // Loopback has no native XDP: the agent must fall back to generic mode, say so, and
     // still serve.
-    xlb_tests::require_root().unwrap();
-    let prefix = xlb_tests::run_prefix();
-    let ns = xlb_tests::netns::Netns::create(&format!("{prefix}-gen")).unwrap();
-    let bpffs = xlb_tests::bpffs::Bpffs::mount(&prefix).unwrap();
-    let dir = xlb_tests::lab::TempDir(std::env::temp_dir().join(format!("{prefix}-m")));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", ns.name()])
-        .arg(common::xlb_bin())
-        .arg("agent");
-    cmd.arg("--manifests")
-        .arg(&dir.0)
-        .arg("--bpffs")
-        .arg(bpffs.path().join("x"))
-        .args(["--interface", "lo"]);
-    let mut agent = xlb_tests::process::Process::spawn("agent", cmd).unwrap();
+    let bed = common::LoopbackBed::new("gen");
+    let mut agent = bed.agent(&[]);
     agent
         .wait_for("sync complete", std::time::Duration::from_secs(20))
         .unwrap();
@@ -212,25 +198,9 @@ fn pins_of_an_incompatible_layout_are_refused_with_a_clear_error_and_cleanup_cle
     use aya::maps::{Array, Map, MapData};
     use lb_common::maps::{META, Meta};
 
-    xlb_tests::require_root().unwrap();
-    let prefix = xlb_tests::run_prefix();
-    let ns = xlb_tests::netns::Netns::create(&format!("{prefix}-pin")).unwrap();
-    let bpffs = xlb_tests::bpffs::Bpffs::mount(&prefix).unwrap();
-    let pins = bpffs.path().join("x");
-    let dir = xlb_tests::lab::TempDir(std::env::temp_dir().join(format!("{prefix}-m")));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let agent = || {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", ns.name()])
-            .arg(common::xlb_bin())
-            .arg("agent");
-        cmd.arg("--manifests")
-            .arg(&dir.0)
-            .arg("--bpffs")
-            .arg(&pins)
-            .args(["--interface", "lo"]);
-        xlb_tests::process::Process::spawn("agent", cmd).unwrap()
-    };
+    let bed = common::LoopbackBed::new("pin");
+    let (ns, pins) = (&bed.ns, &bed.pins);
+    let agent = || bed.agent(&[]);
 
     // A first agent creates the maps and leaves them pinned.
     let mut first = agent();
@@ -407,28 +377,11 @@ fn the_agent_serves_with_only_the_capabilities_the_daemonset_grants() {
 
 #[test]
 fn by_default_the_datapath_outlives_the_agent_and_cleanup_on_exit_removes_it() {
-    xlb_tests::require_root().unwrap();
-    let prefix = xlb_tests::run_prefix();
-    let ns = xlb_tests::netns::Netns::create(&format!("{prefix}-exit")).unwrap();
-    let bpffs = xlb_tests::bpffs::Bpffs::mount(&prefix).unwrap();
-    let pins = bpffs.path().join("x");
-    let dir = xlb_tests::lab::TempDir(std::env::temp_dir().join(format!("{prefix}-m")));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let attached = || ns.ip("-d link show dev lo").unwrap().contains("prog/xdp");
+    let bed = common::LoopbackBed::new("exit");
+    let pins = &bed.pins;
+    let attached = || bed.attached();
     for cleanup in [false, true] {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", ns.name()])
-            .arg(common::xlb_bin())
-            .arg("agent");
-        cmd.arg("--manifests")
-            .arg(&dir.0)
-            .arg("--bpffs")
-            .arg(&pins)
-            .args(["--interface", "lo"]);
-        if cleanup {
-            cmd.arg("--cleanup-on-exit");
-        }
-        let mut agent = xlb_tests::process::Process::spawn("agent", cmd).unwrap();
+        let mut agent = bed.agent(if cleanup { &["--cleanup-on-exit"] } else { &[] });
         agent
             .wait_for("sync complete", Duration::from_secs(20))
             .unwrap();

@@ -399,11 +399,7 @@ fn every_backend_down_fails_open_and_says_so() {
 
 #[test]
 fn a_udp_client_keeping_its_port_moves_off_a_removed_backend_and_tcp_drains() {
-    let mut lab = Lab::build(3).expect("lab topology");
-    lab.start_servers(&common::server_bin()).unwrap();
-    lab.write_default_manifests().unwrap();
-    lab.start_agent(&common::xlb_bin(), &["--drain-timeout", "2s"])
-        .unwrap();
+    let mut lab = common::lab_with_agent_args(&["--drain-timeout", "2s"]);
 
     // One UDP socket (one source port) and one TCP connection, each on some backend.
     let (sock, first) = lab
@@ -558,11 +554,7 @@ fn a_dead_udp_backend_is_ejected_through_the_icmp_unreachable_it_sends() {
 
 #[test]
 fn flows_of_a_terminating_endpoint_udp_included_keep_it_until_the_drain_timeout() {
-    let mut lab = Lab::build(3).expect("lab topology");
-    lab.start_servers(&common::server_bin()).unwrap();
-    lab.write_default_manifests().unwrap();
-    lab.start_agent(&common::xlb_bin(), &["--drain-timeout", "2s"])
-        .unwrap();
+    let mut lab = common::lab_with_agent_args(&["--drain-timeout", "2s"]);
     let (sock, first) = lab
         .client
         .run(|| {

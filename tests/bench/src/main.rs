@@ -46,6 +46,13 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     xlb_tests::require_root()?;
+    // Interrupted (Ctrl-C, kill): the guards' destructors will not run, so remove what
+    // this run created (processes, namespaces, bpffs mounts) from the handler.
+    ctrlc::set_handler(|| {
+        eprintln!("interrupted: tearing down what this run created");
+        xlb_tests::registry::teardown_all();
+        std::process::exit(130);
+    })?;
     let cfg = if let Some(only) = cli.profile {
         datapath::Config {
             backend_counts: vec![16],

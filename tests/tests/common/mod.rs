@@ -33,11 +33,64 @@ pub fn server_bin() -> PathBuf {
 
 /// A lab with three backends serving, the default manifests and a running agent.
 pub fn default_lab() -> Lab {
+    lab_with_agent_args(&[])
+}
+
+/// [`default_lab`] with extra arguments for the agent.
+pub fn lab_with_agent_args(args: &[&str]) -> Lab {
     let mut lab = Lab::build(3).expect("lab topology");
     lab.start_servers(&server_bin()).expect("backend servers");
     lab.write_default_manifests().expect("manifests");
-    lab.start_agent(&xlb_bin(), &[]).expect("agent");
+    lab.start_agent(&xlb_bin(), args).expect("agent");
     lab
+}
+
+/// A namespace with only loopback, a bpffs and an (empty) manifests directory, for
+/// agents attached to `lo` (generic XDP): tests of the agent's own life cycle.
+pub struct LoopbackBed {
+    pub ns: xlb_tests::netns::Netns,
+    pub pins: PathBuf,
+    pub dir: xlb_tests::lab::TempDir,
+    _bpffs: xlb_tests::bpffs::Bpffs,
+}
+
+impl LoopbackBed {
+    pub fn new(name: &str) -> Self {
+        xlb_tests::require_root().unwrap();
+        let prefix = xlb_tests::run_prefix();
+        let ns = xlb_tests::netns::Netns::create(&format!("{prefix}-{name}")).unwrap();
+        let bpffs = xlb_tests::bpffs::Bpffs::mount(&prefix).unwrap();
+        let dir = xlb_tests::lab::TempDir(std::env::temp_dir().join(format!("{prefix}-m")));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        Self {
+            ns,
+            pins: bpffs.path().join("x"),
+            dir,
+            _bpffs: bpffs,
+        }
+    }
+
+    /// Starts `xlb agent` on `lo` (not waiting for anything).
+    pub fn agent(&self, extra: &[&str]) -> xlb_tests::process::Process {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", self.ns.name()])
+            .arg(xlb_bin())
+            .arg("agent");
+        cmd.arg("--manifests")
+            .arg(&self.dir.0)
+            .arg("--bpffs")
+            .arg(&self.pins);
+        cmd.args(["--interface", "lo"]).args(extra);
+        xlb_tests::process::Process::spawn("agent", cmd).unwrap()
+    }
+
+    /// Whether an XDP program is attached to `lo`.
+    pub fn attached(&self) -> bool {
+        self.ns
+            .ip("-d link show dev lo")
+            .unwrap()
+            .contains("prog/xdp")
+    }
 }
 
 /// `n` TCP connections (each from its own ephemeral source port) through a VIP; returns
