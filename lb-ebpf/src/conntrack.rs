@@ -183,6 +183,21 @@ pub fn create(key: &CtKey, backend: &BackendValue, flow: &NewFlow, counters: &Co
     0
 }
 
+/// The forward key of the flow a reply entry (`reply`, at `key`) belongs to: the reply
+/// entry holds the VIP, and the client's tuple is the reply's, reversed.
+#[inline(always)]
+pub fn forward_key(key: &CtKey, reply: &CtValue) -> CtKey {
+    CtKey {
+        src: key.dst,
+        dst: reply.nat_addr,
+        sport_be: key.dport_be,
+        dport_be: reply.nat_port_be,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    }
+}
+
 /// The reply key for a forward key whose flow goes to `backend`.
 #[inline(always)]
 fn reply_key(key: &CtKey, backend: &Addr, backend_port_be: u16) -> CtKey {

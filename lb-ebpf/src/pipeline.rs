@@ -217,16 +217,7 @@ fn from_backend_inner(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtVa
 fn refused(env: &Env, key: &CtKey, entry: *mut CtValue) -> u32 {
     // SAFETY: a map value pointer, used during this run (see conntrack).
     let e = unsafe { &*entry };
-    // The reply entry holds the VIP; the forward key is the client's tuple to it.
-    let forward = CtKey {
-        src: key.dst,
-        dst: e.nat_addr,
-        sport_be: key.dport_be,
-        dport_be: e.nat_port_be,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
-    };
+    let forward = conntrack::forward_key(key, e);
     let Some(f) = XLB_CONNTRACK.get_ptr(&forward) else { return 0 };
     // SAFETY: as above.
     if unsafe { (*f).state } != CT_STATE_SYN_SENT {
@@ -262,15 +253,7 @@ fn unreachable(env: &Env, key: &CtKey) -> u64 {
     if !conntrack::is_reply(e) {
         return Outcome::new(XDP_PASS, Reason::NOT_TCP_UDP).pack();
     }
-    let forward = CtKey {
-        src: key.dst,
-        dst: e.nat_addr,
-        sport_be: key.dport_be,
-        dport_be: e.nat_port_be,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
-    };
+    let forward = conntrack::forward_key(key, e);
     env.counters.event(Event::BACKEND_UNREACHABLE);
     stats::backend_failed(e.backend_id, e.service_id, true);
     let _ = XLB_CONNTRACK.remove(&forward);
