@@ -181,14 +181,9 @@ async fn serve(
         args.health.drain_timeout,
     );
     let (tx, rx) = mpsc::channel::<Msg>();
-    let report_tx = std::sync::Mutex::new(tx.clone());
-    let reporter: crate::health::Reporter = Arc::new(move |t| {
-        report_tx
-            .lock()
-            .expect("not poisoned")
-            .send(Msg::Health(t))
-            .is_ok()
-    });
+    let report_tx = tx.clone();
+    let reporter: crate::health::Reporter =
+        Arc::new(move |t| report_tx.send(Msg::Health(t)).is_ok());
     let signal_task = tokio::spawn(read_signals(signals, tx.clone()));
     let checker = tokio::spawn(
         crate::health::Checker::new(reporter, metrics.health.clone()).run(targets_rx, commands_rx),

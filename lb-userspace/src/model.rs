@@ -94,6 +94,20 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// A plain service: these frontends and backends, no affinity, no health-check
+    /// annotations, no terminating endpoints.
+    pub fn new(proto: Proto, frontends: BTreeSet<Frontend>, backends: Vec<Backend>) -> Self {
+        Self {
+            proto,
+            frontends,
+            backends,
+            affinity_timeout_s: None,
+            health: Default::default(),
+            fail_open: false,
+            terminating: Vec::new(),
+        }
+    }
+
     pub fn family(&self) -> Option<Family> {
         self.frontends.first().map(|f| Family::of(&f.ip))
     }
@@ -165,15 +179,7 @@ mod tests {
                 family: Family::V4,
                 scope: Scope::All,
             },
-            ServiceSpec {
-                proto: Proto::TCP,
-                frontends: BTreeSet::new(),
-                backends: vec![],
-                affinity_timeout_s: None,
-                health: Default::default(),
-                fail_open: false,
-                terminating: Vec::new(),
-            },
+            ServiceSpec::new(Proto::TCP, BTreeSet::new(), vec![]),
         )
     }
 

@@ -19,14 +19,14 @@ fn service(i: u32, backends: &[u32]) -> (ServiceName, ServiceSpec) {
             family: Family::V4,
             scope: Scope::All,
         },
-        ServiceSpec {
-            proto: Proto::TCP,
-            frontends: [Frontend {
+        ServiceSpec::new(
+            Proto::TCP,
+            [Frontend {
                 ip: ip(i),
                 port: 80,
             }]
             .into(),
-            backends: backends
+            backends
                 .iter()
                 .map(|b| Backend {
                     ip: IpAddr::from([10, 128, (b >> 8) as u8, *b as u8]),
@@ -34,11 +34,7 @@ fn service(i: u32, backends: &[u32]) -> (ServiceName, ServiceSpec) {
                     weight: 1,
                 })
                 .collect(),
-            affinity_timeout_s: None,
-            health: Default::default(),
-            fail_open: false,
-            terminating: Vec::new(),
-        },
+        ),
     )
 }
 

@@ -114,20 +114,7 @@ fn attaches_in_generic_mode_where_native_xdp_is_missing() {
 fn a_restarted_agent_adopts_the_pinned_maps_and_established_connections_survive() {
     let mut lab = common::default_lab();
     for signal in [libc::SIGTERM, libc::SIGKILL] {
-        let sessions = lab
-            .client
-            .run(|| {
-                [WEB_V4, WEB_V6]
-                    .into_iter()
-                    .flat_map(|vip| (0..12).map(move |_| vip))
-                    .map(|vip| {
-                        let mut s = TcpSession::connect(vip).unwrap();
-                        let name = s.ask().unwrap();
-                        (s, name)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .unwrap();
+        let sessions = common::open_web_sessions(&lab, 12);
 
         lab.stop_agent(signal).unwrap();
         lab.start_agent(&common::xlb_bin(), &[]).unwrap();

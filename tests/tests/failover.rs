@@ -199,8 +199,25 @@ fn kill_b3_under_load(
         || (!server.is_running()).then_some(()),
     )
     .unwrap();
-    // Long enough for absorbed SYNs to be retransmitted and answered.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Run on until every load thread has completed a connection that it started well
+    // after the retransmission of any SYN absorbed around the kill (one second).
+    xlb_tests::wait::until(
+        "the load to run past the SYN retransmissions",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let late = load
+                .records()
+                .iter()
+                .filter(|r| {
+                    r.kind == Kind::NewConnection
+                        && r.started >= killed + Duration::from_millis(1500)
+                })
+                .count();
+            (late >= threads * 10).then_some(())
+        },
+    )
+    .unwrap();
     let records = load.stop();
     let slowed: Vec<&load::Record> = records
         .iter()

@@ -353,21 +353,7 @@ fn watches_resume_after_dropped_connections_and_relist_after_410() {
 #[test]
 fn established_connections_of_one_service_survive_updates_to_another() {
     let k = kube_lab(true);
-    let sessions = k
-        .lab
-        .client
-        .run(|| {
-            [WEB_V4, WEB_V6]
-                .into_iter()
-                .flat_map(|vip| (0..15).map(move |_| vip))
-                .map(|vip| {
-                    let mut s = TcpSession::connect(vip).unwrap();
-                    let name = s.ask().unwrap();
-                    (s, name)
-                })
-                .collect::<Vec<_>>()
-        })
-        .unwrap();
+    let sessions = common::open_web_sessions(&k.lab, 15);
     // Churn on the DNS Service, and a Service coming and going.
     for round in 0..20 {
         let i = round % 3 + 1;

@@ -14,7 +14,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -464,27 +464,12 @@ fn xlb_scale(
     Ok((full_ms, writes, change_ms))
 }
 
+/// Feeds `input` to `program` in `ns`; returns how long it took (ms).
 fn pipe(ns: &Netns, program: &str, args: &[&str], input: &str) -> anyhow::Result<f64> {
-    use std::io::Write as _;
     let t = Instant::now();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), program])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{program}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut argv = vec!["netns", "exec", ns.name(), program];
+    argv.extend_from_slice(args);
+    crate::e2e::pipe_into("ip", &argv, input)?;
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 

@@ -214,25 +214,21 @@ fn program_services(dp: &mut Datapath, counts: &[usize]) -> anyhow::Result<Appli
                 },
                 scope: Scope::All,
             };
-            let spec = ServiceSpec {
-                proto: Proto::TCP,
-                frontends: [Frontend {
+            let spec = ServiceSpec::new(
+                Proto::TCP,
+                [Frontend {
                     ip: vip(v6, k + 1),
                     port: 80,
                 }]
                 .into(),
-                backends: (1..=*n)
+                (1..=*n)
                     .map(|i| Backend {
                         ip: backend(v6, i),
                         port: 8080,
                         weight: 1,
                     })
                     .collect(),
-                affinity_timeout_s: None,
-                health: Default::default(),
-                fail_open: false,
-                terminating: Vec::new(),
-            };
+            );
             desired.services.insert(name, spec);
         }
     }

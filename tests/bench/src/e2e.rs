@@ -178,7 +178,8 @@ fn targets(mode: Mode) -> Targets {
     }
 }
 
-fn pipe_into(program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
+/// Runs `program` with `input` on its stdin; fails with its stderr if it fails.
+pub(crate) fn pipe_into(program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut child = Command::new(program)
         .args(args)

@@ -216,3 +216,21 @@ pub fn slices_without(service: &str, i: usize) -> String {
     }
     out
 }
+
+/// `per_vip` TCP connections to each of the web VIPs (both families), each asked once:
+/// the sessions and the backend each is on.
+pub fn open_web_sessions(lab: &Lab, per_vip: usize) -> Vec<(TcpSession, String)> {
+    lab.client
+        .run(move || {
+            [xlb_tests::lab::WEB_V4, xlb_tests::lab::WEB_V6]
+                .into_iter()
+                .flat_map(|vip| (0..per_vip).map(move |_| vip))
+                .map(|vip| {
+                    let mut s = TcpSession::connect(vip).unwrap();
+                    let name = s.ask().unwrap();
+                    (s, name)
+                })
+                .collect()
+        })
+        .unwrap()
+}
