@@ -160,6 +160,16 @@ impl FrontendKey {
     }
 }
 
+/// `ip:port/proto`, IPv6 in brackets (how logs, errors and golden dumps name a frontend).
+impl core::fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.ip() {
+            core::net::IpAddr::V4(ip) => write!(f, "{ip}:{}/{}", self.port(), self.proto.name()),
+            core::net::IpAddr::V6(ip) => write!(f, "[{ip}]:{}/{}", self.port(), self.proto.name()),
+        }
+    }
+}
+
 /// What a frontend leads to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]

@@ -113,7 +113,7 @@ async fn serve(
     client: Option<kube::Client>,
 ) -> anyhow::Result<()> {
     for interface in &args.interfaces {
-        match dp.attach(interface, args.xdp_mode)? {
+        match dp.attach(interface, args.xdp_mode.into())? {
             Attachment::New(mode) => tracing::info!(interface, ?mode, "attached"),
             Attachment::Replaced => {
                 tracing::info!(

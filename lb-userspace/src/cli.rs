@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use lb_common::{config::DatapathConfig, maps::CONNTRACK_ENTRIES};
 
-use crate::datapath::AttachMode;
+use crate::{datapath::AttachMode, health::MethodKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,7 +75,7 @@ pub struct AgentArgs {
     pub bpffs: PathBuf,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value = "auto")]
-    pub xdp_mode: AttachMode,
+    pub xdp_mode: XdpModeArg,
     /// Address of the HTTP endpoint with /metrics, /healthz and /readyz.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: std::net::SocketAddr,
@@ -90,8 +90,43 @@ pub struct AgentArgs {
     pub health: HealthArgs,
 }
 
-fn duration(text: &str) -> Result<std::time::Duration, String> {
+fn duration(text: &str) -> Result<std::time::Duration, crate::health::SpecError> {
     crate::health::parse_duration(text)
+}
+
+/// `--xdp-mode` (the datapath's [`AttachMode`], named for the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Native mode, falling back to generic mode with a warning.
+    Auto,
+    Native,
+    Generic,
+}
+
+impl From<XdpModeArg> for AttachMode {
+    fn from(m: XdpModeArg) -> Self {
+        match m {
+            XdpModeArg::Auto => Self::Auto,
+            XdpModeArg::Native => Self::Native,
+            XdpModeArg::Generic => Self::Generic,
+        }
+    }
+}
+
+/// `--health-check` (the health spec's [`MethodKind`], named for the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckMethodArg {
+    Tcp,
+    Http,
+}
+
+impl From<CheckMethodArg> for MethodKind {
+    fn from(m: CheckMethodArg) -> Self {
+        match m {
+            CheckMethodArg::Tcp => Self::Tcp,
+            CheckMethodArg::Http => Self::Http,
+        }
+    }
 }
 
 /// Health checks, passive ejection and draining. Services override the check settings
@@ -102,7 +137,7 @@ pub struct HealthArgs {
     /// (connect) or http (GET); none when not given. UDP ports are checked only with an
     /// `xlb.dev/health-check-port` annotation.
     #[arg(long, value_enum, value_name = "METHOD")]
-    pub health_check: Option<crate::health::MethodKind>,
+    pub health_check: Option<CheckMethodArg>,
     /// Default path of http checks.
     #[arg(long, default_value = "/")]
     pub health_check_path: String,
@@ -141,16 +176,8 @@ pub struct HealthArgs {
 impl HealthArgs {
     /// The health view's settings; a bad default status range is an error.
     pub fn view(&self) -> anyhow::Result<crate::health::HealthView> {
-        let status = crate::health::HealthAnnotations::parse(Some(
-            &[(
-                format!("{}-status", crate::health::ANNOTATION_PREFIX),
-                self.health_check_status.clone(),
-            )]
-            .into(),
-        ))
-        .map_err(|e| anyhow::anyhow!("--health-check-status: {e}"))?
-        .status
-        .expect("parsed");
+        let status = crate::health::parse_status(&self.health_check_status)
+            .map_err(|e| anyhow::anyhow!("--health-check-status: {e}"))?;
         if !self.health_check_path.starts_with('/') {
             anyhow::bail!(
                 "--health-check-path {:?}: not an absolute path",
@@ -159,7 +186,7 @@ impl HealthArgs {
         }
         Ok(crate::health::HealthView::new(
             crate::health::HealthDefaults {
-                method: self.health_check,
+                method: self.health_check.map(MethodKind::from),
                 path: self.health_check_path.clone(),
                 status,
                 interval: self.health_check_interval,

@@ -77,7 +77,7 @@ pub enum DatapathError {
 }
 
 /// How to attach: native (driver) XDP where the driver supports it, else generic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
     /// Native mode, falling back to generic mode with a warning.
     Auto,

@@ -9,7 +9,12 @@
 //! The identity hashed is the backend's address, port and protocol, so the same backend set
 //! gives the same table on every node and after every restart.
 
-use lb_common::flow::{MAGLEV_OFFSET_SEED, MAGLEV_SKIP_SEED, murmur3};
+use lb_common::{
+    flow::{MAGLEV_OFFSET_SEED, MAGLEV_SKIP_SEED, murmur3},
+    maps::MAX_TABLE_SIZE,
+};
+
+use crate::model::BackendKey;
 
 /// Smallest table size for `backends` backends: the least prime >= 100 x backends (so that
 /// each backend's share is within 1% of fair), at least 101, at most the largest prime
@@ -102,6 +107,26 @@ pub fn build(entries: &[Entry<'_>], size: u32) -> Vec<u32> {
             }
         }
     }
+}
+
+/// The Maglev table (as backend indices into `members`) for a set of members.
+pub fn table_for(members: &[(BackendKey, u32)], max_table_size: u32) -> (u32, Vec<u32>) {
+    let size = table_size(members.len(), max_table_size.min(MAX_TABLE_SIZE));
+    (size, table_slots(members, size))
+}
+
+/// The slots (indices into `members`) of a table of `size` slots.
+pub fn table_slots(members: &[(BackendKey, u32)], size: u32) -> Vec<u32> {
+    let identities: Vec<[u8; 20]> = members.iter().map(|(k, _)| k.identity()).collect();
+    let entries: Vec<Entry<'_>> = identities
+        .iter()
+        .zip(members)
+        .map(|(id, (_, w))| Entry {
+            identity: id,
+            weight: *w,
+        })
+        .collect();
+    build(&entries, size)
 }
 
 #[cfg(test)]

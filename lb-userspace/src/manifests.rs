@@ -328,7 +328,7 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
                         object,
                         origin: origin.clone(),
                     }),
-                    Err(TranslateError { reason, .. }) => fail(loaded, reason),
+                    Err(TranslateError { reason, .. }) => fail(loaded, reason.to_string()),
                 },
                 Err(e) => fail(loaded, e.to_string()),
             }

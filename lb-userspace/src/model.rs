@@ -8,7 +8,10 @@ use std::{
     net::IpAddr,
 };
 
-use lb_common::{Family, Proto};
+use lb_common::{
+    Family, Proto,
+    maps::BackendValue,
+};
 
 /// Which of a Service port's frontends a datapath service serves. Traffic policies can give
 /// in-cluster and external traffic different backends; when they coincide, one service
@@ -75,6 +78,51 @@ pub struct Backend {
     pub weight: u32,
 }
 
+/// A backend's identity in the maps: everything in its map value but the flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl BackendKey {
+    pub fn family(&self) -> Family {
+        Family::of(&self.ip)
+    }
+
+    pub fn value(&self) -> BackendValue {
+        BackendValue::new(self.ip, self.port, self.proto)
+    }
+
+    pub fn of(value: &BackendValue) -> Self {
+        Self {
+            ip: value.ip(),
+            port: value.port(),
+            proto: value.proto,
+        }
+    }
+
+    /// The bytes Maglev hashes to place this backend: stable across nodes and restarts.
+    pub fn identity(&self) -> [u8; 20] {
+        let mut id = [0u8; 20];
+        id[..16].copy_from_slice(&lb_common::Addr::from_ip(&self.ip).octets());
+        id[16..18].copy_from_slice(&self.port.to_be_bytes());
+        id[18] = self.proto.0;
+        id[19] = self.family().0;
+        id
+    }
+}
+
+impl fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}/{}", self.port, self.proto.name()),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}/{}", self.port, self.proto.name()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
     pub proto: Proto,
@@ -84,7 +132,7 @@ pub struct ServiceSpec {
     /// `sessionAffinity: ClientIP` timeout.
     pub affinity_timeout_s: Option<u32>,
     /// The Service's health-check annotations (the agent applies its defaults).
-    pub health: crate::health::HealthAnnotations,
+    pub health: crate::health::spec::HealthAnnotations,
     /// Every backend is down and all are kept (set by the health filter, not by the
     /// translation).
     pub fail_open: bool,

@@ -21,9 +21,9 @@ use std::{
 use crate::{
     health::{self, HealthView},
     metrics::{Metrics, Names, ScopeLabel, errors},
-    model::{Desired, ServiceName, ServiceSpec, object_range},
+    model::{BackendKey, Desired, ServiceName, ServiceSpec, object_range},
     store::{Change, Store},
-    sync::{self, Applied, ApplyConfig, BackendKey, FlowTarget, Maps, PlanConfig},
+    sync::{self, Applied, ApplyConfig, FlowTarget, Maps, PlanConfig},
     translate::{self, NodeInfo, ObjectKey},
 };
 
@@ -142,7 +142,7 @@ impl Reconciler {
             }
             (reason, false) => tracing::warn!(
                 probe = %t.probe,
-                reason = reason.as_deref().unwrap_or(""),
+                reason = %reason.as_ref().map_or(String::new(), ToString::to_string),
                 "backend unhealthy: no new connections go to it"
             ),
         }
@@ -526,7 +526,7 @@ impl Reconciler {
                 backends: a
                     .backends
                     .iter()
-                    .map(|(id, v)| (*id, sync::BackendKey::of(v).to_string()))
+                    .map(|(id, v)| (*id, BackendKey::of(v).to_string()))
                     .collect(),
             });
         }

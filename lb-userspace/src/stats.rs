@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     datapath::{self, DatapathError, RealMaps},
-    sync::BackendKey,
+    model::BackendKey,
 };
 
 #[derive(Debug, Serialize)]
@@ -71,7 +71,7 @@ pub fn read(dir: &Path) -> Result<Report, DatapathError> {
         services
             .entry(value.service_id)
             .or_default()
-            .push(crate::sync::describe_frontend(&key));
+            .push(key.to_string());
         live.insert(value.service_id, value);
     }
     let mut backends: BTreeMap<u32, String> = BTreeMap::new();

@@ -84,7 +84,19 @@ pub struct TranslateError {
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,
-    pub reason: String,
+    #[source]
+    pub reason: Rejection,
+}
+
+/// What is wrong with a rejected object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A field that cannot be used (the message names it).
+    #[error("{0}")]
+    Field(String),
+    /// An invalid `xlb.dev/health-check*` annotation.
+    #[error(transparent)]
+    HealthCheck(#[from] crate::health::AnnotationError),
 }
 
 /// What the translation needs to know about the node it runs on.
@@ -198,12 +210,13 @@ pub fn translate_service(
     node: &NodeInfo,
 ) -> Result<Translated, TranslateError> {
     let (namespace, name) = service_key(svc);
-    let err = |reason: String| TranslateError {
+    let reject = |reason: Rejection| TranslateError {
         kind: "Service",
         namespace: namespace.clone(),
         name: name.clone(),
         reason,
     };
+    let err = |reason: String| reject(Rejection::Field(reason));
     if name.is_empty() {
         return Err(err("metadata.name is missing".into()));
     }
@@ -284,8 +297,8 @@ pub fn translate_service(
         Some("NodePort") | Some("LoadBalancer")
     );
     let affinity_timeout_s = session_affinity(spec).map_err(err)?;
-    let health =
-        crate::health::HealthAnnotations::parse(svc.metadata.annotations.as_ref()).map_err(err)?;
+    let health = crate::health::HealthAnnotations::parse(svc.metadata.annotations.as_ref())
+        .map_err(|e| reject(e.into()))?;
     let weights = weights(svc).map_err(err)?;
     let topology = wants_topology(svc, spec);
     let internal_local = policy_is_local(spec.internal_traffic_policy.as_ref());
@@ -646,7 +659,7 @@ pub fn validate_slice(slice: &EndpointSlice) -> Result<(), TranslateError> {
         kind: "EndpointSlice",
         namespace: namespace.clone(),
         name: name.clone(),
-        reason,
+        reason: Rejection::Field(reason),
     };
     if name.is_empty() {
         return Err(err("metadata.name is missing".into()));

@@ -20,7 +20,8 @@ use lb_common::{
 use xlb::{
     datapath::{Datapath, LoadOptions},
     manifests,
-    sync::{self, Applied, BackendKey, PlanConfig},
+    model::BackendKey,
+    sync::{self, Applied, PlanConfig},
     translate,
 };
 use xlb_tests::{

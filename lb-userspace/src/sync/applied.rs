@@ -1,63 +1,11 @@
 //! The applied state: an exact mirror of what the agent has written to the maps, plus the
 //! binding of service ids to desired services and the id allocators.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
-    net::IpAddr,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{
-    Family, Proto,
-    maps::{BackendValue, FrontendKey, FrontendValue, MAGLEV_CHUNK, MemberKey},
-};
+use lb_common::maps::{BackendValue, FrontendKey, FrontendValue, MAGLEV_CHUNK, MemberKey};
 
-use crate::model::ServiceName;
-
-/// A backend's identity in the maps: everything in its map value but the flags.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackendKey {
-    pub ip: IpAddr,
-    pub port: u16,
-    pub proto: Proto,
-}
-
-impl BackendKey {
-    pub fn family(&self) -> Family {
-        Family::of(&self.ip)
-    }
-
-    pub fn value(&self) -> BackendValue {
-        BackendValue::new(self.ip, self.port, self.proto)
-    }
-
-    pub fn of(value: &BackendValue) -> Self {
-        Self {
-            ip: value.ip(),
-            port: value.port(),
-            proto: value.proto,
-        }
-    }
-
-    /// The bytes Maglev hashes to place this backend: stable across nodes and restarts.
-    pub fn identity(&self) -> [u8; 20] {
-        let mut id = [0u8; 20];
-        id[..16].copy_from_slice(&lb_common::Addr::from_ip(&self.ip).octets());
-        id[16..18].copy_from_slice(&self.port.to_be_bytes());
-        id[18] = self.proto.0;
-        id[19] = self.family().0;
-        id
-    }
-}
-
-impl fmt::Display for BackendKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.ip {
-            IpAddr::V4(ip) => write!(f, "{ip}:{}/{}", self.port, self.proto.name()),
-            IpAddr::V6(ip) => write!(f, "[{ip}]:{}/{}", self.port, self.proto.name()),
-        }
-    }
-}
+use crate::model::{BackendKey, ServiceName};
 
 /// A programmed Maglev table, summarised by what it was built from, and where it lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -370,7 +318,7 @@ impl Applied {
         } else {
             key.flow_hash()
         };
-        let slots = super::plan::table_slots(&table.members, table.size);
+        let slots = crate::maglev::table_slots(&table.members, table.size);
         let slot = lb_common::flow::maglev_slot(hash, table.size);
         let member = *slots.get(slot as usize)?;
         table.members.get(member as usize).map(|(k, _)| *k)

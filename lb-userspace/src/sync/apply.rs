@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 use lb_common::maps::{BackendValue, FrontendKey, FrontendValue};
 
 use super::{
-    applied::{Applied, BackendKey},
+    applied::Applied,
     plan::{Op, Plan},
 };
+use crate::model::BackendKey;
 
 /// How long a backend no table references stays programmed before it is cleared: a packet
 /// that read the previous table a moment ago still finds it. Far longer than any program
@@ -183,7 +184,7 @@ pub fn apply_with(
                 } else {
                     Err(ApplyError::Unsafe(format!(
                         "frontend {}: the table of service {} was not written",
-                        super::plan::describe(&key),
+                        key.to_string(),
                         value.service_id
                     )))
                 }

@@ -8,10 +8,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use lb_common::maps::{BackendValue, FrontendKey, FrontendValue, MAGLEV_CHUNK};
 
 use super::{
-    applied::{Applied, BackendKey},
+    applied::Applied,
     apply::{Maps, MapsError, TableWrite},
-    plan::describe,
 };
+use crate::model::BackendKey;
 
 #[derive(Clone, Debug, Default)]
 pub struct FakeMaps {
@@ -76,7 +76,7 @@ impl FakeMaps {
             let _ = write!(
                 out,
                 "frontend {} -> service {}",
-                describe(key),
+                key.to_string(),
                 value.service_id
             );
             if value.table_size == 0 {
@@ -244,13 +244,13 @@ impl Maps for FakeMaps {
     }
 
     fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), MapsError> {
-        self.record("frontends", format!("put_frontend {}", describe(key)))?;
+        self.record("frontends", format!("put_frontend {}", key))?;
         self.frontends.insert(*key, *value);
         Ok(())
     }
 
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError> {
-        self.record("frontends", format!("delete_frontend {}", describe(key)))?;
+        self.record("frontends", format!("delete_frontend {}", key))?;
         self.frontends.remove(key);
         Ok(())
     }

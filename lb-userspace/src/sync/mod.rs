@@ -17,12 +17,10 @@ mod apply;
 mod fake;
 mod plan;
 
-pub use applied::{Adopted, Applied, AppliedTable, BackendKey, Programmed};
+pub use applied::{Adopted, Applied, AppliedTable, Programmed};
 pub use apply::{
     ApplyConfig, ApplyError, ApplyReport, BACKEND_GRACE, FlowTarget, HALF_GRACE, Maps, MapsError,
     TableWrite, apply, apply_with, reap,
 };
 pub use fake::FakeMaps;
-pub use plan::{
-    Op, Plan, PlanConfig, PlanError, describe as describe_frontend, plan, table_for, table_slots,
-};
+pub use plan::{Op, Plan, PlanConfig, PlanError, plan};

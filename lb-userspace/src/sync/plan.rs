@@ -7,10 +7,10 @@ use lb_common::maps::{
     BackendValue, FRONTEND_F_AFFINITY, FrontendKey, FrontendValue, MAX_TABLE_SIZE, maglev_chunks,
 };
 
-use super::applied::{Applied, AppliedTable, BackendKey};
+use super::applied::{Applied, AppliedTable};
 use crate::{
-    maglev,
-    model::{Desired, ServiceName, ServiceSpec, object_range},
+    maglev::{self, table_for, table_slots},
+    model::{BackendKey, Desired, ServiceName, ServiceSpec, object_range},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,26 +135,6 @@ fn members(spec: &ServiceSpec) -> Vec<(BackendKey, u32)> {
         .collect();
     m.sort();
     m
-}
-
-/// The Maglev table (as backend indices into `members`) for a set of members.
-pub fn table_for(members: &[(BackendKey, u32)], max_table_size: u32) -> (u32, Vec<u32>) {
-    let size = maglev::table_size(members.len(), max_table_size.min(MAX_TABLE_SIZE));
-    (size, table_slots(members, size))
-}
-
-/// The slots (indices into `members`) of a table of `size` slots.
-pub fn table_slots(members: &[(BackendKey, u32)], size: u32) -> Vec<u32> {
-    let identities: Vec<[u8; 20]> = members.iter().map(|(k, _)| k.identity()).collect();
-    let entries: Vec<maglev::Entry<'_>> = identities
-        .iter()
-        .zip(members)
-        .map(|(id, (_, w))| maglev::Entry {
-            identity: id,
-            weight: *w,
-        })
-        .collect();
-    maglev::build(&entries, size)
 }
 
 /// A frontend of service `id`, pointing at its live table `table` (none: no backend).
@@ -413,7 +393,7 @@ pub fn plan(
             if let Some(other) = claimed.get(&key) {
                 plan.errors.push(PlanError::FrontendConflict {
                     service: (*name).clone(),
-                    frontend: describe(&key),
+                    frontend: key.to_string(),
                     owner: (*other).clone(),
                 });
                 continue;
@@ -429,7 +409,7 @@ pub fn plan(
                         if owner_wants {
                             plan.errors.push(PlanError::FrontendConflict {
                                 service: (*name).clone(),
-                                frontend: describe(&key),
+                                frontend: key.to_string(),
                                 owner: owner.clone(),
                             });
                             continue;
@@ -581,12 +561,4 @@ fn service_pool_limit(applied: &Applied) -> u32 {
 
 fn backend_pool_limit(applied: &Applied) -> u32 {
     applied.backend_pool_limit()
-}
-
-/// A frontend as `ip:port/proto` (IPv6 in brackets).
-pub fn describe(key: &FrontendKey) -> String {
-    match key.ip() {
-        std::net::IpAddr::V4(ip) => format!("{ip}:{}/{}", key.port(), key.proto.name()),
-        std::net::IpAddr::V6(ip) => format!("[{ip}]:{}/{}", key.port(), key.proto.name()),
-    }
 }

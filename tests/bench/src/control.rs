@@ -166,7 +166,7 @@ pub fn sweep(entries: u32, repeats: usize) -> anyhow::Result<SweepResult> {
         }
         let target = xlb::sync::FlowTarget {
             service: 1,
-            backend: xlb::sync::BackendKey {
+            backend: xlb::model::BackendKey {
                 ip: backend(7).into(),
                 port: 5353,
                 proto: Proto::UDP,
