@@ -14,13 +14,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::AgentArgs,
-    datapath::{self, Attachment, Datapath, LoadOptions, RealMaps},
-    metrics::{self, Metrics, errors},
+    datapath::{self, Attachment, Datapath, LoadOptions, RealMaps, Signals},
+    metrics::{self, Metrics},
     reconcile::Reconciler,
     sources::{self, manifests::ManifestSource},
     store::{Change, Store},
@@ -193,12 +192,14 @@ async fn serve(
         .spawn(move || reconcile_loop(reconciler, maps, rx))
         .context("starting the reconciler thread")?;
 
+    let sink_tx = tx.clone();
+    let sink: sources::Sink = Box::new(move |change| sink_tx.send(Msg::Change(change)).is_ok());
     let source = match (&args.manifests, client) {
-        (Some(dir), _) => tokio::spawn(run_manifests(dir.clone(), tx.clone(), metrics.clone())),
-        (None, Some(client)) => tokio::spawn(run_kubernetes(
+        (Some(dir), _) => tokio::spawn(sources::manifests::run(dir.clone(), sink, metrics.clone())),
+        (None, Some(client)) => tokio::spawn(sources::kube::run(
             client,
             node_name,
-            tx.clone(),
+            sink,
             metrics.clone(),
         )),
         (None, None) => unreachable!("clap requires a source"),
@@ -237,31 +238,13 @@ async fn serve(
 }
 
 /// Forwards the datapath's signals (failed new connections) to the reconciler as they
-/// come: the ring buffer wakes this task through epoll.
-async fn read_signals(
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
-    tx: mpsc::Sender<Msg>,
-) -> anyhow::Result<()> {
-    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long
-    // as it lives, and it lives inside the AsyncFd.
-    let mut fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    }
-    .context("polling the signal ring")?;
+/// come.
+async fn read_signals(mut signals: Signals, tx: mpsc::Sender<Msg>) -> anyhow::Result<()> {
     loop {
-        let mut guard = fd.readable_mut().await.context("polling the signal ring")?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if item.len() < size_of::<lb_common::maps::Signal>() {
-                continue;
-            }
-            let signal: lb_common::maps::Signal =
-                bytemuck::pod_read_unaligned(&item[..size_of::<lb_common::maps::Signal>()]);
-            if tx.send(Msg::ConnectionFailed(signal.backend_id)).is_err() {
-                return Ok(());
-            }
+        let signal = signals.next().await.context("reading the datapath's signals")?;
+        if tx.send(Msg::ConnectionFailed(signal.backend_id)).is_err() {
+            return Ok(());
         }
-        guard.clear_ready();
     }
 }
 
@@ -327,84 +310,13 @@ fn reconcile_loop(mut rec: Reconciler, mut maps: RealMaps, rx: mpsc::Receiver<Ms
     }
 }
 
-/// The manifests source: reloads on file changes (debounced) and on SIGHUP.
-async fn run_manifests(
-    dir: std::path::PathBuf,
-    tx: mpsc::Sender<Msg>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
-    let mut source = ManifestSource::new(&dir);
-    let (trigger_tx, mut trigger) = tokio::sync::mpsc::unbounded_channel();
-    let _watcher = sources::manifests::watch(&dir, trigger_tx)?;
-    let mut hup = signal(SignalKind::hangup())?;
-    reload(&mut source, &tx, &metrics, "start")?;
-    loop {
-        tokio::select! {
-            Some(()) = trigger.recv() => reload(&mut source, &tx, &metrics, "files changed")?,
-            _ = hup.recv() => reload(&mut source, &tx, &metrics, "SIGHUP")?,
-        }
-    }
-}
-
-fn reload(
-    source: &mut ManifestSource,
-    tx: &mpsc::Sender<Msg>,
-    metrics: &Metrics,
-    why: &str,
-) -> anyhow::Result<()> {
-    let r = source.reload();
-    for p in &r.problems {
-        tracing::warn!("{p}");
-        metrics.error(errors::INVALID_MANIFEST);
-    }
-    tracing::info!(dir = %source.dir().display(), files = r.files, objects = r.objects, why, "manifests read");
-    for change in r.changes {
-        tx.send(Msg::Change(change))
-            .map_err(|_| anyhow::anyhow!("the reconciler is gone"))?;
-    }
-    Ok(())
-}
-
-/// The Kubernetes source: the watch streams, forwarded; errors are logged and counted
-/// (the watchers retry with backoff, and the maps keep serving meanwhile).
-async fn run_kubernetes(
-    client: kube::Client,
-    node_name: String,
-    tx: mpsc::Sender<Msg>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
-    let mut stream = sources::kube::watch(client, &node_name);
-    let mut failing = false;
-    while let Some(report) = stream.next().await {
-        match report {
-            sources::kube::Report::Change(change) => {
-                if failing {
-                    failing = false;
-                    tracing::info!("Kubernetes API reachable again");
-                }
-                tx.send(Msg::Change(change))
-                    .map_err(|_| anyhow::anyhow!("the reconciler is gone"))?;
-            }
-            sources::kube::Report::Error { kind, error } => {
-                failing = true;
-                metrics.error(errors::SOURCE);
-                tracing::warn!(
-                    kind,
-                    "Kubernetes API: {error}; retrying with backoff, the programmed state keeps serving"
-                );
-            }
-        }
-    }
-    anyhow::bail!("the Kubernetes watch streams ended")
-}
-
 /// Reads `dir` once through the manifests source and programs it (no datapath needed
 /// beyond `maps`): what the agent does at start, for tools and tests.
 pub fn program_dir(
     dir: &Path,
     rec: &mut Reconciler,
     maps: &mut impl crate::sync::Maps,
-) -> Vec<String> {
+) -> Vec<sources::manifests::ManifestProblem> {
     let mut source = ManifestSource::new(dir);
     let r = source.reload();
     for change in &r.changes {

@@ -12,7 +12,6 @@ pub mod cli;
 pub mod datapath;
 pub mod health;
 pub mod maglev;
-pub mod manifests;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;

@@ -51,18 +51,33 @@ pub struct ScopeLabel {
     pub scope: &'static str,
 }
 
-/// Kinds of sync errors (the `kind` label of `xlb_sync_errors_total`).
-pub mod errors {
+/// Kinds of problems (the `kind` label of `xlb_sync_errors_total`). Each layer's problem
+/// type says which kind it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
     /// A manifest file or document that could not be read or parsed.
-    pub const INVALID_MANIFEST: &str = "invalid_manifest";
+    InvalidManifest,
     /// An object rejected by the translation (the reason is logged).
-    pub const INVALID_OBJECT: &str = "invalid_object";
+    InvalidObject,
     /// A desired service the planner could not program (conflict, capacity).
-    pub const PLAN: &str = "plan";
+    Plan,
     /// A map write that failed.
-    pub const MAP_WRITE: &str = "map_write";
+    MapWrite,
     /// The source lost its connection (watch errors; it retries with backoff).
-    pub const SOURCE: &str = "source";
+    Source,
+}
+
+impl ErrorKind {
+    /// The metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::InvalidManifest => "invalid_manifest",
+            Self::InvalidObject => "invalid_object",
+            Self::Plan => "plan",
+            Self::MapWrite => "map_write",
+            Self::Source => "source",
+        }
+    }
 }
 
 /// Everything the agent measures about itself.
@@ -126,12 +141,16 @@ impl Metrics {
         }
     }
 
-    pub fn error(&self, kind: &'static str) {
-        self.sync_errors.get_or_create(&KindLabel { kind }).inc();
+    pub fn error(&self, kind: ErrorKind) {
+        self.sync_errors
+            .get_or_create(&KindLabel { kind: kind.label() })
+            .inc();
     }
 
-    pub fn errors(&self, kind: &'static str) -> u64 {
-        self.sync_errors.get_or_create(&KindLabel { kind }).get()
+    pub fn errors(&self, kind: ErrorKind) -> u64 {
+        self.sync_errors
+            .get_or_create(&KindLabel { kind: kind.label() })
+            .get()
     }
 
     /// Counts connection-table entries removed for `reason`.

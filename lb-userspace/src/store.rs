@@ -28,6 +28,11 @@ use kube::{
 
 use crate::translate::{DEFAULT_NAMESPACE, NodeInfo, ObjectKey, slice_owner};
 
+/// Annotation a source may set on the objects it hands over: where the object was read
+/// (the manifests source: its file, document and line), so that problems found later
+/// (by the translation) can say where to look.
+pub const ORIGIN_ANNOTATION: &str = "xlb.dev/origin";
+
 /// One event of one kind, from a source.
 #[derive(Clone, Debug)]
 pub enum Change {

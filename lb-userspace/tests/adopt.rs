@@ -3,12 +3,13 @@
 //! maps and syncing the same manifests writes nothing and ends with the same dump; and
 //! it then handles the next step exactly as the original one did.
 
-use std::{path::Path, sync::Arc, time::Duration};
+mod common;
+
+use std::{sync::Arc, time::Duration};
 
 use xlb::{
-    manifests,
     metrics::Metrics,
-    reconcile::Reconciler,
+    reconcile::{Problem, Reconciler},
     sources::manifests::ManifestSource,
     store::Store,
     sync::{Applied, ApplyConfig, FakeMaps, PlanConfig},
@@ -31,45 +32,11 @@ fn reconciler(applied: Applied) -> Reconciler {
     )
 }
 
-/// Feeds a step's manifests; returns whether any object was rejected.
-fn feed(rec: &mut Reconciler, source: &mut ManifestSource, step: &Path) -> bool {
-    let mut loaded = manifests::Loaded::default();
-    let file = Path::new(step.file_name().unwrap());
-    manifests::load_text(file, &std::fs::read_to_string(step).unwrap(), &mut loaded);
-    loaded.files.push(file.to_path_buf());
-    let reload = source.absorb(loaded);
-    for change in &reload.changes {
-        rec.handle(change);
-    }
-    !reload.problems.is_empty()
-}
-
 #[test]
 fn every_golden_state_is_adopted_without_a_write() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/golden");
-    let mut cases: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
     let mut checked = 0;
-    for case in cases {
-        let mut steps: Vec<_> = std::fs::read_dir(&case)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("step"))
-            .collect();
-        steps.sort_by_key(|p| {
-            p.file_stem()
-                .unwrap()
-                .to_string_lossy()
-                .trim_start_matches("step")
-                .parse::<u32>()
-                .unwrap()
-        });
+    for case in common::cases() {
+        let steps = common::steps(&case);
 
         let mut maps = FakeMaps::default();
         let mut original = reconciler(Applied::new(1024, 4096));
@@ -77,7 +44,7 @@ fn every_golden_state_is_adopted_without_a_write() {
         // What the adopter of the previous state made of this step.
         let mut adopter_next: Option<String> = None;
         for (i, step) in steps.iter().enumerate() {
-            feed(&mut original, &mut source, step);
+            common::feed(&mut original, &mut source, step);
             original.sync(&mut maps).unwrap();
             let dump = maps.dump(None);
             if let Some(theirs) = adopter_next.take() {
@@ -96,9 +63,11 @@ fn every_golden_state_is_adopted_without_a_write() {
             adopted_maps.log.clear();
             let mut adopter = reconciler(applied);
             let mut adopter_source = ManifestSource::new(&case);
-            let rejected = feed(&mut adopter, &mut adopter_source, step);
+            let rejected = !common::feed(&mut adopter, &mut adopter_source, step)
+                .problems
+                .is_empty();
             let report = adopter.sync(&mut adopted_maps).unwrap();
-            if rejected || report.problems.iter().any(|p| p.starts_with("rejected")) {
+            if rejected || report.problems.iter().any(|p| matches!(p, Problem::Rejected { .. })) {
                 // A new agent cannot know the last valid version of an object that is
                 // invalid when it starts: that Service is not programmed (documented).
                 continue;
@@ -113,7 +82,7 @@ fn every_golden_state_is_adopted_without_a_write() {
 
             // And carries on with the next step as the original will.
             if let Some(next) = steps.get(i + 1) {
-                feed(&mut adopter, &mut adopter_source, next);
+                common::feed(&mut adopter, &mut adopter_source, next);
                 adopter.sync(&mut adopted_maps).unwrap();
                 adopter_next = Some(adopted_maps.dump(None));
             }

@@ -8,36 +8,18 @@
 //! the maps afterwards. The fake maps panic on any write that would let the datapath see a
 //! broken state. `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the expectations.
 
-use std::{
-    fmt::Write as _,
-    path::{Path, PathBuf},
-};
+mod common;
 
-use std::sync::Arc;
+use std::{fmt::Write as _, path::Path, sync::Arc};
 
 use xlb::{
-    manifests,
     metrics::Metrics,
-    reconcile::Reconciler,
+    reconcile::{Problem, Reconciler},
     sources::manifests::ManifestSource,
     store::Store,
     sync::{self, Applied, FakeMaps, PlanConfig},
     translate,
 };
-
-fn steps(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("step"))
-        .collect();
-    v.sort_by_key(|p| {
-        let n = p.file_stem().unwrap().to_string_lossy();
-        n.trim_start_matches("step").parse::<u32>().unwrap()
-    });
-    v
-}
 
 fn run_case(dir: &Path) -> String {
     let mut maps = FakeMaps::default();
@@ -60,25 +42,17 @@ fn run_case(dir: &Path) -> String {
     );
     let mut source = ManifestSource::new(dir);
     let mut out = String::new();
-    for step in steps(dir) {
-        let mut loaded = manifests::Loaded::default();
-        let text = std::fs::read_to_string(&step).unwrap();
-        let file = Path::new(step.file_name().unwrap());
-        manifests::load_text(file, &text, &mut loaded);
-        loaded.files.push(file.to_path_buf());
-        let reload = source.absorb(loaded);
+    for step in common::steps(dir) {
+        let reload = common::feed(&mut rec, &mut source, &step);
         let _ = writeln!(out, "### {}", step.file_name().unwrap().to_string_lossy());
         for p in &reload.problems {
             let _ = writeln!(out, "{p}");
-        }
-        for change in &reload.changes {
-            rec.handle(change);
         }
         maps.log.clear();
         let report = rec.sync(&mut maps).expect("every kind is listed");
         for p in &report.problems {
             assert!(
-                !p.starts_with("map write failed"),
+                !matches!(p, Problem::MapWrite(_)),
                 "{}: {p}",
                 step.display()
             );
@@ -103,18 +77,9 @@ fn run_case(dir: &Path) -> String {
 
 #[test]
 fn golden() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/golden");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
-    assert!(!cases.is_empty());
     let mut failed = Vec::new();
-    for case in cases {
+    for case in common::cases() {
         let got = run_case(&case);
         let file = case.join("expected.txt");
         if update {

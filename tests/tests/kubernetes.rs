@@ -25,15 +25,15 @@ use xlb_tests::{
 
 /// The lab's default Services and EndpointSlices as API objects, and this node.
 fn default_objects() -> Vec<Value> {
-    let mut loaded = xlb::manifests::Loaded::default();
+    let mut loaded = xlb::sources::manifests::Loaded::default();
     for (name, text) in lab::DEFAULT_MANIFESTS {
-        xlb::manifests::load_text(std::path::Path::new(name), text, &mut loaded);
+        xlb::sources::manifests::load_text(std::path::Path::new(name), text, &mut loaded);
     }
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     let strip = |mut v: Value| {
         // The manifests source's own bookkeeping, not part of the objects.
         if let Some(a) = v["metadata"]["annotations"].as_object_mut() {
-            a.remove(xlb::manifests::ORIGIN_ANNOTATION);
+            a.remove(xlb::store::ORIGIN_ANNOTATION);
         }
         v
     };

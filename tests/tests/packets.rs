@@ -19,7 +19,7 @@ use lb_common::{
 };
 use xlb::{
     datapath::{Datapath, LoadOptions},
-    manifests,
+    sources::manifests,
     model::BackendKey,
     sync::{self, Applied, PlanConfig},
     translate,
@@ -690,13 +690,11 @@ fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalance
                     proto: Proto::TCP,
                 })
                 .unwrap();
-            let item = signals.next().expect("a signal for the refused connection");
-            let signal: lb_common::maps::Signal = bytemuck::pod_read_unaligned(&item[..16]);
+            let signal = signals.try_next().expect("a signal for the refused connection");
             assert_eq!(
                 (signal.kind, signal.backend_id),
                 (lb_common::maps::SIGNAL_CONN_REFUSED, id)
             );
-            drop(item);
             assert_eq!(
                 after
                     .backends
@@ -766,15 +764,13 @@ fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalance
                     .unreachable,
                 1
             );
-            let item = signals
-                .next()
+            let signal = signals
+                .try_next()
                 .expect("a signal for the unreachable backend");
-            let signal: lb_common::maps::Signal = bytemuck::pod_read_unaligned(&item[..16]);
             assert_eq!(
                 (signal.kind, signal.backend_id),
                 (lb_common::maps::SIGNAL_UNREACHABLE, id)
             );
-            drop(item);
             env.run(&frame(false, client, dns, sport, 53, b"q"));
             assert_eq!(
                 count(&env.stats(), "new_flow") - count(&after, "new_flow"),
@@ -789,7 +785,7 @@ fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalance
                 &frame(false, backend, client, 1, 2, b""),
             ));
             assert_eq!(action, XDP_PASS);
-            assert!(signals.next().is_none());
+            assert!(signals.try_next().is_none());
         }
     });
 }

@@ -8,7 +8,7 @@
 //! last programmed state. A relist after an outage is diffed by the store, so Services
 //! that did not change are not touched.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use futures::{StreamExt as _, stream::BoxStream};
@@ -22,7 +22,11 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 
-use crate::store::Change;
+use super::Sink;
+use crate::{
+    metrics::{ErrorKind, Metrics},
+    store::Change,
+};
 
 /// Services handed to another proxy (`service.kubernetes.io/service-proxy-name`) are
 /// not ours, as for kube-proxy.
@@ -56,7 +60,7 @@ pub enum Report {
     /// The watch of a kind failed (it is retried with backoff).
     Error {
         kind: &'static str,
-        error: String,
+        error: watcher::Error,
     },
 }
 
@@ -72,7 +76,7 @@ pub fn watch(client: Client, node_name: &str) -> BoxStream<'static, Report> {
         Ok(e) => Report::Change(Change::Services(e)),
         Err(e) => Report::Error {
             kind: "Services",
-            error: e.to_string(),
+            error: e,
         },
     });
     let slices = watcher(
@@ -84,7 +88,7 @@ pub fn watch(client: Client, node_name: &str) -> BoxStream<'static, Report> {
         Ok(e) => Report::Change(Change::Slices(e)),
         Err(e) => Report::Error {
             kind: "EndpointSlices",
-            error: e.to_string(),
+            error: e,
         },
     });
     let nodes = watcher(
@@ -96,8 +100,42 @@ pub fn watch(client: Client, node_name: &str) -> BoxStream<'static, Report> {
         Ok(e) => Report::Change(Change::Nodes(e)),
         Err(e) => Report::Error {
             kind: "Node",
-            error: e.to_string(),
+            error: e,
         },
     });
     futures::stream::select_all([services.boxed(), slices.boxed(), nodes.boxed()]).boxed()
+}
+
+/// Runs the Kubernetes source: the watch streams, forwarded to `sink`. Errors are logged
+/// and counted (the watchers retry with backoff, and the maps keep serving meanwhile).
+pub async fn run(
+    client: Client,
+    node_name: String,
+    sink: Sink,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let mut stream = watch(client, &node_name);
+    let mut failing = false;
+    while let Some(report) = stream.next().await {
+        match report {
+            Report::Change(change) => {
+                if failing {
+                    failing = false;
+                    tracing::info!("Kubernetes API reachable again");
+                }
+                if !sink(change) {
+                    anyhow::bail!("the reconciler is gone");
+                }
+            }
+            Report::Error { kind, error } => {
+                failing = true;
+                metrics.error(ErrorKind::Source);
+                tracing::warn!(
+                    kind,
+                    "Kubernetes API: {error}; retrying with backoff, the programmed state keeps serving"
+                );
+            }
+        }
+    }
+    anyhow::bail!("the Kubernetes watch streams ended")
 }

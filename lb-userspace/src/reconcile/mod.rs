@@ -11,6 +11,15 @@
 //!   invalid from the start is not programmed.
 //! - Programming latency (from the moment a change was seen to the maps written) is
 //!   measured per dirty Service.
+//!
+//! The flows of backends that leave a service (drains, sweeps) are handled in [`flows`];
+//! problems are typed in [`problem`].
+
+mod flows;
+mod problem;
+
+pub use flows::DRAIN_TIMEOUT;
+pub use problem::Problem;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,16 +29,12 @@ use std::{
 
 use crate::{
     health::{self, HealthView},
-    metrics::{Metrics, Names, ScopeLabel, errors},
+    metrics::{Metrics, Names, ScopeLabel},
     model::{BackendKey, Desired, ServiceName, ServiceSpec, object_range},
     store::{Change, Store},
     sync::{self, Applied, ApplyConfig, FlowTarget, Maps, PlanConfig},
     translate::{self, NodeInfo, ObjectKey},
 };
-
-/// Default time a backend's TCP connections keep going after it left its service (a
-/// terminating or deleted endpoint), before their entries are removed.
-pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Where the reconciler sends what the health checker must do.
 pub struct HealthLinks {
@@ -38,7 +43,7 @@ pub struct HealthLinks {
 }
 
 /// What one sync did.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct SyncReport {
     /// Every Service was re-translated (first sync, or this node changed).
     pub full: bool,
@@ -48,9 +53,8 @@ pub struct SyncReport {
     pub frontends: usize,
     pub backends: usize,
     pub writes: usize,
-    /// Problems found (objects rejected, services not programmed, writes failed), as
-    /// logged.
-    pub problems: Vec<String>,
+    /// Problems found (objects rejected, services not programmed, writes failed).
+    pub problems: Vec<Problem>,
     /// Parts of objects skipped (e.g. an SCTP port), as logged.
     pub warnings: Vec<String>,
     pub elapsed: std::time::Duration,
@@ -179,99 +183,6 @@ impl Reconciler {
         }
     }
 
-    /// Table members (backends taking new flows) of each service `names` selects.
-    fn members(
-        &self,
-        names: impl Iterator<Item = ServiceName>,
-    ) -> BTreeMap<ServiceName, (u32, BTreeSet<BackendKey>)> {
-        names
-            .filter_map(|n| {
-                let id = *self.applied.services.get(&n)?;
-                let members = self
-                    .applied
-                    .tables
-                    .get(&id)
-                    .map(|t| t.members.iter().map(|(k, _)| *k).collect())
-                    .unwrap_or_default();
-                Some((n, (id, members)))
-            })
-            .collect()
-    }
-
-    /// After a sync: the flows of backends that left a service's table.
-    /// - It left for health (still an endpoint): TCP connections keep it (it may still
-    ///   answer); UDP flows move at once (a client that keeps its source port is not
-    ///   stuck on a failed backend).
-    /// - It is terminating but still serving: its flows, UDP included, keep it until they
-    ///   end or the drain timeout passes.
-    /// - It is gone (deleted, not serving): UDP flows move at once, TCP connections keep
-    ///   it until the drain timeout.
-    fn retire_flows(
-        &mut self,
-        before: BTreeMap<ServiceName, (u32, BTreeSet<BackendKey>)>,
-        maps: &mut impl Maps,
-    ) {
-        let now = Instant::now();
-        let after = self.members(before.keys().cloned());
-        let mut sweep = Vec::new();
-        for (name, (id, old)) in before {
-            let current = after
-                .get(&name)
-                .filter(|(i, _)| *i == id)
-                .map(|(_, m)| m.clone())
-                .unwrap_or_default();
-            for b in &current {
-                self.drains.remove(&FlowTarget {
-                    service: id,
-                    backend: *b,
-                });
-            }
-            let spec = self.translated.services.get(&name);
-            for b in old.difference(&current) {
-                let target = FlowTarget {
-                    service: id,
-                    backend: *b,
-                };
-                let endpoint = spec.is_some_and(|s| {
-                    s.backends
-                        .iter()
-                        .any(|e| e.ip == b.ip && e.port == b.port && e.weight > 0)
-                });
-                let terminating = spec.is_some_and(|s| s.terminating.contains(&(b.ip, b.port)));
-                let udp = b.proto == lb_common::Proto::UDP;
-                if terminating {
-                    self.drains.insert(target, now + self.drain_timeout);
-                } else if udp {
-                    sweep.push(target);
-                } else if !endpoint {
-                    self.drains.insert(target, now + self.drain_timeout);
-                }
-            }
-        }
-        self.sweep(&sweep, "udp_backend_removed", maps);
-    }
-
-    fn sweep(&mut self, targets: &[FlowTarget], reason: &'static str, maps: &mut impl Maps) {
-        if targets.is_empty() {
-            return;
-        }
-        match maps.sweep_flows(targets) {
-            Ok(n) => {
-                tracing::debug!(
-                    targets = targets.len(),
-                    entries = n,
-                    reason,
-                    "flows removed from the connection table"
-                );
-                self.metrics.flows_swept(reason, n as u64);
-            }
-            Err(e) => {
-                tracing::error!("map write failed: {e}");
-                self.metrics.error(errors::MAP_WRITE);
-            }
-        }
-    }
-
     pub fn node(&self) -> &NodeInfo {
         &self.node
     }
@@ -310,92 +221,148 @@ impl Reconciler {
         }
         let started = Instant::now();
         let mut report = SyncReport::default();
-        let before;
-        let (plan, since) = if let Some(since) = self.full.take() {
-            report.full = true;
-            self.node = self.store.node_info(&self.node_fallback);
-            let pending = std::mem::take(&mut self.pending);
-            let mut desired = Desired::default();
-            let mut rejected = BTreeMap::new();
-            for svc in self.store.services() {
-                let key = translate::service_key(&svc);
-                report.translated += 1;
-                self.translate_into(&key, Some(&svc), &mut desired, &mut rejected, &mut report);
+        let pending = std::mem::take(&mut self.pending);
+        // The scope: everything (the first sync, or this node changed), or the dirty
+        // Services.
+        let (scope, mut since) = match self.full.take() {
+            Some(since) => {
+                report.full = true;
+                self.node = self.store.node_info(&self.node_fallback);
+                // The first sync's start is the agent's, not a change's: only the changes
+                // it carries count as programming latency.
+                (None, if self.synced { vec![since] } else { Vec::new() })
             }
-            self.rejected = rejected;
-            self.health.forget_all();
-            let now = Instant::now();
-            let mut filtered = Desired::default();
-            for (name, spec) in &desired.services {
-                filtered
-                    .services
-                    .insert(name.clone(), self.health.filter(name, spec, now).spec);
-            }
-            self.translated = desired;
-            self.desired = filtered;
-            before = self.members(
-                self.applied
-                    .services
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-            );
-            let plan = sync::plan(&self.desired, &self.applied, None, &self.plan_cfg);
-            // The first sync's start is the agent's, not a change's: only the changes
-            // it carries count as programming latency.
-            let mut since: Vec<Instant> = if self.synced { vec![since] } else { Vec::new() };
-            since.extend(pending.into_values());
-            (plan, since)
-        } else {
-            let pending = std::mem::take(&mut self.pending);
-            let scope: BTreeSet<ObjectKey> = pending.keys().cloned().collect();
-            for key in &scope {
-                report.translated += 1;
-                let svc = self.store.service(key);
-                let mut fresh = Desired::default();
-                let mut rejected = std::mem::take(&mut self.rejected);
-                rejected.remove(key);
-                self.translate_into(key, svc.as_deref(), &mut fresh, &mut rejected, &mut report);
-                self.rejected = rejected;
-                self.health.forget_object(&key.0, &key.1);
-                let now = Instant::now();
-                let filtered: Vec<(ServiceName, ServiceSpec)> = fresh
-                    .services
-                    .iter()
-                    .map(|(name, spec)| (name.clone(), self.health.filter(name, spec, now).spec))
-                    .collect();
-                self.translated
-                    .replace_object(&key.0, &key.1, fresh.services);
-                self.desired.replace_object(&key.0, &key.1, filtered);
-            }
-            let names: Vec<ServiceName> = scope
-                .iter()
-                .flat_map(|k| {
-                    object_range(&self.applied.services, &k.0, &k.1)
-                        .map(|(n, _)| n.clone())
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            before = self.members(names.into_iter());
-            let plan = sync::plan(&self.desired, &self.applied, Some(&scope), &self.plan_cfg);
-            (plan, pending.into_values().collect())
+            None => (Some(pending.keys().cloned().collect::<BTreeSet<_>>()), Vec::new()),
         };
-        for e in &plan.errors {
-            let msg = format!("not programmed: {e}");
-            tracing::warn!("{msg}");
-            self.metrics.error(errors::PLAN);
-            report.problems.push(msg);
+        since.extend(pending.into_values());
+        self.retranslate(scope.as_ref(), &mut report);
+        let before = self.members(self.applied_in(scope.as_ref()).into_iter());
+        let plan = sync::plan(&self.desired, &self.applied, scope.as_ref(), &self.plan_cfg);
+        for e in plan.errors.iter().cloned() {
+            self.report_problem(Problem::NotProgrammed(e), Some(&mut report));
         }
         let applied = sync::apply_with(plan, &mut self.applied, maps, &self.apply_cfg);
-        for e in &applied.errors {
-            let msg = format!("map write failed: {e}");
-            tracing::error!("{msg}");
-            self.metrics.error(errors::MAP_WRITE);
-            report.problems.push(msg);
-        }
         report.writes = applied.writes;
+        for e in applied.errors {
+            self.report_problem(Problem::MapWrite(e), Some(&mut report));
+        }
         self.retire_flows(before, maps);
+        self.finish(&mut report, started, since);
+        Some(report)
+    }
+
+    /// Re-translates the Services in `scope` (every Service when `None`) from the store:
+    /// what each translates to, filtered by health, replaces what it translated to before.
+    fn retranslate(&mut self, scope: Option<&BTreeSet<ObjectKey>>, report: &mut SyncReport) {
+        let (keys, previous): (Vec<ObjectKey>, Option<Desired>) = match scope {
+            Some(keys) => (keys.iter().cloned().collect(), None),
+            None => {
+                // Everything afresh: what no Service holds any more goes.
+                self.rejected.clear();
+                self.health.forget_all();
+                self.desired = Desired::default();
+                let keys = self.store.services().iter().map(|s| translate::service_key(s)).collect();
+                (keys, Some(std::mem::take(&mut self.translated)))
+            }
+        };
+        for key in &keys {
+            let before = previous.as_ref().unwrap_or(&self.translated);
+            let kept: Vec<(ServiceName, ServiceSpec)> = object_range(&before.services, &key.0, &key.1)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            self.retranslate_one(key, kept, report);
+        }
+    }
+
+    /// Re-translates one Service; `previous` is what it translated to before (kept when
+    /// it is rejected now).
+    fn retranslate_one(
+        &mut self,
+        key: &ObjectKey,
+        previous: Vec<(ServiceName, ServiceSpec)>,
+        report: &mut SyncReport,
+    ) {
+        report.translated += 1;
+        self.rejected.remove(key);
+        self.health.forget_object(&key.0, &key.1);
+        let fresh = match self.store.service(key) {
+            Some(svc) => self.translate(key, &svc, previous, report),
+            None => Vec::new(),
+        };
+        let now = Instant::now();
+        let filtered: Vec<(ServiceName, ServiceSpec)> = fresh
+            .iter()
+            .map(|(name, spec)| (name.clone(), self.health.filter(name, spec, now).spec))
+            .collect();
+        self.translated.replace_object(&key.0, &key.1, fresh);
+        self.desired.replace_object(&key.0, &key.1, filtered);
+    }
+
+    /// Translates the Service `key`; a rejected Service keeps `previous`.
+    fn translate(
+        &mut self,
+        key: &ObjectKey,
+        svc: &k8s_openapi::api::core::v1::Service,
+        previous: Vec<(ServiceName, ServiceSpec)>,
+        report: &mut SyncReport,
+    ) -> Vec<(ServiceName, ServiceSpec)> {
+        let slices = self.store.slices_of(key);
+        let slices: Vec<&_> = slices.iter().map(|s| &**s).collect();
+        match translate::translate_service(svc, &slices, &self.node) {
+            Ok(t) => {
+                for w in t.warnings {
+                    tracing::warn!("{w}");
+                    report.warnings.push(w);
+                }
+                t.services
+            }
+            Err(error) => {
+                let origin = svc
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::store::ORIGIN_ANNOTATION))
+                    .cloned();
+                self.rejected.insert(key.clone(), error.clone());
+                let kept_previous = !previous.is_empty();
+                self.report_problem(
+                    Problem::Rejected {
+                        error,
+                        origin,
+                        kept_previous,
+                    },
+                    Some(report),
+                );
+                previous
+            }
+        }
+    }
+
+    /// The applied services in `scope` (all when `None`).
+    fn applied_in(&self, scope: Option<&BTreeSet<ObjectKey>>) -> Vec<ServiceName> {
+        match scope {
+            None => self.applied.services.keys().cloned().collect(),
+            Some(keys) => keys
+                .iter()
+                .flat_map(|k| object_range(&self.applied.services, &k.0, &k.1).map(|(n, _)| n.clone()))
+                .collect(),
+        }
+    }
+
+    /// Logs and counts a problem, and adds it to `report` when there is one.
+    fn report_problem(&self, problem: Problem, report: Option<&mut SyncReport>) {
+        match problem {
+            Problem::MapWrite(_) => tracing::error!("{problem}"),
+            _ => tracing::warn!("{problem}"),
+        }
+        self.metrics.error(problem.kind());
+        if let Some(r) = report {
+            r.problems.push(problem);
+        }
+    }
+
+    /// After a sync: health targets, gauges, latency and readiness.
+    fn finish(&mut self, report: &mut SyncReport, started: Instant, since: Vec<Instant>) {
         if let Some(targets) = self.health.take_targets() {
             if let Some(links) = &self.health_links {
                 let _ = links.targets.send(targets);
@@ -406,7 +373,6 @@ impl Reconciler {
         report.frontends = self.desired.frontend_count();
         report.backends = self.desired.backend_count();
         report.elapsed = started.elapsed();
-
         let done = Instant::now();
         for t in since {
             self.metrics
@@ -418,59 +384,11 @@ impl Reconciler {
             .sync_duration
             .get_or_create(&ScopeLabel { scope })
             .observe(report.elapsed.as_secs_f64());
-        self.update_gauges(applied.writes);
+        self.update_gauges(report.writes);
         self.names_stale = true;
         if !self.synced {
             self.synced = true;
             self.metrics.set_ready();
-        }
-        Some(report)
-    }
-
-    /// Translates the Service `key` (None: it is gone) into `out`. A rejected Service
-    /// keeps its previous translation, if it had one.
-    fn translate_into(
-        &self,
-        key: &ObjectKey,
-        svc: Option<&k8s_openapi::api::core::v1::Service>,
-        out: &mut Desired,
-        rejected: &mut BTreeMap<ObjectKey, translate::TranslateError>,
-        report: &mut SyncReport,
-    ) {
-        let Some(svc) = svc else { return };
-        let slices = self.store.slices_of(key);
-        let slices: Vec<&_> = slices.iter().map(|s| &**s).collect();
-        match translate::translate_service(svc, &slices, &self.node) {
-            Ok(t) => {
-                for w in t.warnings {
-                    tracing::warn!("{w}");
-                    report.warnings.push(w);
-                }
-                out.services.extend(t.services);
-            }
-            Err(e) => {
-                self.metrics.error(errors::INVALID_OBJECT);
-                let previous: Vec<(crate::model::ServiceName, ServiceSpec)> =
-                    object_range(&self.translated.services, &key.0, &key.1)
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                let at = svc
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(crate::manifests::ORIGIN_ANNOTATION))
-                    .map(|o| format!("{o}: "))
-                    .unwrap_or_default();
-                let msg = if previous.is_empty() {
-                    format!("rejected: {at}{e}")
-                } else {
-                    format!("rejected (keeping its last valid version): {at}{e}")
-                };
-                tracing::warn!("{msg}");
-                report.problems.push(msg);
-                out.services.extend(previous);
-                rejected.insert(key.clone(), e);
-            }
         }
     }
 
@@ -507,9 +425,8 @@ impl Reconciler {
             }
         }
         let reaped = sync::reap(&mut self.applied, maps);
-        for e in &reaped.errors {
-            tracing::error!("map write failed: {e}");
-            self.metrics.error(errors::MAP_WRITE);
+        for e in reaped.errors {
+            self.report_problem(Problem::MapWrite(e), None);
         }
         if reaped.writes > 0 {
             self.update_gauges(reaped.writes);

@@ -19,11 +19,11 @@ use k8s_openapi::api::{
 };
 use serde_json::Value;
 
-use crate::translate::{DEFAULT_NAMESPACE, TranslateError, validate_slice};
+use crate::{
+    store::ORIGIN_ANNOTATION,
+    translate::{DEFAULT_NAMESPACE, Rejection, TranslateError, validate_slice},
+};
 
-/// Annotation the manifests source sets on every object it reads: its file, document and
-/// line.
-pub const ORIGIN_ANNOTATION: &str = "xlb.dev/origin";
 
 /// Where an object came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,19 +63,43 @@ pub enum ManifestError {
     },
     /// A document or object that cannot be used; `identity` when the object's kind and
     /// name could be read.
-    #[error("{origin}: {reason}")]
+    #[error("{origin}: {}{reason}", identity.as_ref().map(|i| format!("{i}: ")).unwrap_or_default())]
     Object {
         origin: Origin,
-        reason: String,
+        #[source]
+        reason: DocumentError,
         identity: Option<Identity>,
     },
 }
 
+/// What is wrong with a document or the object it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("invalid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("invalid YAML: {0}")]
+    Yaml(#[source] serde_saphyr::Error),
+    #[error("not a Kubernetes object (expected a mapping)")]
+    NotAnObject,
+    #[error("List without items")]
+    ListWithoutItems,
+    #[error("apiVersion and kind are required")]
+    NoKind,
+    #[error("apiVersion {0:?} is not supported")]
+    UnsupportedVersion(String),
+    /// The object does not decode into its Kubernetes type.
+    #[error("{0}")]
+    Decode(#[source] serde_json::Error),
+    /// The object decodes but cannot be used.
+    #[error("{0}")]
+    Invalid(#[source] Rejection),
+}
+
 impl ManifestError {
-    fn object(origin: &Origin, reason: impl Into<String>) -> Self {
+    fn document(origin: &Origin, reason: DocumentError) -> Self {
         Self::Object {
             origin: origin.clone(),
-            reason: reason.into(),
+            reason,
             identity: None,
         }
     }
@@ -155,7 +179,7 @@ pub fn load_text(file: &Path, text: &str, loaded: &mut Loaded) {
                 Err(e) => {
                     loaded
                         .errors
-                        .push(ManifestError::object(&origin, format!("invalid JSON: {e}")));
+                        .push(ManifestError::document(&origin, DocumentError::Json(e)));
                     continue;
                 }
             }
@@ -167,7 +191,7 @@ pub fn load_text(file: &Path, text: &str, loaded: &mut Loaded) {
                 Err(e) => {
                     loaded
                         .errors
-                        .push(ManifestError::object(&origin, format!("invalid YAML: {e}")));
+                        .push(ManifestError::document(&origin, DocumentError::Yaml(e)));
                     continue;
                 }
             }
@@ -239,10 +263,9 @@ impl fmt::Display for Identity {
 
 fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
     let Some(obj) = value.as_object_mut() else {
-        loaded.errors.push(ManifestError::object(
-            origin,
-            "not a Kubernetes object (expected a mapping)",
-        ));
+        loaded
+            .errors
+            .push(ManifestError::document(origin, DocumentError::NotAnObject));
         return;
     };
     let api_version = obj
@@ -296,10 +319,10 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
         namespace,
         name: name.clone(),
     };
-    let fail = |loaded: &mut Loaded, reason: String| {
+    let fail = |loaded: &mut Loaded, reason: DocumentError| {
         loaded.errors.push(ManifestError::Object {
             origin: origin.clone(),
-            reason: format!("{identity}: {reason}"),
+            reason,
             identity: Some(identity.clone()),
         });
     };
@@ -312,14 +335,14 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
             }
             None => loaded
                 .errors
-                .push(ManifestError::object(origin, "List without items")),
+                .push(ManifestError::document(origin, DocumentError::ListWithoutItems)),
         },
         ("v1", "Service") => match serde_json::from_value::<Service>(value) {
             Ok(object) => loaded.services.push(Sourced {
                 object,
                 origin: origin.clone(),
             }),
-            Err(e) => fail(loaded, e.to_string()),
+            Err(e) => fail(loaded, DocumentError::Decode(e)),
         },
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             match serde_json::from_value::<EndpointSlice>(value) {
@@ -328,9 +351,9 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
                         object,
                         origin: origin.clone(),
                     }),
-                    Err(TranslateError { reason, .. }) => fail(loaded, reason.to_string()),
+                    Err(TranslateError { reason, .. }) => fail(loaded, DocumentError::Invalid(reason)),
                 },
-                Err(e) => fail(loaded, e.to_string()),
+                Err(e) => fail(loaded, DocumentError::Decode(e)),
             }
         }
         ("v1", "Node") => match serde_json::from_value::<Node>(value) {
@@ -338,16 +361,14 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
                 object,
                 origin: origin.clone(),
             }),
-            Err(e) => fail(loaded, e.to_string()),
+            Err(e) => fail(loaded, DocumentError::Decode(e)),
         },
-        (_, "Service") | (_, "EndpointSlice") | (_, "Node") => fail(
-            loaded,
-            format!("apiVersion {api_version:?} is not supported"),
-        ),
-        ("", _) | (_, "") => loaded.errors.push(ManifestError::object(
-            origin,
-            "apiVersion and kind are required",
-        )),
+        (_, "Service") | (_, "EndpointSlice") | (_, "Node") => {
+            fail(loaded, DocumentError::UnsupportedVersion(api_version.clone()))
+        }
+        ("", _) | (_, "") => loaded
+            .errors
+            .push(ManifestError::document(origin, DocumentError::NoKind)),
         _ => {
             tracing::debug!(%origin, kind, "ignoring object of a kind xlb does not use");
         }
@@ -374,10 +395,11 @@ mod tests {
         let l = load("a.yaml", &text);
         assert_eq!(l.services.len(), 1);
         assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
-        let msg = l.errors[0].to_string();
         assert!(
-            msg.contains("a.yaml (document 2, line 12)") && msg.contains("invalid YAML"),
-            "{msg}"
+            matches!(&l.errors[0], ManifestError::Object { origin, reason: DocumentError::Yaml(_), .. }
+                if origin.document == 2 && origin.line == 12 && origin.file == Path::new("a.yaml")),
+            "{:?}",
+            l.errors
         );
     }
 
@@ -388,10 +410,16 @@ mod tests {
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: 80\n",
         );
         assert!(l.services.is_empty());
-        let msg = l.errors[0].to_string();
+        let web = Identity {
+            kind: "Service".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+        };
         assert!(
-            msg.contains("Service default/web") && msg.contains("b.yml (document 1, line 1)"),
-            "{msg}"
+            matches!(&l.errors[0], ManifestError::Object { origin, reason: DocumentError::Decode(_), identity: Some(id) }
+                if *id == web && origin.document == 1 && origin.line == 1),
+            "{:?}",
+            l.errors
         );
     }
 
@@ -416,7 +444,7 @@ mod tests {
         let l = load("d.yaml", text);
         assert!(l.slices.is_empty());
         assert!(
-            l.errors[0].to_string().contains("is not an IPv4 address"),
+            matches!(&l.errors[0], ManifestError::Object { reason: DocumentError::Invalid(Rejection::Field(_)), .. }),
             "{}",
             l.errors[0]
         );

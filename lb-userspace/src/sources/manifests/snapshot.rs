@@ -1,9 +1,6 @@
-//! The manifests source: a directory of Kubernetes YAML/JSON, watched with inotify.
-//!
-//! Every change of the directory (debounced: a burst of writes, as an editor or
-//! `kubectl`-like tool makes them, is one reload) re-reads it and hands the store the
-//! complete object set as a relist; the store diffs it, so only the Services whose
-//! objects changed are re-programmed. Removing a file removes its objects.
+//! The manifests source's memory: the objects in effect, and each reload turned into a
+//! relist for the store (which diffs it, so only the Services whose objects changed are
+//! re-programmed). Removing a file removes its objects.
 //!
 //! Bad input loses nothing: an object that fails to parse or validate keeps its last
 //! valid version (found by kind, namespace and name); a file that cannot be read, or
@@ -12,8 +9,8 @@
 
 use std::{
     collections::BTreeMap,
+    fmt,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use k8s_openapi::api::{
@@ -22,15 +19,63 @@ use k8s_openapi::api::{
 };
 use kube::runtime::watcher::Event;
 
+use super::parse::{self as manifests, Identity, Loaded, ManifestError, Origin, Sourced};
 use crate::{
-    manifests::{self, Identity, Loaded, ManifestError, Origin, Sourced},
+    metrics::ErrorKind,
     store::{Change, key_of},
 };
 
-/// How long the directory must be quiet before a reload.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
-/// Reload at the latest this long after the first change of a burst.
-pub const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
+/// What a reload kept in place of something it could not use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// Nothing (the object was never valid).
+    Nothing,
+    /// The object's last valid version.
+    LastValid,
+    /// Every object the file held when it last could be read.
+    FileObjects,
+    /// Everything read before (the directory cannot be read).
+    Everything,
+}
+
+/// A problem of one reload, with where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestProblem {
+    #[error("{}{error}", match kept {
+        Kept::Nothing => "rejected: ",
+        Kept::LastValid => "rejected (keeping its last valid version): ",
+        Kept::FileObjects => "rejected (keeping the file's last valid objects): ",
+        Kept::Everything => "",
+    })]
+    Rejected {
+        #[source]
+        error: ManifestError,
+        kept: Kept,
+    },
+    #[error("{at}: {identity} is also defined at {also}; using this one")]
+    Duplicate {
+        identity: Identity,
+        at: Origin,
+        also: Origin,
+    },
+}
+
+impl ManifestProblem {
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidManifest
+    }
+}
+
+impl fmt::Display for Kept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Nothing => "nothing",
+            Self::LastValid => "its last valid version",
+            Self::FileObjects => "the file's last valid objects",
+            Self::Everything => "everything read before",
+        })
+    }
+}
 
 /// The objects in effect: what the directory holds, with the last valid version of
 /// whatever it holds broken.
@@ -75,8 +120,8 @@ fn identity<K: kube::Resource>(kind: &str, obj: &K) -> Identity {
 pub struct Reload {
     /// The relist to hand to the store.
     pub changes: Vec<Change>,
-    /// Problems, each with where it is (already worded for a log line).
-    pub problems: Vec<String>,
+    /// Problems, each with where it is.
+    pub problems: Vec<ManifestProblem>,
     pub files: usize,
     pub objects: usize,
 }
@@ -107,7 +152,10 @@ impl ManifestSource {
             Err(e) => Reload {
                 // The directory itself is unreadable: keep everything.
                 changes: Vec::new(),
-                problems: vec![format!("{e}; keeping the objects read before")],
+                problems: vec![ManifestProblem::Rejected {
+                    error: e,
+                    kept: Kept::Everything,
+                }],
                 files: 0,
                 objects: self.snapshot.objects.len(),
             },
@@ -119,13 +167,14 @@ impl ManifestSource {
     pub fn absorb(&mut self, loaded: Loaded) -> Reload {
         let mut problems = Vec::new();
         let mut next: BTreeMap<Identity, Object> = BTreeMap::new();
-        let mut put = |id: Identity, obj: Object, problems: &mut Vec<String>| {
-            let origin = obj.origin().clone();
+        let mut put = |id: Identity, obj: Object, problems: &mut Vec<ManifestProblem>| {
+            let at = obj.origin().clone();
             if let Some(previous) = next.insert(id.clone(), obj) {
-                problems.push(format!(
-                    "{origin}: {id} is also defined at {}; using this one",
-                    previous.origin()
-                ));
+                problems.push(ManifestProblem::Duplicate {
+                    identity: id,
+                    at,
+                    also: previous.origin().clone(),
+                });
             }
         };
         for s in loaded.services {
@@ -147,35 +196,32 @@ impl ManifestSource {
         }
         // Broken files and documents keep what they held.
         let mut broken_files: Vec<PathBuf> = Vec::new();
-        for e in &loaded.errors {
-            match e {
+        for error in loaded.errors {
+            let kept = match &error {
                 ManifestError::Object {
                     identity: Some(id), ..
                 } => match self.snapshot.objects.get(id) {
                     Some(old) if !next.contains_key(id) => {
-                        problems.push(format!("rejected (keeping its last valid version): {e}"));
                         next.insert(id.clone(), old.clone());
+                        Kept::LastValid
                     }
-                    _ => problems.push(format!("rejected: {e}")),
+                    _ => Kept::Nothing,
                 },
                 ManifestError::Object {
                     origin,
                     identity: None,
                     ..
                 } => {
-                    problems.push(format!(
-                        "rejected (keeping the file's last valid objects): {e}"
-                    ));
                     broken_files.push(origin.file.clone());
+                    Kept::FileObjects
                 }
                 ManifestError::File { file, .. } => {
-                    problems.push(format!(
-                        "rejected (keeping the file's last valid objects): {e}"
-                    ));
                     broken_files.push(file.clone());
+                    Kept::FileObjects
                 }
-                ManifestError::Dir { .. } => problems.push(e.to_string()),
-            }
+                ManifestError::Dir { .. } => Kept::Everything,
+            };
+            problems.push(ManifestProblem::Rejected { error, kept });
         }
         for (id, old) in &self.snapshot.objects {
             if broken_files.contains(&old.origin().file) && !next.contains_key(id) {
@@ -223,62 +269,6 @@ impl ManifestSource {
     }
 }
 
-/// Watches `dir` and sends a unit on `tx` after every debounced burst of changes.
-/// Returns the watcher, which stops watching when dropped.
-pub fn watch(
-    dir: &Path,
-    tx: tokio::sync::mpsc::UnboundedSender<()>,
-) -> anyhow::Result<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher as _};
-
-    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match &event {
-            Ok(e) => {
-                !e.kind.is_access() && (e.paths.is_empty() || e.paths.iter().any(|p| relevant(p)))
-            }
-            Err(_) => true,
-        };
-        if relevant {
-            let _ = raw_tx.send(());
-        }
-    })
-    .map_err(|e| anyhow::anyhow!("--manifests {}: cannot watch: {e}", dir.display()))?;
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|e| anyhow::anyhow!("--manifests {}: cannot watch: {e}", dir.display()))?;
-    tokio::spawn(async move {
-        while raw_rx.recv().await.is_some() {
-            // Debounce: wait for DEBOUNCE of quiet, at most DEBOUNCE_MAX in all.
-            let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
-            loop {
-                let quiet = tokio::time::sleep(DEBOUNCE);
-                tokio::select! {
-                    more = raw_rx.recv() => if more.is_none() { return },
-                    _ = quiet => break,
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-            }
-            if tx.send(()).is_err() {
-                return;
-            }
-        }
-    });
-    Ok(watcher)
-}
-
-/// Whether a changed path can change what the source reads: a manifest file, or a
-/// ConfigMap-style `..data` symlink swap.
-fn relevant(path: &Path) -> bool {
-    manifests::is_manifest_file(path)
-        || path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(".."))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,7 +306,7 @@ mod tests {
         let r = src.absorb(loaded(&[("a.yaml", WEB_BROKEN), ("b.yaml", DB)]));
         assert_eq!(services(&r), ["db", "web"]);
         assert!(
-            r.problems[0].contains("keeping its last valid version"),
+            matches!(r.problems[..], [ManifestProblem::Rejected { kept: Kept::LastValid, .. }]),
             "{:?}",
             r.problems
         );
@@ -324,7 +314,7 @@ mod tests {
         let r = src.absorb(loaded(&[("a.yaml", WEB), ("b.yaml", "kind: [oops\n")]));
         assert_eq!(services(&r), ["db", "web"]);
         assert!(
-            r.problems[0].contains("keeping the file's last valid objects"),
+            matches!(r.problems[..], [ManifestProblem::Rejected { kept: Kept::FileObjects, .. }]),
             "{:?}",
             r.problems
         );
@@ -335,7 +325,11 @@ mod tests {
         let mut fresh = ManifestSource::new(Path::new("."));
         let r = fresh.absorb(loaded(&[("a.yaml", WEB_BROKEN)]));
         assert!(services(&r).is_empty());
-        assert_eq!(r.problems.len(), 1);
+        assert!(
+            matches!(r.problems[..], [ManifestProblem::Rejected { kept: Kept::Nothing, .. }]),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]
@@ -344,7 +338,8 @@ mod tests {
         let r = src.absorb(loaded(&[("a.yaml", WEB), ("b.yaml", WEB)]));
         assert_eq!(services(&r), ["web"]);
         assert!(
-            r.problems[0].contains("also defined at a.yaml"),
+            matches!(&r.problems[..], [ManifestProblem::Duplicate { also, at, .. }]
+                if also.file == Path::new("a.yaml") && at.file == Path::new("b.yaml")),
             "{:?}",
             r.problems
         );

@@ -1,0 +1,122 @@
+//! The kernel side, seen from userspace, and the only module that uses aya:
+//! - [`pins`]: the per-instance pin directory on a bpffs and the compatibility of pins an
+//!   earlier agent left (layout version, key and value sizes);
+//! - [`load`]: loading the embedded object, attaching it to interfaces (pinned links) and
+//!   taking over an earlier agent's links;
+//! - [`sys`]: the raw bpf(2) calls aya 0.14 lacks (batch operations, map-of-maps lookups);
+//! - [`maps`]: typed access to the maps ([`RealMaps`], the real [`crate::sync::Maps`]);
+//! - [`counters`]: the per-CPU counters, summed;
+//! - [`signals`]: the datapath's signal ring, as an async stream for the agent.
+
+mod counters;
+mod load;
+mod maps;
+mod pins;
+mod signals;
+mod sys;
+
+use std::path::PathBuf;
+
+use aya::programs::ProgramError;
+
+pub use counters::{Counters, read_counters};
+pub use load::{AttachMode, Attachment, Datapath, LoadOptions, PacketRun};
+pub use maps::RealMaps;
+pub use pins::{LINKS_DIR, check_pins, prepare_pin_dir, remove_pins};
+pub use signals::Signals;
+
+/// A lower layer's error, kept as the source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why pins an earlier agent left cannot be adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum Incompatible {
+    #[error("maps {0:?} are missing (another version's pins?)")]
+    Missing(Vec<&'static str>),
+    #[error("{name} cannot be opened: {source}")]
+    Unreadable {
+        name: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("their layout version is {found}, this agent's is {want}")]
+    Version { found: u32, want: u32 },
+    #[error("{name} has {key}-byte keys and {value}-byte values, this agent expects {want_key} and {want_value}")]
+    Sizes {
+        name: &'static str,
+        key: u32,
+        value: u32,
+        want_key: usize,
+        want_value: usize,
+    },
+}
+
+/// The XDP object, embedded at build time (see build.rs).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("XLB_EBPF_OBJECT"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{path} is not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpffs { path: PathBuf },
+    #[error("cannot prepare the pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load the XDP object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the XDP program was rejected: {0}")]
+    Program(#[source] ProgramError),
+    #[error("the object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "the maps pinned at {dir} cannot be adopted: {reason}. Stop the agent that uses them, \
+         then remove them with `xlb cleanup --bpffs {dir}` (this drops the connection table: \
+         established connections through this node break)"
+    )]
+    IncompatiblePins {
+        dir: PathBuf,
+        #[source]
+        reason: Incompatible,
+    },
+    #[error("cannot read the pinned maps back: {what}: {source}")]
+    ReadBack {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("cannot keep the XDP link of {interface}: {what}: {source}")]
+    Link {
+        interface: String,
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("cannot poll map {name}: {source}")]
+    Poll {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot attach to interface {interface}: {source}")]
+    Attach {
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
+    ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}

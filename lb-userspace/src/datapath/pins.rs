@@ -1,0 +1,171 @@
+//! The pin directory of an agent instance, on a bpffs, and whether the pins an earlier
+//! agent left there can be adopted.
+
+use std::{
+    os::unix::ffi::OsStrExt as _,
+    path::Path,
+};
+
+use aya::maps::{Array, Map, MapData};
+use lb_common::maps::{self as names, BackendValue, FrontendKey, FrontendValue, MemberKey};
+
+use super::{DatapathError, Incompatible};
+
+/// `BPF_FS_MAGIC` from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Directory, inside an instance's pin directory, of the pinned XDP links (one per
+/// interface, named after it).
+pub const LINKS_DIR: &str = "links";
+
+/// Key and value sizes of every map, as this agent lays them out.
+fn expected_layout() -> [(&'static str, usize, usize); 11] {
+    use lb_common::{
+        maps::{AffinityKey, AffinityValue, CtKey, CtValue, Meta},
+        stats::{BackendStats, GlobalStats, ServiceStats},
+    };
+    [
+        (names::META, 4, size_of::<Meta>()),
+        (
+            names::FRONTENDS,
+            size_of::<FrontendKey>(),
+            size_of::<FrontendValue>(),
+        ),
+        (names::MAGLEV, 4, 4),
+        (names::BACKENDS, 4, size_of::<BackendValue>()),
+        (names::CONNTRACK, size_of::<CtKey>(), size_of::<CtValue>()),
+        (names::STATS, 4, size_of::<GlobalStats>()),
+        (names::SERVICE_STATS, 4, size_of::<ServiceStats>()),
+        (names::BACKEND_STATS, 4, size_of::<BackendStats>()),
+        (
+            names::AFFINITY,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue>(),
+        ),
+        (names::AFFINITY_MEMBERS, size_of::<MemberKey>(), 4),
+        // A ring buffer has neither keys nor values.
+        (names::SIGNALS, 0, 0),
+    ]
+}
+
+/// Whether `dir` holds pins of an earlier agent, and whether this agent can adopt them:
+/// all of them present, of this layout version, with the expected key and value sizes.
+/// Returns whether there is anything to adopt.
+pub fn check_pins(dir: &Path, conntrack_entries: u32) -> Result<bool, DatapathError> {
+    let present: Vec<&str> = names::ALL_MAPS
+        .iter()
+        .copied()
+        .filter(|n| dir.join(n).exists())
+        .collect();
+    if present.is_empty() {
+        return Ok(false);
+    }
+    let incompatible = |reason: Incompatible| DatapathError::IncompatiblePins {
+        dir: dir.into(),
+        reason,
+    };
+    let unreadable = |name: &'static str| {
+        move |e: aya::maps::MapError| {
+            incompatible(Incompatible::Unreadable {
+                name,
+                source: Box::new(e),
+            })
+        }
+    };
+    if present.len() != names::ALL_MAPS.len() {
+        let missing: Vec<&'static str> = names::ALL_MAPS
+            .iter()
+            .copied()
+            .filter(|n| !present.contains(n))
+            .collect();
+        return Err(incompatible(Incompatible::Missing(missing)));
+    }
+    let meta: Array<MapData, lb_common::maps::Meta> =
+        Array::try_from(Map::Array(MapData::from_pin(dir.join(names::META)).map_err(unreadable(names::META))?))
+            .map_err(unreadable(names::META))?;
+    let version = meta.get(&0, 0).map_err(unreadable(names::META))?.layout_version;
+    if version != names::LAYOUT_VERSION {
+        return Err(incompatible(Incompatible::Version {
+            found: version,
+            want: names::LAYOUT_VERSION,
+        }));
+    }
+    for (name, key, value) in expected_layout() {
+        let info = aya::maps::MapInfo::from_pin(dir.join(name)).map_err(unreadable(name))?;
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            return Err(incompatible(Incompatible::Sizes {
+                name,
+                key: info.key_size(),
+                value: info.value_size(),
+                want_key: key,
+                want_value: value,
+            }));
+        }
+        if name == names::CONNTRACK && info.max_entries() != conntrack_entries {
+            tracing::warn!(
+                pinned = info.max_entries(),
+                requested = conntrack_entries,
+                "the pinned connection table keeps its size; --conntrack-entries applies once the pins are removed"
+            );
+        }
+    }
+    Ok(true)
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
+    unsafe {
+        let mut s: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Creates the pin directory on a bpffs.
+pub fn prepare_pin_dir(dir: &Path) -> Result<(), DatapathError> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(parent) && !is_bpffs(dir) {
+        return Err(DatapathError::NotBpffs {
+            path: parent.to_path_buf(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
+        path: dir.into(),
+        source,
+    })
+}
+
+/// Removes every pin of this instance (and the directory when it is left empty): the
+/// program is detached from every interface it was left attached to, and the maps, the
+/// connection table included, are freed.
+pub fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
+    // Links first: removing a link's pin detaches the program from its interface.
+    for sub in [LINKS_DIR, names::TABLES_DIR] {
+        let sub = dir.join(sub);
+        if let Ok(entries) = std::fs::read_dir(&sub) {
+            for entry in entries.flatten() {
+                std::fs::remove_file(entry.path()).map_err(|source| DatapathError::PinDir {
+                    path: entry.path(),
+                    source,
+                })?;
+            }
+            let _ = std::fs::remove_dir(&sub);
+        }
+    }
+    for name in names::ALL_MAPS {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(DatapathError::PinDir {
+                    path: dir.join(name),
+                    source,
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
