@@ -216,216 +216,293 @@ pub fn translate_service(
         name: name.clone(),
         reason,
     };
-    let err = |reason: String| reject(Rejection::Field(reason));
-    if name.is_empty() {
-        return Err(err("metadata.name is missing".into()));
-    }
-    let Some(spec) = svc.spec.as_ref() else {
-        return Err(err("spec is missing".into()));
-    };
     let mut out = Translated::default();
-    if spec.type_.as_deref() == Some("ExternalName") {
+    let Some(service) = Shape::of(svc, &namespace, &name, &mut out.warnings).map_err(reject)?
+    else {
         return Ok(out);
-    }
-    if svc
-        .metadata
-        .labels
+    };
+    let ports = svc
+        .spec
         .as_ref()
-        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL))
-    {
-        // Delegated to another proxy.
-        return Ok(out);
-    }
-    let cluster_ips: Vec<&String> = match (&spec.cluster_ips, &spec.cluster_ip) {
-        (Some(ips), _) if !ips.is_empty() => ips.iter().collect(),
-        (_, Some(ip)) => vec![ip],
-        _ => vec![],
-    };
-    if cluster_ips.iter().any(|ip| ip.as_str() == "None") {
-        // Headless: clients resolve the endpoints directly; nothing to balance.
-        return Ok(out);
-    }
-    let parse = |field: &str, ips: Vec<&String>| -> Result<Vec<IpAddr>, TranslateError> {
-        ips.into_iter()
-            .map(|ip| {
-                ip.parse()
-                    .map_err(|_| err(format!("{field}: {ip:?} is not an IP address")))
-            })
-            .collect()
-    };
-    let cluster_vips = parse("clusterIPs", cluster_ips)?;
-    let mut external_vips = parse("externalIPs", spec.external_ips.iter().flatten().collect())?;
-    let ingress: Vec<&String> = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_ref())
-        .collect();
-    external_vips.extend(parse("status.loadBalancer.ingress", ingress)?);
-    // The Service's address families: `ipFamilies`, else those of its cluster IPs, else
-    // (a hand-written Service without cluster IPs) both.
-    let families: Vec<Family> = match &spec.ip_families {
-        Some(names) if !names.is_empty() => names
-            .iter()
-            .map(|f| match f.as_str() {
-                "IPv4" => Ok(Family::V4),
-                "IPv6" => Ok(Family::V6),
-                other => Err(err(format!(
-                    "ipFamilies: {other:?} is neither IPv4 nor IPv6"
-                ))),
-            })
-            .collect::<Result<_, _>>()?,
-        _ if !cluster_vips.is_empty() => [Family::V4, Family::V6]
-            .into_iter()
-            .filter(|f| cluster_vips.iter().any(|ip| Family::of(ip) == *f))
-            .collect(),
-        _ => vec![Family::V4, Family::V6],
-    };
-    for ip in cluster_vips.iter().chain(&external_vips) {
-        if !families.contains(&Family::of(ip)) {
-            out.warnings.push(format!(
-                "Service {namespace}/{name}: {ip} skipped: the Service has no {} family",
-                Family::of(ip).name()
-            ));
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or(&[]);
+    let mut seen = BTreeSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let Some(port) = service
+            .port(i, port, &mut seen, &mut out.warnings)
+            .map_err(reject)?
+        else {
+            continue;
+        };
+        for family in service.families.iter().copied() {
+            out.services
+                .extend(service.services(&port, family, slices, node));
         }
     }
-    let node_ports = matches!(
-        spec.type_.as_deref(),
-        Some("NodePort") | Some("LoadBalancer")
-    );
-    let affinity_timeout_s = session_affinity(spec).map_err(err)?;
-    let health = crate::health::HealthAnnotations::parse(svc.metadata.annotations.as_ref())
-        .map_err(|e| reject(e.into()))?;
-    let weights = weights(svc).map_err(err)?;
-    let topology = wants_topology(svc, spec);
-    let internal_local = policy_is_local(spec.internal_traffic_policy.as_ref());
-    let external_local = policy_is_local(spec.external_traffic_policy.as_ref());
+    Ok(out)
+}
 
-    let ports = spec.ports.as_deref().unwrap_or(&[]);
-    let mut seen_ports = BTreeSet::new();
-    for (i, port) in ports.iter().enumerate() {
+/// What a Service's spec says, beyond its ports: its frontends' addresses, families and
+/// the policies its backends are chosen by.
+struct Shape<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    cluster_vips: Vec<IpAddr>,
+    external_vips: Vec<IpAddr>,
+    families: Vec<Family>,
+    /// NodePort or LoadBalancer: node ports are served.
+    node_ports: bool,
+    affinity_timeout_s: Option<u32>,
+    health: crate::health::HealthAnnotations,
+    weights: BTreeMap<String, u32>,
+    topology: bool,
+    internal_local: bool,
+    external_local: bool,
+}
+
+/// One Service port, validated.
+struct Port<'a> {
+    port: &'a ServicePort,
+    number: u16,
+    proto: Proto,
+    node_port: Option<u16>,
+    /// The port's name, or its number when unnamed.
+    id: String,
+}
+
+impl<'a> Shape<'a> {
+    /// The Service's shape; `None` when it is not load-balanced (ExternalName, headless,
+    /// another proxy's).
+    fn of(
+        svc: &'a Service,
+        namespace: &'a str,
+        name: &'a str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<Self>, Rejection> {
+        let err = |reason: String| Rejection::Field(reason);
+        if name.is_empty() {
+            return Err(err("metadata.name is missing".into()));
+        }
+        let Some(spec) = svc.spec.as_ref() else {
+            return Err(err("spec is missing".into()));
+        };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return Ok(None);
+        }
+        if svc
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL))
+        {
+            // Delegated to another proxy.
+            return Ok(None);
+        }
+        let cluster_ips: Vec<&String> = match (&spec.cluster_ips, &spec.cluster_ip) {
+            (Some(ips), _) if !ips.is_empty() => ips.iter().collect(),
+            (_, Some(ip)) => vec![ip],
+            _ => vec![],
+        };
+        if cluster_ips.iter().any(|ip| ip.as_str() == "None") {
+            // Headless: clients resolve the endpoints directly; nothing to balance.
+            return Ok(None);
+        }
+        let parse = |field: &str, ips: Vec<&String>| -> Result<Vec<IpAddr>, Rejection> {
+            ips.into_iter()
+                .map(|ip| {
+                    ip.parse()
+                        .map_err(|_| err(format!("{field}: {ip:?} is not an IP address")))
+                })
+                .collect()
+        };
+        let cluster_vips = parse("clusterIPs", cluster_ips)?;
+        let mut external_vips =
+            parse("externalIPs", spec.external_ips.iter().flatten().collect())?;
+        let ingress: Vec<&String> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_ref())
+            .collect();
+        external_vips.extend(parse("status.loadBalancer.ingress", ingress)?);
+        let families = families(spec, &cluster_vips)?;
+        for ip in cluster_vips.iter().chain(&external_vips) {
+            if !families.contains(&Family::of(ip)) {
+                warnings.push(format!(
+                    "Service {namespace}/{name}: {ip} skipped: the Service has no {} family",
+                    Family::of(ip).name()
+                ));
+            }
+        }
+        Ok(Some(Self {
+            namespace,
+            name,
+            cluster_vips,
+            external_vips,
+            families,
+            node_ports: matches!(
+                spec.type_.as_deref(),
+                Some("NodePort") | Some("LoadBalancer")
+            ),
+            affinity_timeout_s: session_affinity(spec).map_err(err)?,
+            health: crate::health::HealthAnnotations::parse(svc.metadata.annotations.as_ref())?,
+            weights: weights(svc).map_err(err)?,
+            topology: wants_topology(svc, spec),
+            internal_local: policy_is_local(spec.internal_traffic_policy.as_ref()),
+            external_local: policy_is_local(spec.external_traffic_policy.as_ref()),
+        }))
+    }
+
+    /// Validates port `i`; `None` (with a warning) for a protocol xlb does not balance.
+    fn port(
+        &self,
+        i: usize,
+        port: &'a ServicePort,
+        seen: &mut BTreeSet<(u16, Proto)>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<Port<'a>>, Rejection> {
+        let (namespace, name) = (self.namespace, self.name);
+        let err = |reason: String| Rejection::Field(reason);
         let number = u16::try_from(port.port)
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| {
-                err(format!(
-                    "ports[{i}].port: {} is not a valid port",
-                    port.port
-                ))
-            })?;
+            .ok_or_else(|| err(format!("ports[{i}].port: {} is not a valid port", port.port)))?;
         let proto = match port.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => Proto::TCP,
             "UDP" => Proto::UDP,
             other => {
-                out.warnings.push(format!(
+                warnings.push(format!(
                     "Service {namespace}/{name}: port {number}/{other} skipped: only TCP and UDP are load-balanced"
                 ));
-                continue;
+                return Ok(None);
             }
         };
-        if !seen_ports.insert((number, proto)) {
+        if !seen.insert((number, proto)) {
             return Err(err(format!(
                 "ports[{i}]: port {number}/{} is listed twice",
                 proto.name()
             )));
         }
-        let node_port = if node_ports {
-            match port.node_port {
-                Some(p) => {
-                    Some(u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
-                        err(format!("ports[{i}].nodePort: {p} is not a valid port"))
-                    })?)
-                }
-                None => None,
-            }
-        } else {
-            None
+        let node_port = match (self.node_ports, port.node_port) {
+            (true, Some(p)) => Some(u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(
+                || err(format!("ports[{i}].nodePort: {p} is not a valid port")),
+            )?),
+            _ => None,
         };
-        let port_id = port
+        let id = port
             .name
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| number.to_string());
+        Ok(Some(Port {
+            port,
+            number,
+            proto,
+            node_port,
+            id,
+        }))
+    }
 
-        for family in families.iter().copied() {
-            let of_family = |ips: &[IpAddr], p: u16| -> BTreeSet<Frontend> {
-                ips.iter()
-                    .filter(|ip| Family::of(ip) == family)
-                    .map(|ip| Frontend { ip: *ip, port: p })
-                    .collect()
-            };
-            let internal = of_family(&cluster_vips, number);
-            let mut external = of_family(&external_vips, number);
-            if let Some(np) = node_port {
-                external.extend(of_family(&node.addresses, np));
-            }
-            if internal.is_empty() && external.is_empty() {
-                continue;
-            }
-            let candidates = candidates(port, proto, family, slices, &weights);
-            let terminating: Vec<(IpAddr, u16)> = candidates
-                .iter()
-                .filter(|c| c.serving_terminating)
-                .map(|c| (c.backend.ip, c.backend.port))
-                .collect();
-            let cluster_set = if topology {
-                by_zone(&candidates, node)
-            } else {
-                candidates.clone()
-            };
-            let internal_backends = if internal_local {
+    /// The datapath services of one port and family: one for all its frontends, or one
+    /// for the in-cluster and one for the external frontends when the traffic policies
+    /// give them different backends.
+    fn services(
+        &self,
+        port: &Port<'_>,
+        family: Family,
+        slices: &[&EndpointSlice],
+        node: &NodeInfo,
+    ) -> Vec<(ServiceName, ServiceSpec)> {
+        let of_family = |ips: &[IpAddr], p: u16| -> BTreeSet<Frontend> {
+            ips.iter()
+                .filter(|ip| Family::of(ip) == family)
+                .map(|ip| Frontend { ip: *ip, port: p })
+                .collect()
+        };
+        let internal = of_family(&self.cluster_vips, port.number);
+        let mut external = of_family(&self.external_vips, port.number);
+        if let Some(np) = port.node_port {
+            external.extend(of_family(&node.addresses, np));
+        }
+        if internal.is_empty() && external.is_empty() {
+            return Vec::new();
+        }
+        let candidates = candidates(port.port, port.proto, family, slices, &self.weights);
+        let terminating: Vec<(IpAddr, u16)> = candidates
+            .iter()
+            .filter(|c| c.serving_terminating)
+            .map(|c| (c.backend.ip, c.backend.port))
+            .collect();
+        let cluster_set = if self.topology {
+            by_zone(&candidates, node)
+        } else {
+            candidates.clone()
+        };
+        let backends_for = |local_only: bool| {
+            if local_only {
                 usable(local(&candidates, node))
             } else {
                 usable(cluster_set.clone())
-            };
-            let external_backends = if external_local {
-                usable(local(&candidates, node))
-            } else {
-                usable(cluster_set)
-            };
-
-            let name_for = |scope| ServiceName {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                port: port_id.clone(),
-                family,
-                scope,
-            };
-            let spec_for = |frontends: BTreeSet<Frontend>, backends: Vec<Backend>| ServiceSpec {
-                proto,
-                frontends,
-                backends,
-                affinity_timeout_s,
-                health: health.clone(),
-                fail_open: false,
-                terminating: terminating.clone(),
-            };
-            if external.is_empty() || internal.is_empty() || internal_backends == external_backends
-            {
-                let backends = if internal.is_empty() {
-                    external_backends
-                } else {
-                    internal_backends
-                };
-                let all: BTreeSet<Frontend> = internal.union(&external).copied().collect();
-                out.services
-                    .push((name_for(Scope::All), spec_for(all, backends)));
-            } else {
-                out.services.push((
-                    name_for(Scope::Internal),
-                    spec_for(internal, internal_backends),
-                ));
-                out.services.push((
-                    name_for(Scope::External),
-                    spec_for(external, external_backends),
-                ));
             }
+        };
+        let internal_backends = backends_for(self.internal_local);
+        let external_backends = backends_for(self.external_local);
+        let name_for = |scope| ServiceName {
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+            port: port.id.clone(),
+            family,
+            scope,
+        };
+        let spec_for = |frontends: BTreeSet<Frontend>, backends: Vec<Backend>| ServiceSpec {
+            proto: port.proto,
+            frontends,
+            backends,
+            affinity_timeout_s: self.affinity_timeout_s,
+            health: self.health.clone(),
+            fail_open: false,
+            terminating: terminating.clone(),
+        };
+        if external.is_empty() || internal.is_empty() || internal_backends == external_backends {
+            let backends = if internal.is_empty() {
+                external_backends
+            } else {
+                internal_backends
+            };
+            let all: BTreeSet<Frontend> = internal.union(&external).copied().collect();
+            vec![(name_for(Scope::All), spec_for(all, backends))]
+        } else {
+            vec![
+                (name_for(Scope::Internal), spec_for(internal, internal_backends)),
+                (name_for(Scope::External), spec_for(external, external_backends)),
+            ]
         }
     }
-    Ok(out)
+}
+
+/// The Service's address families: `ipFamilies`, else those of its cluster IPs, else
+/// (a hand-written Service without cluster IPs) both.
+fn families(spec: &K8sServiceSpec, cluster_vips: &[IpAddr]) -> Result<Vec<Family>, Rejection> {
+    match &spec.ip_families {
+        Some(names) if !names.is_empty() => names
+            .iter()
+            .map(|f| match f.as_str() {
+                "IPv4" => Ok(Family::V4),
+                "IPv6" => Ok(Family::V6),
+                other => Err(Rejection::Field(format!(
+                    "ipFamilies: {other:?} is neither IPv4 nor IPv6"
+                ))),
+            })
+            .collect(),
+        _ if !cluster_vips.is_empty() => Ok([Family::V4, Family::V6]
+            .into_iter()
+            .filter(|f| cluster_vips.iter().any(|ip| Family::of(ip) == *f))
+            .collect()),
+        _ => Ok(vec![Family::V4, Family::V6]),
+    }
 }
 
 /// The `sessionAffinity: ClientIP` timeout.

@@ -181,28 +181,7 @@ pub fn plan(
     // Everything this plan looks at is found through the scope (ordered ranges and the
     // per-service frontend index), so a scoped plan costs what its scope holds, not what
     // the whole state holds.
-    let mut plan = Plan::default();
-    let mut service_pool = applied.service_pool.clone();
-    let mut backend_pool = applied.backend_pool.clone();
-
-    let mut bind = Vec::new();
-    let mut put_backends = Vec::new();
-    let mut put_tables = Vec::new();
-    let mut put_members = Vec::new();
-    let mut put_frontends = Vec::new();
-    let mut delete_frontends = Vec::new();
-    let mut delete_members = Vec::new();
-    let mut delete_tables = Vec::new();
-    let mut delete_backends = Vec::new();
-    let mut unbind = Vec::new();
-
-    // Backends this plan creates, and reference-count changes of existing ones.
-    let mut new_backends: BTreeMap<BackendKey, u32> = BTreeMap::new();
-    let mut ref_delta: BTreeMap<BackendKey, i64> = BTreeMap::new();
-    // Frontends claimed in this plan, by the service claiming them.
-    let mut claimed: BTreeMap<FrontendKey, &ServiceName> = BTreeMap::new();
-    let mut frontend_count = applied.frontends.len() as u64;
-
+    let mut planner = Planner::new(desired, applied, scope, cfg);
     let wanted: Vec<(&ServiceName, &ServiceSpec)> = match scope {
         None => desired.services.iter().collect(),
         Some(objects) => objects
@@ -210,325 +189,431 @@ pub fn plan(
             .flat_map(|(ns, name)| object_range(&desired.services, ns, name))
             .collect(),
     };
-    // The applied services in scope.
-    let applied_in_scope: Vec<(&ServiceName, &u32)> = match scope {
-        None => applied.services.iter().collect(),
-        Some(objects) => objects
-            .iter()
-            .flat_map(|(ns, name)| object_range(&applied.services, ns, name))
-            .collect(),
-    };
-
-    // Adopted service ids (unbound) claimed in this plan.
-    let mut adopting: BTreeSet<u32> = BTreeSet::new();
-    for (name, spec) in &wanted {
-        // An unbound id one of the service's frontends leads to: adopted from an earlier
-        // agent's maps; binding to it keeps its table and frontends as they are.
-        let adoptable = || {
-            spec.frontends.iter().find_map(|fe| {
-                let id = applied
-                    .frontends
-                    .get(&FrontendKey::new(fe.ip, fe.port, spec.proto))?
-                    .service_id;
-                (applied.service_name(id).is_none() && !adopting.contains(&id)).then_some(id)
-            })
+    for (name, spec) in wanted {
+        let Some(id) = planner.bind(name, spec) else {
+            continue;
         };
-        let id = match applied.services.get(*name) {
-            Some(id) => *id,
-            None if let Some(id) = adoptable() => {
-                adopting.insert(id);
-                bind.push(Op::BindService {
-                    name: (*name).clone(),
-                    id,
-                });
+        let live = planner.table(id, name, spec);
+        planner.memberships(id, spec, live.as_ref());
+        planner.frontends(id, name, spec, live.as_ref());
+    }
+    planner.prune_scope();
+    if scope.is_none() {
+        planner.prune_leftovers();
+    }
+    planner.retire_backends();
+    Plan {
+        ops: planner.ops.into_ops(),
+        errors: planner.errors,
+    }
+}
+
+/// The operations of a plan, by phase.
+#[derive(Default)]
+struct Phases {
+    bind: Vec<Op>,
+    put_backends: Vec<Op>,
+    put_tables: Vec<Op>,
+    put_members: Vec<Op>,
+    put_frontends: Vec<Op>,
+    delete_frontends: Vec<Op>,
+    delete_members: Vec<Op>,
+    delete_tables: Vec<Op>,
+    delete_backends: Vec<Op>,
+    unbind: Vec<Op>,
+}
+
+impl Phases {
+    /// The make-before-break order: bookkeeping, new backends, new tables, memberships,
+    /// frontend flips; then what became unreachable, frontends first and backends last.
+    fn into_ops(self) -> Vec<Op> {
+        self.bind
+            .into_iter()
+            .chain(self.put_backends)
+            .chain(self.put_tables)
+            .chain(self.put_members)
+            .chain(self.put_frontends)
+            .chain(self.delete_frontends)
+            .chain(self.delete_members)
+            .chain(self.delete_tables)
+            .chain(self.delete_backends)
+            .chain(self.unbind)
+            .collect()
+    }
+}
+
+/// A plan being built.
+struct Planner<'a> {
+    desired: &'a Desired,
+    applied: &'a Applied,
+    cfg: &'a PlanConfig,
+    /// The applied services in scope.
+    applied_in_scope: Vec<(&'a ServiceName, &'a u32)>,
+    service_pool: super::applied::IdPool,
+    backend_pool: super::applied::IdPool,
+    ops: Phases,
+    errors: Vec<PlanError>,
+    /// Backends this plan creates.
+    new_backends: BTreeMap<BackendKey, u32>,
+    /// Reference-count changes of backends (tables that take or drop them).
+    ref_delta: BTreeMap<BackendKey, i64>,
+    /// Frontends claimed in this plan, by the service claiming them.
+    claimed: BTreeMap<FrontendKey, &'a ServiceName>,
+    frontend_count: u64,
+    /// Adopted (unbound) service ids claimed in this plan.
+    adopting: BTreeSet<u32>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        desired: &'a Desired,
+        applied: &'a Applied,
+        scope: Option<&'a BTreeSet<(String, String)>>,
+        cfg: &'a PlanConfig,
+    ) -> Self {
+        let applied_in_scope = match scope {
+            None => applied.services.iter().collect(),
+            Some(objects) => objects
+                .iter()
+                .flat_map(|(ns, name)| object_range(&applied.services, ns, name))
+                .collect(),
+        };
+        Self {
+            desired,
+            applied,
+            cfg,
+            applied_in_scope,
+            service_pool: applied.service_pool.clone(),
+            backend_pool: applied.backend_pool.clone(),
+            ops: Phases::default(),
+            errors: Vec::new(),
+            new_backends: BTreeMap::new(),
+            ref_delta: BTreeMap::new(),
+            claimed: BTreeMap::new(),
+            frontend_count: applied.frontends.len() as u64,
+            adopting: BTreeSet::new(),
+        }
+    }
+
+    /// The service id of `name`: its current one, an adopted one its frontends lead to
+    /// (binding to it keeps its table and frontends as they are), or a new one.
+    fn bind(&mut self, name: &ServiceName, spec: &ServiceSpec) -> Option<u32> {
+        if let Some(id) = self.applied.services.get(name) {
+            return Some(*id);
+        }
+        let adoptable = spec.frontends.iter().find_map(|fe| {
+            let id = self
+                .applied
+                .frontends
+                .get(&FrontendKey::new(fe.ip, fe.port, spec.proto))?
+                .service_id;
+            (self.applied.service_name(id).is_none() && !self.adopting.contains(&id))
+                .then_some(id)
+        });
+        let id = match adoptable {
+            Some(id) => {
+                self.adopting.insert(id);
                 id
             }
-            None => match service_pool.take() {
-                Some(id) => {
-                    bind.push(Op::BindService {
-                        name: (*name).clone(),
-                        id,
-                    });
-                    id
-                }
+            None => match self.service_pool.take() {
+                Some(id) => id,
                 None => {
-                    plan.errors.push(PlanError::ServicesFull {
-                        service: (*name).clone(),
-                        limit: service_pool_limit(applied),
+                    self.errors.push(PlanError::ServicesFull {
+                        service: name.clone(),
+                        limit: self.applied.service_pool_limit(),
                     });
-                    continue;
+                    return None;
                 }
             },
         };
+        self.ops.bind.push(Op::BindService {
+            name: name.clone(),
+            id,
+        });
+        Some(id)
+    }
 
-        // Table.
+    /// Plans the service's table; returns the table its frontends point at after this
+    /// plan (none: no backend).
+    fn table(&mut self, id: u32, name: &ServiceName, spec: &ServiceSpec) -> Option<AppliedTable> {
         let members = members(spec);
-        let old = applied.tables.get(&id);
-        let size = maglev::table_size(members.len(), cfg.max_table_size.min(MAX_TABLE_SIZE));
+        let old = self.applied.tables.get(&id);
+        let size = maglev::table_size(members.len(), self.cfg.max_table_size.min(MAX_TABLE_SIZE));
         let unchanged = match old {
-            Some(t) if t.adopted.is_some() => adopted_matches(t, &members, size, applied),
+            Some(t) if t.adopted.is_some() => adopted_matches(t, &members, size, self.applied),
             Some(t) => t.members == members && t.size == size,
             None => members.is_empty(),
         };
-        // The table the frontends will point at after this plan.
-        let mut live = if unchanged { old.cloned() } else { None };
-        if let (true, Some(t)) = (unchanged, old) {
-            if t.adopted.is_some() {
-                let summary = AppliedTable {
-                    members: members.clone(),
-                    adopted: None,
-                    ..t.clone()
-                };
-                live = Some(summary.clone());
-                bind.push(Op::AdoptTable {
-                    service: id,
-                    summary,
-                });
+        if unchanged {
+            let t = old?;
+            if t.adopted.is_none() {
+                return Some(t.clone());
             }
+            let summary = AppliedTable {
+                members,
+                adopted: None,
+                ..t.clone()
+            };
+            self.ops.bind.push(Op::AdoptTable {
+                service: id,
+                summary: summary.clone(),
+            });
+            return Some(summary);
         }
-        if !unchanged {
-            let mut ids = Vec::with_capacity(members.len());
-            let mut full = false;
-            for (key, _) in &members {
-                let bid = applied
-                    .backend_id(key)
-                    .or_else(|| new_backends.get(key).copied());
-                match bid.or_else(|| backend_pool.take()) {
-                    Some(bid) => {
-                        if applied.backend_id(key).is_none() && !new_backends.contains_key(key) {
-                            new_backends.insert(*key, bid);
-                            put_backends.push(Op::PutBackend {
-                                id: bid,
-                                value: key.value(),
-                            });
-                        }
-                        ids.push(bid);
-                    }
-                    None => {
-                        full = true;
-                        break;
-                    }
-                }
-            }
-            if full {
-                plan.errors.push(PlanError::BackendsFull {
-                    service: (*name).clone(),
-                    limit: backend_pool_limit(applied),
-                });
-                // No room for the new backends: the frontends keep the old table.
-                live = old.cloned();
-            } else {
-                for (key, _) in &members {
-                    *ref_delta.entry(*key).or_default() += 1;
-                }
-                if let Some(old) = old {
-                    for (key, _) in &old.members {
-                        *ref_delta.entry(*key).or_default() -= 1;
-                    }
-                }
-                if members.is_empty() {
-                    delete_tables.push(Op::DeleteTable { service: id });
-                } else {
-                    let (size, slots) = table_for(&members, cfg.max_table_size);
-                    let (capacity, half, realloc) = placement(size, old);
-                    let summary = AppliedTable {
-                        size,
-                        members,
-                        capacity,
-                        half,
-                        adopted: None,
-                    };
-                    live = Some(summary.clone());
-                    put_tables.push(Op::PutTable {
-                        service: id,
-                        slots: slots.iter().map(|i| ids[*i as usize]).collect(),
-                        summary,
-                        realloc,
-                    });
-                }
-            }
+        let Some(ids) = self.backend_ids(&members) else {
+            self.errors.push(PlanError::BackendsFull {
+                service: name.clone(),
+                limit: self.applied.backend_pool_limit(),
+            });
+            // No room for the new backends: the frontends keep the old table.
+            return old.cloned();
+        };
+        for (key, _) in &members {
+            *self.ref_delta.entry(*key).or_default() += 1;
         }
+        if let Some(old) = old {
+            self.unref(old);
+        }
+        if members.is_empty() {
+            self.ops.delete_tables.push(Op::DeleteTable { service: id });
+            return None;
+        }
+        let (size, slots) = table_for(&members, self.cfg.max_table_size);
+        let (capacity, half, realloc) = placement(size, old);
+        let summary = AppliedTable {
+            size,
+            members,
+            capacity,
+            half,
+            adopted: None,
+        };
+        self.ops.put_tables.push(Op::PutTable {
+            service: id,
+            slots: slots.iter().map(|i| ids[*i as usize]).collect(),
+            summary: summary.clone(),
+            realloc,
+        });
+        Some(summary)
+    }
 
-        // Affinity memberships: the members of the live table, for affinity services.
-        let want_members: BTreeSet<u32> = match (&live, spec.affinity_timeout_s) {
-            (Some(t), Some(_)) => t
-                .members
-                .iter()
-                .filter_map(|(k, _)| {
-                    applied
-                        .backend_id(k)
-                        .or_else(|| new_backends.get(k).copied())
-                })
-                .collect(),
+    /// The backend id of each member, allocating (and planning the write of) new ones;
+    /// `None` when the ids run out.
+    fn backend_ids(&mut self, members: &[(BackendKey, u32)]) -> Option<Vec<u32>> {
+        let mut ids = Vec::with_capacity(members.len());
+        for (key, _) in members {
+            let id = match self.id_of(key) {
+                Some(id) => id,
+                None => {
+                    let id = self.backend_pool.take()?;
+                    self.new_backends.insert(*key, id);
+                    self.ops.put_backends.push(Op::PutBackend {
+                        id,
+                        value: key.value(),
+                    });
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        Some(ids)
+    }
+
+    /// The id of a backend that is programmed or planned.
+    fn id_of(&self, key: &BackendKey) -> Option<u32> {
+        self.applied
+            .backend_id(key)
+            .or_else(|| self.new_backends.get(key).copied())
+    }
+
+    /// Records that a table's members lose its reference.
+    fn unref(&mut self, table: &AppliedTable) {
+        for (key, _) in &table.members {
+            *self.ref_delta.entry(*key).or_default() -= 1;
+        }
+    }
+
+    /// Affinity memberships: the members of the live table, for affinity services.
+    fn memberships(&mut self, id: u32, spec: &ServiceSpec, live: Option<&AppliedTable>) {
+        let want: BTreeSet<u32> = match (live, spec.affinity_timeout_s) {
+            (Some(t), Some(_)) => t.members.iter().filter_map(|(k, _)| self.id_of(k)).collect(),
             _ => BTreeSet::new(),
         };
-        let have_members = applied.members_of(id);
-        let added: Vec<u32> = want_members
-            .iter()
-            .filter(|b| !have_members.contains(b))
-            .copied()
-            .collect();
-        let removed: Vec<u32> = have_members
-            .iter()
-            .filter(|b| !want_members.contains(b))
-            .copied()
-            .collect();
+        let have = self.applied.members_of(id);
+        let added: Vec<u32> = want.difference(have).copied().collect();
+        let removed: Vec<u32> = have.difference(&want).copied().collect();
         if !added.is_empty() {
-            put_members.push(Op::PutMembers {
+            self.ops.put_members.push(Op::PutMembers {
                 service: id,
                 backends: added,
             });
         }
-        if !removed.is_empty() {
-            delete_members.push(Op::DeleteMembers {
-                service: id,
-                backends: removed,
-            });
-        }
+        self.delete_members(id, removed);
+    }
 
-        // Frontends.
-        let value = frontend_value(id, spec, live.as_ref());
+    fn delete_members(&mut self, service: u32, backends: Vec<u32>) {
+        if !backends.is_empty() {
+            self.ops
+                .delete_members
+                .push(Op::DeleteMembers { service, backends });
+        }
+    }
+
+    /// Points the service's frontends at its live table, claiming each unless another
+    /// service that still wants it owns it.
+    fn frontends(
+        &mut self,
+        id: u32,
+        name: &'a ServiceName,
+        spec: &ServiceSpec,
+        live: Option<&AppliedTable>,
+    ) {
+        let value = frontend_value(id, spec, live);
         for fe in &spec.frontends {
             let key = FrontendKey::new(fe.ip, fe.port, spec.proto);
-            if let Some(other) = claimed.get(&key) {
-                plan.errors.push(PlanError::FrontendConflict {
-                    service: (*name).clone(),
-                    frontend: key.to_string(),
-                    owner: (*other).clone(),
-                });
+            let conflict = |owner: &ServiceName| PlanError::FrontendConflict {
+                service: name.clone(),
+                frontend: key.to_string(),
+                owner: owner.clone(),
+            };
+            if let Some(other) = self.claimed.get(&key) {
+                self.errors.push(conflict(other));
                 continue;
             }
-            match applied.frontends.get(&key) {
+            match self.applied.frontends.get(&key) {
                 Some(current) if current.service_id != id => {
                     // Owned by another service: keep it there while that one still wants it.
-                    if let Some(owner) = applied.service_name(current.service_id) {
-                        let owner_wants = desired
+                    if let Some(owner) = self.applied.service_name(current.service_id) {
+                        let owner_wants = self
+                            .desired
                             .services
                             .get(owner)
                             .is_some_and(|s| s.proto == spec.proto && s.frontends.contains(fe));
                         if owner_wants {
-                            plan.errors.push(PlanError::FrontendConflict {
-                                service: (*name).clone(),
-                                frontend: key.to_string(),
-                                owner: owner.clone(),
-                            });
+                            self.errors.push(conflict(owner));
                             continue;
                         }
                     }
-                    put_frontends.push(Op::PutFrontend { key, value });
+                    self.ops.put_frontends.push(Op::PutFrontend { key, value });
                 }
                 Some(current) if *current == value => {}
-                Some(_) => put_frontends.push(Op::PutFrontend { key, value }),
+                Some(_) => self.ops.put_frontends.push(Op::PutFrontend { key, value }),
                 None => {
-                    if frontend_count >= cfg.max_frontends as u64 {
-                        plan.errors.push(PlanError::FrontendsFull {
-                            service: (*name).clone(),
-                            limit: cfg.max_frontends,
+                    if self.frontend_count >= self.cfg.max_frontends as u64 {
+                        self.errors.push(PlanError::FrontendsFull {
+                            service: name.clone(),
+                            limit: self.cfg.max_frontends,
                         });
                         continue;
                     }
-                    frontend_count += 1;
-                    put_frontends.push(Op::PutFrontend { key, value });
+                    self.frontend_count += 1;
+                    self.ops.put_frontends.push(Op::PutFrontend { key, value });
                 }
             }
-            claimed.insert(key, name);
+            self.claimed.insert(key, name);
         }
     }
 
-    // What the services in scope no longer want.
-    for (_, id) in &applied_in_scope {
-        for key in applied.frontends_of(**id) {
-            if !claimed.contains_key(key) {
-                delete_frontends.push(Op::DeleteFrontend { key: *key });
-            }
-        }
-    }
-    if scope.is_none() {
-        // Frontends not bound to any service (left over): prune.
-        for (key, value) in &applied.frontends {
-            if applied.service_name(value.service_id).is_none() && !claimed.contains_key(key) {
-                delete_frontends.push(Op::DeleteFrontend { key: *key });
-            }
-        }
-    }
-    for (name, id) in &applied_in_scope {
-        let (name, id) = (*name, *id);
-        if !desired.services.contains_key(name) {
-            let members = applied.members_of(*id);
-            if !members.is_empty() {
-                delete_members.push(Op::DeleteMembers {
-                    service: *id,
-                    backends: members.iter().copied().collect(),
-                });
-            }
-            if let Some(old) = applied.tables.get(id) {
-                for (key, _) in &old.members {
-                    *ref_delta.entry(*key).or_default() -= 1;
+    /// What the services in scope no longer want: frontends nobody claimed, and services
+    /// no longer desired (memberships, tables, ids).
+    fn prune_scope(&mut self) {
+        let scope = std::mem::take(&mut self.applied_in_scope);
+        for (_, id) in &scope {
+            for key in self.applied.frontends_of(**id) {
+                if !self.claimed.contains_key(key) {
+                    self.ops.delete_frontends.push(Op::DeleteFrontend { key: *key });
                 }
-                delete_tables.push(Op::DeleteTable { service: *id });
-            }
-            unbind.push(Op::UnbindService { name: name.clone() });
-        }
-    }
-    if scope.is_none() {
-        // Tables no bound service owns (left over): prune.
-        for (id, old) in &applied.tables {
-            if applied.service_name(*id).is_none() && !adopting.contains(id) {
-                for (key, _) in &old.members {
-                    *ref_delta.entry(*key).or_default() -= 1;
-                }
-                delete_tables.push(Op::DeleteTable { service: *id });
             }
         }
+        for (name, id) in &scope {
+            if self.desired.services.contains_key(*name) {
+                continue;
+            }
+            self.retire_service(**id);
+            self.ops.unbind.push(Op::UnbindService {
+                name: (*name).clone(),
+            });
+        }
     }
-    if scope.is_none() {
-        // Memberships of services no longer bound (left over): prune.
-        for (id, members) in &applied.members {
-            if applied.service_name(*id).is_none() && !adopting.contains(id) {
-                delete_members.push(Op::DeleteMembers {
-                    service: *id,
-                    backends: members.iter().copied().collect(),
-                });
+
+    /// Plans the removal of a service id's memberships and table.
+    fn retire_service(&mut self, id: u32) {
+        let members = self.applied.members_of(id).iter().copied().collect();
+        self.delete_members(id, members);
+        self.retire_table(id);
+    }
+
+    fn retire_table(&mut self, id: u32) {
+        if let Some(old) = self.applied.tables.get(&id) {
+            self.unref(old);
+            self.ops.delete_tables.push(Op::DeleteTable { service: id });
+        }
+    }
+
+    /// A service id no desired service is bound to and none adopts (left over by an
+    /// earlier agent).
+    fn is_leftover(&self, id: u32) -> bool {
+        self.applied.service_name(id).is_none() && !self.adopting.contains(&id)
+    }
+
+    /// What no bound service owns (left over): frontends, tables, memberships (a full
+    /// plan only).
+    fn prune_leftovers(&mut self) {
+        for (key, value) in &self.applied.frontends {
+            if self.applied.service_name(value.service_id).is_none() && !self.claimed.contains_key(key) {
+                self.ops.delete_frontends.push(Op::DeleteFrontend { key: *key });
             }
         }
-    }
-    for (key, delta) in &ref_delta {
-        if *delta >= 0 {
-            continue;
+        let tables: Vec<u32> = self.applied.tables.keys().copied().filter(|id| self.is_leftover(*id)).collect();
+        for id in tables {
+            self.retire_table(id);
         }
-        if let Some(id) = applied.backend_id(key) {
-            if applied.backend_refs(id) as i64 + delta <= 0 {
-                delete_backends.push(Op::DeleteBackend { id });
-            }
+        let members: Vec<(u32, Vec<u32>)> = self
+            .applied
+            .members
+            .iter()
+            .filter(|(id, _)| self.is_leftover(**id))
+            .map(|(id, m)| (*id, m.iter().copied().collect()))
+            .collect();
+        for (id, backends) in members {
+            self.delete_members(id, backends);
         }
+        self.prune_unreferenced_backends();
     }
-    if scope.is_none() {
-        // Backends no table references (left over): prune.
-        for (id, _) in &applied.backends {
-            if applied.backend_refs(*id) == 0
-                && !delete_backends.contains(&Op::DeleteBackend { id: *id })
-            {
-                let key = BackendKey::of(&applied.backends[id]);
-                if ref_delta.get(&key).copied().unwrap_or(0) <= 0 {
-                    delete_backends.push(Op::DeleteBackend { id: *id });
-                }
+
+    /// Backends whose last table reference this plan removes.
+    fn retire_backends(&mut self) {
+        let gone: Vec<u32> = self
+            .ref_delta
+            .iter()
+            .filter(|(_, delta)| **delta < 0)
+            .filter_map(|(key, delta)| {
+                let id = self.applied.backend_id(key)?;
+                (self.applied.backend_refs(id) as i64 + delta <= 0).then_some(id)
+            })
+            .collect();
+        // Leftover deletions (a full plan) were planned first; keep that order.
+        let leftovers = std::mem::take(&mut self.ops.delete_backends);
+        self.ops
+            .delete_backends
+            .extend(gone.into_iter().map(|id| Op::DeleteBackend { id }));
+        for op in leftovers {
+            if !self.ops.delete_backends.contains(&op) {
+                self.ops.delete_backends.push(op);
             }
         }
     }
 
-    plan.ops = bind
-        .into_iter()
-        .chain(put_backends)
-        .chain(put_tables)
-        .chain(put_members)
-        .chain(put_frontends)
-        .chain(delete_frontends)
-        .chain(delete_members)
-        .chain(delete_tables)
-        .chain(delete_backends)
-        .chain(unbind)
-        .collect();
-    plan
+    /// Backends no table references (left over), unless this plan references them.
+    fn prune_unreferenced_backends(&mut self) {
+        for (id, value) in &self.applied.backends {
+            if self.applied.backend_refs(*id) == 0 {
+                let key = BackendKey::of(value);
+                if self.ref_delta.get(&key).copied().unwrap_or(0) <= 0 {
+                    self.ops.delete_backends.push(Op::DeleteBackend { id: *id });
+                }
+            }
+        }
+    }
 }
 
 /// Whether an adopted table holds exactly the slots a table of `members` would.
@@ -553,12 +638,4 @@ fn adopted_matches(
         .iter()
         .map(|i| ids[*i as usize])
         .eq(live.iter().copied())
-}
-
-fn service_pool_limit(applied: &Applied) -> u32 {
-    applied.service_pool_limit()
-}
-
-fn backend_pool_limit(applied: &Applied) -> u32 {
-    applied.backend_pool_limit()
 }
