@@ -24,8 +24,8 @@ use lb_common::{
     Addr, Proto,
     config::DatapathConfig,
     maps::{
-        BackendValue, CT_F_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT,
-        CtKey, CtValue,
+        BackendValue, CT_F_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT, CtKey,
+        CtValue,
     },
     stats::Event,
 };
@@ -52,19 +52,54 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The entry for `key`, in place (see the module docs).
+/// A connection-table entry, in place: the one place the map value pointer is
+/// dereferenced (see the module docs for why entries are used in place). Handed between
+/// the pipeline's stages for the duration of one packet.
 ///
-/// Not copied: a 56-byte copy on the per-packet path would not be safer (an LRU element
-/// recycled by another CPU mid-copy tears a copy just the same) and costs stack the
-/// program does not have. The pointer is only used during this packet.
-#[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<*mut CtValue> {
-    XLB_CONNTRACK.get_ptr_mut(key)
+/// Not copied out: a 56-byte copy on the per-packet path would not be safer (an LRU
+/// element recycled by another CPU mid-copy tears a copy just the same) and costs stack
+/// the program does not have. `repr(transparent)`: it travels in one register.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct Entry {
+    ptr: *mut CtValue,
 }
 
+impl Entry {
+    /// The entry's fields.
+    #[inline(always)]
+    pub fn value(&self) -> &CtValue {
+        // SAFETY: `ptr` is a value pointer the map returned for this program run; map
+        // values stay mapped during the run (an LRU element recycled meanwhile by another
+        // CPU is still valid memory: at worst stale fields, see the module docs).
+        unsafe { &*self.ptr }
+    }
+
+    /// The entry's fields, to update in place.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)] // the handle is the map value, written in place
+    fn value_mut(&self) -> &mut CtValue {
+        // SAFETY: as in `value`; the program writes single fields, each an aligned store,
+        // and no reference from `value` is held across a write.
+        unsafe { &mut *self.ptr }
+    }
+
+    #[inline(always)]
+    pub fn is_reply(&self) -> bool {
+        self.value().flags & CT_F_REPLY != 0
+    }
+
+    /// Moves a forward entry to `state`.
+    #[inline(always)]
+    fn set_state(&self, state: u8) {
+        self.value_mut().state = state;
+    }
+}
+
+/// The entry for `key`, in place.
 #[inline(always)]
-pub fn is_reply(entry: &CtValue) -> bool {
-    entry.flags & CT_F_REPLY != 0
+pub fn lookup(key: &CtKey) -> Option<Entry> {
+    XLB_CONNTRACK.get_ptr_mut(key).map(|ptr| Entry { ptr })
 }
 
 /// Whether the entry's timestamp (and cached next hop) is due for a refresh.
@@ -76,7 +111,10 @@ pub fn is_stale(entry: &CtValue, now: u64) -> bool {
 /// The cached next hop ([`NextHop::NONE`] if none).
 #[inline(always)]
 pub fn cached_next_hop(entry: &CtValue) -> NextHop {
-    NextHop { ifindex: entry.nh_ifindex, macs: entry.nh_macs }
+    NextHop {
+        ifindex: entry.nh_ifindex,
+        macs: entry.nh_macs,
+    }
 }
 
 /// The state a forward entry moves to after this packet.
@@ -142,7 +180,13 @@ pub struct NewFlow {
 impl NewFlow {
     #[inline(always)]
     pub fn new(pkt: &Packet, backend_id: u32, service_id: u32, now: u64, nh: NextHop) -> Self {
-        Self { backend_id, service_id, state: initial_state(pkt), now, nh }
+        Self {
+            backend_id,
+            service_id,
+            state: initial_state(pkt),
+            now,
+            nh,
+        }
     }
 }
 
@@ -183,6 +227,13 @@ pub fn create(key: &CtKey, backend: &BackendValue, flow: &NewFlow, counters: &Co
     0
 }
 
+/// Forgets a flow: its forward and reply entries (its next packet is balanced afresh).
+#[inline(always)]
+pub fn forget(forward: &CtKey, reply: &CtKey) {
+    let _ = XLB_CONNTRACK.remove(forward);
+    let _ = XLB_CONNTRACK.remove(reply);
+}
+
 /// The forward key of the flow a reply entry (`reply`, at `key`) belongs to: the reply
 /// entry holds the VIP, and the client's tuple is the reply's, reversed.
 #[inline(always)]
@@ -216,9 +267,8 @@ fn reply_key(key: &CtKey, backend: &Addr, backend_port_be: u16) -> CtKey {
 /// the next hop (`nh`: what a fresh FIB lookup gave, NONE if none was made or it failed).
 /// Returns whether the timestamp was refreshed.
 #[inline(always)]
-fn touch(entry: *mut CtValue, state: u8, now: u64, nh: &NextHop) -> bool {
-    // SAFETY: a map value pointer from `lookup`, used within this run (module docs).
-    let e = unsafe { &mut *entry };
+fn touch(entry: Entry, state: u8, now: u64, nh: &NextHop) -> bool {
+    let e = entry.value_mut();
     if state != e.state {
         e.state = state;
     }
@@ -238,17 +288,15 @@ fn touch(entry: *mut CtValue, state: u8, now: u64, nh: &NextHop) -> bool {
 #[inline(always)]
 pub fn refresh_forward(
     key: &CtKey,
-    entry: *mut CtValue,
+    entry: Entry,
     pkt: &Packet,
     now: u64,
     nh: &NextHop,
     counters: &Counters,
 ) {
-    // SAFETY: as in `touch`.
-    let state = next_state(unsafe { (*entry).state }, pkt);
+    let state = next_state(entry.value().state, pkt);
     if touch(entry, state, now, nh) {
-        // SAFETY: as in `touch`.
-        let e = unsafe { &*entry };
+        let e = entry.value();
         let rkey = reply_key(key, &e.nat_addr, e.nat_port_be);
         if XLB_CONNTRACK.get_ptr(&rkey).is_none() {
             restore_reply(key, &rkey, entry, counters);
@@ -262,9 +310,8 @@ pub fn refresh_forward(
 /// own, which keeps every call chain within the 512-byte BPF stack. Both return a scalar
 /// (see `fwd::Outcome::pack`).
 #[inline(never)]
-fn restore_reply(key: &CtKey, rkey: &CtKey, forward: *const CtValue, counters: &Counters) -> u32 {
-    // SAFETY: as in `touch`.
-    let mut reply = unsafe { *forward };
+fn restore_reply(key: &CtKey, rkey: &CtKey, forward: Entry, counters: &Counters) -> u32 {
+    let mut reply = *forward.value();
     reply.nat_addr = key.dst;
     reply.nat_port_be = key.dport_be;
     reply.flags = CT_F_REPLY;
@@ -278,33 +325,19 @@ fn restore_reply(key: &CtKey, rkey: &CtKey, forward: *const CtValue, counters: &
 /// Updates a reply entry after a hit. A FIN or RST from the backend also moves the forward
 /// entry to CLOSING, so that its shorter timeout applies and a reused tuple is re-balanced.
 #[inline(always)]
-pub fn refresh_reply(key: &CtKey, entry: *mut CtValue, pkt: &Packet, now: u64, nh: &NextHop) {
+pub fn refresh_reply(key: &CtKey, entry: Entry, pkt: &Packet, now: u64, nh: &NextHop) {
     let closing =
         pkt.proto() == Proto::TCP && (pkt.has_tcp_flag(TCP_FIN) || pkt.has_tcp_flag(TCP_RST));
-    // SAFETY: as in `touch`.
-    let (was, nat_addr, nat_port_be) =
-        unsafe { ((*entry).state, (*entry).nat_addr, (*entry).nat_port_be) };
+    let was = entry.value().state;
     let state = if closing { CT_STATE_CLOSING } else { was };
     touch(entry, state, now, nh);
     if !closing || was == CT_STATE_CLOSING {
         return;
     }
-    // The forward key: client -> VIP, as the client sent it.
-    let fkey = CtKey {
-        src: key.dst,
-        dst: nat_addr,
-        sport_be: key.dport_be,
-        dport_be: nat_port_be,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
-    };
-    if let Some(fwd) = XLB_CONNTRACK.get_ptr_mut(&fkey) {
-        // SAFETY: a map value pointer, one byte written in place (module docs).
-        unsafe {
-            if (*fwd).flags & CT_F_REPLY == 0 {
-                (*fwd).state = CT_STATE_CLOSING;
-            }
-        }
+    // The forward entry (client -> VIP, as the client sent it) closes too.
+    if let Some(fwd) = lookup(&forward_key(key, entry.value()))
+        && !fwd.is_reply()
+    {
+        fwd.set_state(CT_STATE_CLOSING);
     }
 }

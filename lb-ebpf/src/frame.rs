@@ -164,7 +164,14 @@ pub unsafe fn store_u16(p: *mut [u8; 2], v: u16) {
 pub unsafe fn load_addr6(p: *const [u8; 16]) -> [u32; 4] {
     let w = p as *const [u8; 4];
     // SAFETY: four consecutive words inside the 16 bytes the caller guarantees.
-    unsafe { [load_u32(w), load_u32(w.add(1)), load_u32(w.add(2)), load_u32(w.add(3))] }
+    unsafe {
+        [
+            load_u32(w),
+            load_u32(w.add(1)),
+            load_u32(w.add(2)),
+            load_u32(w.add(3)),
+        ]
+    }
 }
 
 /// Stores a 16-byte address from four words.

@@ -5,10 +5,10 @@
 //! to the kernel, which forwards it itself.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::bpf_fib_lookup as FibParams,
     helpers::generated::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
-    EbpfContext as _,
 };
 use lb_common::{
     Family,
@@ -75,7 +75,10 @@ impl Outcome {
 
     #[inline(always)]
     pub const fn unpack(v: u64) -> Self {
-        Self { action: (v >> 32) as u32, reason: Reason(v as u32) }
+        Self {
+            action: (v >> 32) as u32,
+            reason: Reason(v as u32),
+        }
     }
 }
 
@@ -93,7 +96,10 @@ pub struct NextHop {
 }
 
 impl NextHop {
-    pub const NONE: Self = Self { ifindex: 0, macs: [0; 6] };
+    pub const NONE: Self = Self {
+        ifindex: 0,
+        macs: [0; 6],
+    };
 
     #[inline(always)]
     pub const fn is_some(&self) -> bool {
@@ -170,7 +176,12 @@ fn fib_lookup(ctx: &XdpContext, pkt: &Packet, nh: &mut NextHop) -> u32 {
 /// Sends a translated packet to `nh`: TTL decrement, MAC rewrite, then XDP_TX (same
 /// interface) or a redirect. `reason` is what the outcome counts.
 #[inline(always)]
-pub fn transmit(ctx: &XdpContext, pkt: &Packet, nh: &NextHop, reason: Reason) -> Result<Outcome, Reason> {
+pub fn transmit(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    nh: &NextHop,
+    reason: Reason,
+) -> Result<Outcome, Reason> {
     decrement_ttl(ctx, pkt)?;
     // Both MAC addresses as six 16-bit stores (the frame is 2-byte aligned).
     let macs: *mut [u16; 6] = ctx.at_mut(0).ok_or(Reason::MALFORMED_ETH)?;
@@ -188,16 +199,23 @@ pub fn transmit(ctx: &XdpContext, pkt: &Packet, nh: &NextHop, reason: Reason) ->
 #[inline(always)]
 fn decrement_ttl(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
     if pkt.family() == Family::V4 {
-        let ip: *mut Ipv4Hdr = ctx.at_mut(pkt.l3_off as usize).ok_or(Reason::MALFORMED_IPV4)?;
+        let ip: *mut Ipv4Hdr = ctx
+            .at_mut(pkt.l3_off as usize)
+            .ok_or(Reason::MALFORMED_IPV4)?;
         // SAFETY: the header was bounds-checked by Frame::at_mut.
         let ip = unsafe { &mut *ip };
         // TTL and protocol form one 16-bit word of the checksummed header.
         let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
         ip.ttl = ip.ttl.wrapping_sub(1);
         let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
-        ip.check = CsumDelta::new().replace_u16(old, new).apply(u16::from_ne_bytes(ip.check)).to_ne_bytes();
+        ip.check = CsumDelta::new()
+            .replace_u16(old, new)
+            .apply(u16::from_ne_bytes(ip.check))
+            .to_ne_bytes();
     } else {
-        let ip: *mut Ipv6Hdr = ctx.at_mut(pkt.l3_off as usize).ok_or(Reason::MALFORMED_IPV6)?;
+        let ip: *mut Ipv6Hdr = ctx
+            .at_mut(pkt.l3_off as usize)
+            .ok_or(Reason::MALFORMED_IPV6)?;
         // SAFETY: the header was bounds-checked by Frame::at_mut. No IPv6 header checksum.
         unsafe { (*ip).hop_limit = (*ip).hop_limit.wrapping_sub(1) };
     }

@@ -13,4 +13,3 @@ pub mod parse;
 pub mod pipeline;
 pub mod select;
 pub mod stats;
-

@@ -26,8 +26,12 @@ const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 pub type MaglevTable = Array<MaglevChunk, 1, { BPF_F_INNER_MAP as usize }>;
 
 #[btf_map]
-pub static XLB_FRONTENDS: HashMap<FrontendKey, FrontendValue, { MAX_FRONTENDS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static XLB_FRONTENDS: HashMap<
+    FrontendKey,
+    FrontendValue,
+    { MAX_FRONTENDS as usize },
+    NO_PREALLOC,
+> = HashMap::new();
 
 #[btf_map]
 pub static XLB_MAGLEV: HashOfMaps<u32, MaglevTable, { MAX_SERVICES as usize }, NO_PREALLOC> =
@@ -60,8 +64,12 @@ pub static XLB_AFFINITY: LruHashMap<AffinityKey, AffinityValue, { AFFINITY_ENTRI
 
 /// The backends of each service with session affinity (written by the agent).
 #[btf_map]
-pub static XLB_AFFINITY_MEMBERS: HashMap<MemberKey, u32, { MAX_AFFINITY_MEMBERS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static XLB_AFFINITY_MEMBERS: HashMap<
+    MemberKey,
+    u32,
+    { MAX_AFFINITY_MEMBERS as usize },
+    NO_PREALLOC,
+> = HashMap::new();
 
 /// The layout version of the pinned maps (written by the agent; not read by the program).
 #[btf_map]

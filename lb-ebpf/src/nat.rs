@@ -44,7 +44,9 @@ pub fn rewrite(
     let mut delta = CsumDelta::new().replace_u16(old_port, port_be);
 
     if pkt.family() == Family::V4 {
-        let ip: *mut Ipv4Hdr = ctx.at_mut(pkt.l3_off as usize).ok_or(Reason::MALFORMED_IPV4)?;
+        let ip: *mut Ipv4Hdr = ctx
+            .at_mut(pkt.l3_off as usize)
+            .ok_or(Reason::MALFORMED_IPV4)?;
         // SAFETY: the header was bounds-checked by Frame::at_mut; fields through that pointer.
         unsafe {
             let field = match end {
@@ -58,7 +60,9 @@ pub fn rewrite(
         }
         delta = delta.replace_u32(old_addr.raw[0], addr.raw[0]);
     } else {
-        let ip: *mut Ipv6Hdr = ctx.at_mut(pkt.l3_off as usize).ok_or(Reason::MALFORMED_IPV6)?;
+        let ip: *mut Ipv6Hdr = ctx
+            .at_mut(pkt.l3_off as usize)
+            .ok_or(Reason::MALFORMED_IPV6)?;
         // SAFETY: as above.
         unsafe {
             let field = match end {
@@ -71,7 +75,9 @@ pub fn rewrite(
     }
 
     if pkt.proto() == Proto::TCP {
-        let tcp: *mut TcpHdr = ctx.at_mut(pkt.l4_off as usize).ok_or(Reason::MALFORMED_L4)?;
+        let tcp: *mut TcpHdr = ctx
+            .at_mut(pkt.l4_off as usize)
+            .ok_or(Reason::MALFORMED_L4)?;
         // SAFETY: the header was bounds-checked by Frame::at_mut.
         unsafe {
             let port = match end {
@@ -83,7 +89,9 @@ pub fn rewrite(
             store_u16(check, delta.apply(load_u16(check)));
         }
     } else {
-        let udp: *mut UdpHdr = ctx.at_mut(pkt.l4_off as usize).ok_or(Reason::MALFORMED_L4)?;
+        let udp: *mut UdpHdr = ctx
+            .at_mut(pkt.l4_off as usize)
+            .ok_or(Reason::MALFORMED_L4)?;
         // SAFETY: the header was bounds-checked by Frame::at_mut.
         unsafe {
             let port = match end {
@@ -137,13 +145,19 @@ mod tests {
         let b4 = Addr::from_v4_octets(BACKEND4);
         let b6 = Addr::from_v6_octets(BACKEND6);
         for payload in [&b""[..], b"x", b"hello world, odd length!"] {
-            for f in [tcp4(CLIENT4, VIP4, 40000, 80, payload), udp4(CLIENT4, VIP4, 40000, 53, payload)] {
+            for f in [
+                tcp4(CLIENT4, VIP4, 40000, 80, payload),
+                udp4(CLIENT4, VIP4, 40000, 53, payload),
+            ] {
                 let out = translate(f, End::Destination, b4, 8080);
                 assert_checksums(&out);
                 assert_eq!(&out[30..34], &BACKEND4);
                 assert_eq!(&out[36..38], &8080u16.to_be_bytes());
             }
-            for f in [tcp6(CLIENT6, VIP6, 40000, 80, payload), udp6(CLIENT6, VIP6, 40000, 53, payload)] {
+            for f in [
+                tcp6(CLIENT6, VIP6, 40000, 80, payload),
+                udp6(CLIENT6, VIP6, 40000, 53, payload),
+            ] {
                 let out = translate(f, End::Destination, b6, 8080);
                 assert_checksums(&out);
                 assert_eq!(&out[38..54], &BACKEND6);
@@ -157,9 +171,17 @@ mod tests {
         let reply = tcp4(BACKEND4, CLIENT4, 8080, 40000, b"answer");
         let out = translate(reply, End::Source, vip, 80);
         assert_checksums(&out);
-        assert_eq!((&out[26..30], &out[34..36]), (&VIP4[..], &80u16.to_be_bytes()[..]));
+        assert_eq!(
+            (&out[26..30], &out[34..36]),
+            (&VIP4[..], &80u16.to_be_bytes()[..])
+        );
         let vip6 = Addr::from_v6_octets(VIP6);
-        let out = translate(udp6(BACKEND6, CLIENT6, 5353, 40000, b"a"), End::Source, vip6, 53);
+        let out = translate(
+            udp6(BACKEND6, CLIENT6, 5353, 40000, b"a"),
+            End::Source,
+            vip6,
+            53,
+        );
         assert_checksums(&out);
         assert_eq!(&out[22..38], &VIP6);
     }
@@ -167,7 +189,7 @@ mod tests {
     #[test]
     fn udp_ipv4_without_checksum_stays_without() {
         let mut f = udp4(CLIENT4, VIP4, 40000, 53, b"q");
-        f[40..42].copy_from_slice(&[0, 0]);
+        f.raw_udp_checksum(0);
         let out = translate(f, End::Destination, Addr::from_v4_octets(BACKEND4), 5353);
         assert_eq!(&out[40..42], &[0, 0]);
         assert_checksums(&out);

@@ -7,11 +7,7 @@
 
 use core::ptr::addr_of;
 
-use lb_common::{
-    Addr, Family, Proto,
-    maps::CtKey,
-    stats::Reason,
-};
+use lb_common::{Addr, Family, Proto, maps::CtKey, stats::Reason};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -190,8 +186,12 @@ fn parse_ipv4(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
     pkt.key._pad = [0; 2];
     // SAFETY: both addresses are inside the checked header.
     unsafe {
-        pkt.key.src = Addr { raw: [load_u32(addr_of!(ip.src_addr)), 0, 0, 0] };
-        pkt.key.dst = Addr { raw: [load_u32(addr_of!(ip.dst_addr)), 0, 0, 0] };
+        pkt.key.src = Addr {
+            raw: [load_u32(addr_of!(ip.src_addr)), 0, 0, 0],
+        };
+        pkt.key.dst = Addr {
+            raw: [load_u32(addr_of!(ip.dst_addr)), 0, 0, 0],
+        };
     }
     pkt.first_fragment = frags & 0x2000 != 0;
     pkt.ttl = ip.ttl;
@@ -260,8 +260,9 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
     }
     if proto != Proto::TCP && proto != Proto::UDP {
         return Err(match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH
-            | IPPROTO_FRAGMENT => Reason::IPV6_EXTENSIONS,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+                Reason::IPV6_EXTENSIONS
+            }
             _ => Reason::NOT_TCP_UDP,
         });
     }
@@ -274,8 +275,12 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
     pkt.key._pad = [0; 2];
     // SAFETY: both addresses are inside the checked header.
     unsafe {
-        pkt.key.src = Addr { raw: load_addr6(addr_of!(ip.src_addr)) };
-        pkt.key.dst = Addr { raw: load_addr6(addr_of!(ip.dst_addr)) };
+        pkt.key.src = Addr {
+            raw: load_addr6(addr_of!(ip.src_addr)),
+        };
+        pkt.key.dst = Addr {
+            raw: load_addr6(addr_of!(ip.dst_addr)),
+        };
     }
     pkt.first_fragment = first_fragment;
     pkt.ttl = ip.hop_limit;
@@ -304,26 +309,43 @@ fn parse_icmp4(ctx: &impl Frame, off: usize, from: u32, pkt: &mut Packet) -> Res
     // SAFETY: the quoted packet's fixed header was bounds-checked by Frame::at.
     let inner = unsafe { &*inner };
     let ihl = ((inner.vihl & 0x0f) as usize) * 4;
-    if inner.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || (inner.proto != Proto::TCP.0 && inner.proto != Proto::UDP.0) {
+    if inner.vihl >> 4 != 4
+        || ihl < Ipv4Hdr::LEN
+        || (inner.proto != Proto::TCP.0 && inner.proto != Proto::UDP.0)
+    {
         return Err(Reason::NOT_TCP_UDP);
     }
     // SAFETY: inside the checked header.
-    let (src, dst) = unsafe { (load_u32(addr_of!(inner.src_addr)), load_u32(addr_of!(inner.dst_addr))) };
+    let (src, dst) = unsafe {
+        (
+            load_u32(addr_of!(inner.src_addr)),
+            load_u32(addr_of!(inner.dst_addr)),
+        )
+    };
     if dst != from {
         return Err(Reason::NOT_TCP_UDP);
     }
     pkt.key.family = Family::V4;
     pkt.key.proto = Proto(inner.proto);
     pkt.key._pad = [0; 2];
-    pkt.key.src = Addr { raw: [dst, 0, 0, 0] };
-    pkt.key.dst = Addr { raw: [src, 0, 0, 0] };
+    pkt.key.src = Addr {
+        raw: [dst, 0, 0, 0],
+    };
+    pkt.key.dst = Addr {
+        raw: [src, 0, 0, 0],
+    };
     quoted_ports(ctx, inner_off + ihl, pkt)
 }
 
 /// [`parse_icmp4`] for ICMPv6 (destination unreachable: type 1). The quoted packet's
 /// extension headers are not walked.
 #[inline(always)]
-fn parse_icmp6(ctx: &impl Frame, off: usize, from: [u32; 4], pkt: &mut Packet) -> Result<(), Reason> {
+fn parse_icmp6(
+    ctx: &impl Frame,
+    off: usize,
+    from: [u32; 4],
+    pkt: &mut Packet,
+) -> Result<(), Reason> {
     if off > MAX_L4_OFFSET {
         return Err(Reason::NOT_TCP_UDP);
     }
@@ -336,11 +358,17 @@ fn parse_icmp6(ctx: &impl Frame, off: usize, from: [u32; 4], pkt: &mut Packet) -
     let inner: *const Ipv6Hdr = ctx.at(inner_off).ok_or(Reason::NOT_TCP_UDP)?;
     // SAFETY: bounds-checked by Frame::at.
     let inner = unsafe { &*inner };
-    if inner.vcf[0] >> 4 != 6 || (inner.next_hdr != Proto::TCP.0 && inner.next_hdr != Proto::UDP.0) {
+    if inner.vcf[0] >> 4 != 6 || (inner.next_hdr != Proto::TCP.0 && inner.next_hdr != Proto::UDP.0)
+    {
         return Err(Reason::NOT_TCP_UDP);
     }
     // SAFETY: inside the checked header.
-    let (src, dst) = unsafe { (load_addr6(addr_of!(inner.src_addr)), load_addr6(addr_of!(inner.dst_addr))) };
+    let (src, dst) = unsafe {
+        (
+            load_addr6(addr_of!(inner.src_addr)),
+            load_addr6(addr_of!(inner.dst_addr)),
+        )
+    };
     if dst != from {
         return Err(Reason::NOT_TCP_UDP);
     }
@@ -427,50 +455,49 @@ mod tests {
     #[test]
     fn ipv4_tcp() {
         let p = parse_bytes(tcp4(CLIENT4, VIP4, 40000, 80, b"hi")).unwrap();
-        assert_eq!((p.family(), p.proto(), p.l3_off, p.l4_off), (Family::V4, Proto::TCP, 14, 34));
+        assert_eq!(
+            (p.family(), p.proto(), p.l3_off, p.l4_off),
+            (Family::V4, Proto::TCP, 14, 34)
+        );
         assert_eq!(p.key.src, Addr::from_v4_octets(CLIENT4));
         assert_eq!(p.key.dst, Addr::from_v4_octets(VIP4));
-        assert_eq!((u16::from_be(p.key.sport_be), u16::from_be(p.key.dport_be)), (40000, 80));
+        assert_eq!(
+            (u16::from_be(p.key.sport_be), u16::from_be(p.key.dport_be)),
+            (40000, 80)
+        );
         assert!(p.has_tcp_flag(TCP_SYN) && !p.has_tcp_flag(TCP_ACK));
-        assert_eq!((p.ttl, p.ip_len, p.vlan, p.first_fragment), (64, 42, false, false));
+        assert_eq!(
+            (p.ttl, p.ip_len, p.vlan, p.first_fragment),
+            (64, 42, false, false)
+        );
     }
 
     #[test]
     fn ipv4_with_options_and_vlan() {
         let mut v = udp4(CLIENT4, VIP4, 5000, 53, b"q");
-        // Grow the IPv4 header by 8 bytes of NOP options (IHL 5 -> 7).
-        v.splice(34..34, [1u8; 8]);
-        v[14] = 0x47;
-        let tot = u16::from_be_bytes([v[16], v[17]]) + 8;
-        v[16..18].copy_from_slice(&tot.to_be_bytes());
+        v.add_ipv4_options(8);
         let p = parse_bytes(vlan(&v, 42)).unwrap();
-        assert_eq!((p.l3_off, p.l4_off, p.vlan, p.proto()), (18, 46, true, Proto::UDP));
+        assert_eq!(
+            (p.l3_off, p.l4_off, p.vlan, p.proto()),
+            (18, 46, true, Proto::UDP)
+        );
         assert_eq!(u16::from_be(p.key.dport_be), 53);
     }
 
     #[test]
     fn ipv6_tcp_and_udp() {
         let p = parse_bytes(tcp6(CLIENT6, VIP6, 1234, 80, b"")).unwrap();
-        assert_eq!((p.family(), p.proto(), p.l4_off, p.ip_len), (Family::V6, Proto::TCP, 54, 60));
+        assert_eq!(
+            (p.family(), p.proto(), p.l4_off, p.ip_len),
+            (Family::V6, Proto::TCP, 54, 60)
+        );
         assert_eq!(p.key.dst, Addr::from_v6_octets(VIP6));
         let p = parse_bytes(udp6(CLIENT6, VIP6, 1234, 53, b"abc")).unwrap();
         assert_eq!((p.proto(), u16::from_be(p.key.dport_be)), (Proto::UDP, 53));
     }
 
-    /// Inserts IPv6 extension headers (raw, each already sized) before the L4 header.
     fn with_ext(mut v: Vec<u8>, exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
-        let mut next = v[20];
-        let mut inserted = Vec::new();
-        for (kind, body) in exts.iter().rev() {
-            let mut h = body.clone();
-            h[0] = next;
-            next = *kind;
-            inserted.splice(0..0, h);
-        }
-        v[20] = next;
-        let len = u16::from_be_bytes([v[18], v[19]]) + inserted.len() as u16;
-        v[18..20].copy_from_slice(&len.to_be_bytes());
-        v.splice(54..54, inserted);
+        v.add_ipv6_extensions(exts);
         v
     }
 
@@ -490,7 +517,10 @@ mod tests {
         assert!(p.first_fragment);
         // Later fragment: passed.
         let later = (44u8, vec![0, 0, 0, 0x10, 0, 0, 0, 7]);
-        assert_eq!(parse_bytes(with_ext(udp6(CLIENT6, VIP6, 1, 53, b"x"), &[later])).err(), Some(Reason::FRAGMENT));
+        assert_eq!(
+            parse_bytes(with_ext(udp6(CLIENT6, VIP6, 1, 53, b"x"), &[later])).err(),
+            Some(Reason::FRAGMENT)
+        );
     }
 
     #[test]
@@ -503,25 +533,24 @@ mod tests {
     #[test]
     fn ipv4_fragments() {
         let mut v = udp4(CLIENT4, VIP4, 1, 53, b"x");
-        v[20] = 0x20; // MF, offset 0
+        v.set_fragment(true, 0);
         assert!(parse_bytes(v.clone()).unwrap().first_fragment);
-        v[20] = 0x00;
-        v[21] = 0x10; // offset 16*8
+        v.set_fragment(false, 16);
         assert_eq!(parse_bytes(v).err(), Some(Reason::FRAGMENT));
     }
 
     #[test]
     fn out_of_scope_traffic_gets_a_pass_reason() {
         let mut arp = tcp4(CLIENT4, VIP4, 1, 80, b"");
-        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        arp.set_ethertype(0x0806);
         assert_eq!(parse_bytes(arp).err(), Some(Reason::NOT_IP));
         let qinq = vlan(&vlan(&tcp4(CLIENT4, VIP4, 1, 80, b""), 1), 2);
         assert_eq!(parse_bytes(qinq).err(), Some(Reason::NOT_IP));
         let mut gre = tcp4(CLIENT4, VIP4, 1, 80, b"");
-        gre[23] = 47;
+        gre.set_protocol(47);
         assert_eq!(parse_bytes(gre).err(), Some(Reason::NOT_TCP_UDP));
         let mut icmp6 = udp6(CLIENT6, VIP6, 1, 80, b"");
-        icmp6[20] = 58;
+        icmp6.set_protocol(58);
         assert_eq!(parse_bytes(icmp6).err(), Some(Reason::NOT_TCP_UDP));
     }
 
@@ -529,16 +558,16 @@ mod tests {
     fn bad_ipv4_headers_are_malformed() {
         let good = tcp4(CLIENT4, VIP4, 1, 80, b"");
         let mut ihl4 = good.clone();
-        ihl4[14] = 0x44;
+        ihl4.raw_ihl(4);
         assert_eq!(parse_bytes(ihl4).err(), Some(Reason::MALFORMED_IPV4));
         let mut version = good.clone();
-        version[14] = 0x65;
+        version.raw_version(6);
         assert_eq!(parse_bytes(version).err(), Some(Reason::MALFORMED_IPV4));
         let mut short_total = good.clone();
-        short_total[16..18].copy_from_slice(&10u16.to_be_bytes());
+        short_total.set_total_length(10);
         assert_eq!(parse_bytes(short_total).err(), Some(Reason::MALFORMED_IPV4));
         let mut doff = good.clone();
-        doff[46] = 0x40; // TCP data offset 4
+        doff.raw_tcp_data_offset(4);
         assert_eq!(parse_bytes(doff).err(), Some(Reason::MALFORMED_L4));
     }
 
@@ -546,8 +575,16 @@ mod tests {
     /// reason of the header it cuts into.
     fn assert_truncations(frame: Vec<u8>, l3_reason: Reason) {
         for n in 0..frame.len() {
-            let want = if n < 14 { Reason::MALFORMED_ETH } else { l3_reason };
-            assert_eq!(parse_bytes(frame[..n].to_vec()).err(), Some(want), "cut at {n} bytes");
+            let want = if n < 14 {
+                Reason::MALFORMED_ETH
+            } else {
+                l3_reason
+            };
+            assert_eq!(
+                parse_bytes(frame[..n].to_vec()).err(),
+                Some(want),
+                "cut at {n} bytes"
+            );
         }
     }
 
@@ -558,21 +595,26 @@ mod tests {
         assert_truncations(tcp6(CLIENT6, VIP6, 1, 80, b"data"), Reason::MALFORMED_IPV6);
         assert_truncations(udp6(CLIENT6, VIP6, 1, 53, b"data"), Reason::MALFORMED_IPV6);
         let tagged = vlan(&tcp4(CLIENT4, VIP4, 1, 80, b""), 7);
-        assert_eq!(parse_bytes(tagged[..16].to_vec()).err(), Some(Reason::MALFORMED_VLAN));
+        assert_eq!(
+            parse_bytes(tagged[..16].to_vec()).err(),
+            Some(Reason::MALFORMED_VLAN)
+        );
     }
 
     #[test]
     fn l4_header_shorter_than_the_ip_packet_says_is_malformed() {
         // A consistent IP packet whose payload is too short for a TCP/UDP header.
-        for (mut v, l3) in [(tcp4(CLIENT4, VIP4, 1, 80, b""), 14usize), (udp4(CLIENT4, VIP4, 1, 53, b""), 14)] {
-            let keep = l3 + 20 + 4;
-            v.truncate(keep);
-            v[l3 + 2..l3 + 4].copy_from_slice(&24u16.to_be_bytes());
+        for mut v in [
+            tcp4(CLIENT4, VIP4, 1, 80, b""),
+            udp4(CLIENT4, VIP4, 1, 53, b""),
+        ] {
+            v.truncate(14 + 20 + 4);
+            v.set_total_length(24);
             assert_eq!(parse_bytes(v).err(), Some(Reason::MALFORMED_L4));
         }
         let mut v6 = udp6(CLIENT6, VIP6, 1, 53, b"");
         v6.truncate(54 + 4);
-        v6[18..20].copy_from_slice(&4u16.to_be_bytes());
+        v6.set_payload_length(4);
         assert_eq!(parse_bytes(v6).err(), Some(Reason::MALFORMED_L4));
     }
 }

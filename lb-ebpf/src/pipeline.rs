@@ -6,14 +6,18 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    maps::{CT_STATE_SYN_SENT, CtKey, CtValue, FRONTEND_F_AFFINITY, FRONTEND_F_FAIL_OPEN, FrontendKey, FrontendValue},
+    maps::{
+        CT_STATE_SYN_SENT, CtKey, CtValue, FRONTEND_F_AFFINITY, FRONTEND_F_FAIL_OPEN, FrontendKey,
+        FrontendValue,
+    },
     stats::{Event, Reason, XDP_PASS},
 };
 
 use crate::{
-    config, conntrack,
+    config,
+    conntrack::{self, Entry},
     fwd::{self, NextHop, Outcome},
-    maps::{XLB_CONNTRACK, XLB_FRONTENDS},
+    maps::XLB_FRONTENDS,
     nat::{self, End},
     parse::{self, Packet, TCP_RST},
     select,
@@ -37,7 +41,11 @@ pub struct Env<'a> {
 /// useful to go).
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    let env = Env { ctx, counters: Counters::get(), now: conntrack::now() };
+    let env = Env {
+        ctx,
+        counters: Counters::get(),
+        now: conntrack::now(),
+    };
     let outcome = Outcome::of(process(&env));
     env.counters.outcome(outcome.action, outcome.reason);
     outcome.action
@@ -57,17 +65,24 @@ fn process(env: &Env) -> Result<Outcome, Reason> {
     // still be addressed by the tuple the packet arrived with.
     let key = pkt.key;
     if let Some(entry) = conntrack::lookup(&key) {
-        // SAFETY: a map value pointer, used during this run (see conntrack).
-        let e = unsafe { &*entry };
-        if conntrack::is_reply(e) {
+        if entry.is_reply() {
             return Ok(Outcome::unpack(from_backend(env, &mut pkt, &key, entry)));
         }
-        if conntrack::usable(e, &pkt, env.now, &config::get()) {
+        if conntrack::usable(entry.value(), &pkt, env.now, &config::get()) {
             return Ok(Outcome::unpack(established(env, &mut pkt, &key, entry)));
         }
         env.counters.event(Event::CT_RESELECT);
     }
     Ok(Outcome::unpack(new_flow(env, &mut pkt, &key)))
+}
+
+/// The frontend at `key`, read in place.
+#[inline(always)]
+fn frontend(key: &FrontendKey) -> Option<&'static FrontendValue> {
+    // SAFETY: a pointer returned by the map. The map is not preallocated, so the element
+    // is not recycled before an RCU grace period, i.e. not during this run (see maps.rs);
+    // the reference does not outlive the run (the pipeline returns first).
+    XLB_FRONTENDS.get_ptr(key).map(|p| unsafe { &*p })
 }
 
 /// Checks shared by every path that translates a packet.
@@ -103,7 +118,12 @@ fn learned(nh: &Result<NextHop, Reason>, fresh: bool) -> NextHop {
 }
 
 #[inline(always)]
-fn send(ctx: &XdpContext, pkt: &Packet, nh: Result<NextHop, Reason>, reason: Reason) -> Result<Outcome, Reason> {
+fn send(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    nh: Result<NextHop, Reason>,
+    reason: Reason,
+) -> Result<Outcome, Reason> {
     match nh {
         Ok(nh) => fwd::transmit(ctx, pkt, &nh, reason),
         Err(pass) => Ok(Outcome::new(XDP_PASS, pass)),
@@ -115,20 +135,31 @@ fn send(ctx: &XdpContext, pkt: &Packet, nh: Result<NextHop, Reason>, reason: Rea
 /// Each path is a function of its own (a cheap BPF-to-BPF call): inlined together, their
 /// temporaries and register spills overflow the 512-byte BPF stack.
 #[inline(never)]
-fn established(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtValue) -> u64 {
+fn established(env: &Env, pkt: &mut Packet, key: &CtKey, entry: Entry) -> u64 {
     Outcome::of(established_inner(env, pkt, key, entry)).pack()
 }
 
 #[inline(always)]
-fn established_inner(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtValue) -> Result<Outcome, Reason> {
+fn established_inner(
+    env: &Env,
+    pkt: &mut Packet,
+    key: &CtKey,
+    entry: Entry,
+) -> Result<Outcome, Reason> {
     translatable(pkt)?;
     env.counters.event(Event::CT_HIT);
-    // SAFETY: a map value pointer, used during this run (see conntrack).
-    let e = unsafe { &*entry };
+    let e = entry.value();
     nat::rewrite(env.ctx, pkt, End::Destination, &e.nat_addr, e.nat_port_be)?;
     let (nh, fresh) = next_hop(env, pkt, e);
     let (service_id, backend_id) = (e.service_id, e.backend_id);
-    conntrack::refresh_forward(key, entry, pkt, env.now, &learned(&nh, fresh), &env.counters);
+    conntrack::refresh_forward(
+        key,
+        entry,
+        pkt,
+        env.now,
+        &learned(&nh, fresh),
+        &env.counters,
+    );
     stats::service(service_id, pkt.ip_len, false);
     stats::backend(backend_id, pkt.ip_len, false, false);
     send(env.ctx, pkt, nh, Reason::FORWARD_ESTABLISHED)
@@ -148,14 +179,15 @@ fn new_flow_inner(env: &Env, pkt: &mut Packet, key: &CtKey) -> Result<Outcome, R
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
-    // SAFETY: a pointer returned by the map. The map is not preallocated, so the element
-    // is not recycled before an RCU grace period, i.e. not during this run (see maps.rs).
-    let frontend: &FrontendValue =
-        unsafe { &*XLB_FRONTENDS.get_ptr(&fkey).ok_or(Reason::NOT_FRONTEND)? };
+    let frontend = frontend(&fkey).ok_or(Reason::NOT_FRONTEND)?;
     translatable(pkt)?;
     let service_id = frontend.service_id;
     let affinity = frontend.flags & FRONTEND_F_AFFINITY != 0;
-    let sticky = if affinity { select::remembered(frontend, key, env.now) } else { 0 };
+    let sticky = if affinity {
+        select::remembered(frontend, key, env.now)
+    } else {
+        0
+    };
     let chosen = if sticky != 0 {
         env.counters.event(Event::AFFINITY_HIT);
         select::by_id(sticky)
@@ -176,7 +208,13 @@ fn new_flow_inner(env: &Env, pkt: &mut Packet, key: &CtKey) -> Result<Outcome, R
     if affinity && sticky == 0 {
         select::remember(service_id, key, id, env.now);
     }
-    nat::rewrite(env.ctx, pkt, End::Destination, &backend.addr, backend.port_be)?;
+    nat::rewrite(
+        env.ctx,
+        pkt,
+        End::Destination,
+        &backend.addr,
+        backend.port_be,
+    )?;
     let nh = fwd::lookup(env.ctx, pkt);
     let flow = conntrack::NewFlow::new(pkt, id, service_id, env.now, learned(&nh, true));
     conntrack::create(key, backend, &flow, &env.counters);
@@ -188,18 +226,25 @@ fn new_flow_inner(env: &Env, pkt: &mut Packet, key: &CtKey) -> Result<Outcome, R
 
 /// A reply from a backend to a client: the source becomes the VIP again.
 #[inline(never)]
-fn from_backend(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtValue) -> u64 {
+fn from_backend(env: &Env, pkt: &mut Packet, key: &CtKey, entry: Entry) -> u64 {
     Outcome::of(from_backend_inner(env, pkt, key, entry)).pack()
 }
 
 #[inline(always)]
-fn from_backend_inner(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtValue) -> Result<Outcome, Reason> {
+fn from_backend_inner(
+    env: &Env,
+    pkt: &mut Packet,
+    key: &CtKey,
+    entry: Entry,
+) -> Result<Outcome, Reason> {
     translatable(pkt)?;
     if pkt.has_tcp_flag(TCP_RST) && refused(env, key, entry) != 0 {
-        return Ok(Outcome::new(lb_common::stats::XDP_DROP, Reason::CONN_REFUSED));
+        return Ok(Outcome::new(
+            lb_common::stats::XDP_DROP,
+            Reason::CONN_REFUSED,
+        ));
     }
-    // SAFETY: a map value pointer, used during this run (see conntrack).
-    let e = unsafe { &*entry };
+    let e = entry.value();
     nat::rewrite(env.ctx, pkt, End::Source, &e.nat_addr, e.nat_port_be)?;
     let (nh, fresh) = next_hop(env, pkt, e);
     let backend_id = e.backend_id;
@@ -214,27 +259,28 @@ fn from_backend_inner(env: &Env, pkt: &mut Packet, key: &CtKey, entry: *mut CtVa
 /// retransmits its SYN (after a second), which is balanced afresh, by then without the
 /// backend. Off the per-packet path: only RSTs get here.
 #[inline(never)]
-fn refused(env: &Env, key: &CtKey, entry: *mut CtValue) -> u32 {
-    // SAFETY: a map value pointer, used during this run (see conntrack).
-    let e = unsafe { &*entry };
+fn refused(env: &Env, key: &CtKey, entry: Entry) -> u32 {
+    let e = entry.value();
     let forward = conntrack::forward_key(key, e);
-    let Some(f) = XLB_CONNTRACK.get_ptr(&forward) else { return 0 };
-    // SAFETY: as above.
-    if unsafe { (*f).state } != CT_STATE_SYN_SENT {
+    let Some(f) = conntrack::lookup(&forward) else {
+        return 0;
+    };
+    if f.value().state != CT_STATE_SYN_SENT {
         return 0;
     }
     let (backend_id, service_id) = (e.backend_id, e.service_id);
     env.counters.event(Event::CONN_REFUSED);
     stats::backend_failed(backend_id, service_id, false);
-    let fkey = FrontendKey { addr: e.nat_addr, port_be: e.nat_port_be, proto: key.proto, family: key.family };
-    if let Some(fe) = XLB_FRONTENDS.get_ptr(&fkey) {
-        // SAFETY: see new_flow_inner.
-        if unsafe { (*fe).flags } & FRONTEND_F_FAIL_OPEN != 0 {
-            return 0;
-        }
+    let fkey = FrontendKey {
+        addr: e.nat_addr,
+        port_be: e.nat_port_be,
+        proto: key.proto,
+        family: key.family,
+    };
+    if frontend(&fkey).is_some_and(|fe| fe.flags & FRONTEND_F_FAIL_OPEN != 0) {
+        return 0;
     }
-    let _ = XLB_CONNTRACK.remove(&forward);
-    let _ = XLB_CONNTRACK.remove(key);
+    conntrack::forget(&forward, key);
     1
 }
 
@@ -248,15 +294,13 @@ fn unreachable(env: &Env, key: &CtKey) -> u64 {
     let Some(entry) = conntrack::lookup(key) else {
         return Outcome::new(XDP_PASS, Reason::NOT_TCP_UDP).pack();
     };
-    // SAFETY: a map value pointer, used during this run (see conntrack).
-    let e = unsafe { &*entry };
-    if !conntrack::is_reply(e) {
+    let e = entry.value();
+    if !entry.is_reply() {
         return Outcome::new(XDP_PASS, Reason::NOT_TCP_UDP).pack();
     }
     let forward = conntrack::forward_key(key, e);
     env.counters.event(Event::BACKEND_UNREACHABLE);
     stats::backend_failed(e.backend_id, e.service_id, true);
-    let _ = XLB_CONNTRACK.remove(&forward);
-    let _ = XLB_CONNTRACK.remove(key);
+    conntrack::forget(&forward, key);
     Outcome::new(XDP_PASS, Reason::BACKEND_UNREACHABLE).pack()
 }

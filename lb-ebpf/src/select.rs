@@ -56,7 +56,12 @@ pub fn affinity_hash(key: &CtKey) -> u32 {
 
 #[inline(always)]
 fn affinity_key(service_id: u32, key: &CtKey) -> AffinityKey {
-    AffinityKey { client: key.src, service_id, family: key.family, _pad: [0; 3] }
+    AffinityKey {
+        client: key.src,
+        service_id,
+        family: key.family,
+        _pad: [0; 3],
+    }
 }
 
 /// The backend the client of `key` was last sent to by this service, if that was within
@@ -77,7 +82,10 @@ pub fn remembered(frontend: &FrontendValue, key: &CtKey, now: u64) -> u32 {
     if now.saturating_sub(last_seen) > frontend.affinity_timeout_s as u64 * NS_PER_S {
         return 0;
     }
-    let member = MemberKey { service_id: frontend.service_id, backend_id };
+    let member = MemberKey {
+        service_id: frontend.service_id,
+        backend_id,
+    };
     // SAFETY: read-only presence check.
     if unsafe { XLB_AFFINITY_MEMBERS.get(&member) }.is_none() {
         return 0;
@@ -91,7 +99,11 @@ pub fn remembered(frontend: &FrontendValue, key: &CtKey, now: u64) -> u32 {
 #[inline(never)]
 pub fn remember(service_id: u32, key: &CtKey, backend_id: u32, now: u64) -> u32 {
     let akey = affinity_key(service_id, key);
-    let value = AffinityValue { backend_id, _pad: 0, last_seen_ns: now };
+    let value = AffinityValue {
+        backend_id,
+        _pad: 0,
+        last_seen_ns: now,
+    };
     // A failed insert only costs the client its affinity for this flow.
     XLB_AFFINITY.insert(&akey, &value, BPF_ANY).is_err() as u32
 }

@@ -1,8 +1,6 @@
 //! Per-CPU counters. Nothing per-packet is logged; everything per-packet is counted here.
 
-use lb_common::stats::{
-    ACTIONS, BackendStats, Event, GlobalStats, REASONS, Reason,
-};
+use lb_common::stats::{ACTIONS, BackendStats, Event, GlobalStats, REASONS, Reason};
 
 use crate::maps::{XLB_BACKEND_STATS, XLB_SERVICE_STATS, XLB_STATS};
 
@@ -14,7 +12,9 @@ pub struct Counters {
 impl Counters {
     #[inline(always)]
     pub fn get() -> Self {
-        Self { global: XLB_STATS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut()) }
+        Self {
+            global: XLB_STATS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut()),
+        }
     }
 
     /// Counts the packet's outcome; called exactly once per packet.
@@ -100,6 +100,18 @@ pub fn backend_failed(backend_id: u32, service_id: u32, unreachable: bool) {
             }
         }
     }
-    let kind = if unreachable { lb_common::maps::SIGNAL_UNREACHABLE } else { lb_common::maps::SIGNAL_CONN_REFUSED };
-    let _ = crate::maps::XLB_SIGNALS.output(&lb_common::maps::Signal { kind, backend_id, service_id, _pad: 0 }, 0);
+    let kind = if unreachable {
+        lb_common::maps::SIGNAL_UNREACHABLE
+    } else {
+        lb_common::maps::SIGNAL_CONN_REFUSED
+    };
+    let _ = crate::maps::XLB_SIGNALS.output(
+        &lb_common::maps::Signal {
+            kind,
+            backend_id,
+            service_id,
+            _pad: 0,
+        },
+        0,
+    );
 }

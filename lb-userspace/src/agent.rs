@@ -68,10 +68,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             hostname().context("no --node-name given and the host name is unreadable")?
         }
     };
-    if let Some(dir) = &args.manifests {
-        if !dir.is_dir() {
-            anyhow::bail!("--manifests {}: not a directory", dir.display());
-        }
+    if let Some(dir) = &args.manifests
+        && !dir.is_dir()
+    {
+        anyhow::bail!("--manifests {}: not a directory", dir.display());
     }
     let listener = metrics::bind(args.metrics_addr).await?;
     let client = if args.kubernetes {
@@ -196,12 +196,9 @@ async fn serve(
     let sink: sources::Sink = Box::new(move |change| sink_tx.send(Msg::Change(change)).is_ok());
     let source = match (&args.manifests, client) {
         (Some(dir), _) => tokio::spawn(sources::manifests::run(dir.clone(), sink, metrics.clone())),
-        (None, Some(client)) => tokio::spawn(sources::kube::run(
-            client,
-            node_name,
-            sink,
-            metrics.clone(),
-        )),
+        (None, Some(client)) => {
+            tokio::spawn(sources::kube::run(client, node_name, sink, metrics.clone()))
+        }
         (None, None) => unreachable!("clap requires a source"),
     };
 
@@ -241,7 +238,10 @@ async fn serve(
 /// come.
 async fn read_signals(mut signals: Signals, tx: mpsc::Sender<Msg>) -> anyhow::Result<()> {
     loop {
-        let signal = signals.next().await.context("reading the datapath's signals")?;
+        let signal = signals
+            .next()
+            .await
+            .context("reading the datapath's signals")?;
         if tx.send(Msg::ConnectionFailed(signal.backend_id)).is_err() {
             return Ok(());
         }

@@ -8,10 +8,7 @@ use std::{
     net::IpAddr,
 };
 
-use lb_common::{
-    Family, Proto,
-    maps::BackendValue,
-};
+use lb_common::{Family, Proto, maps::BackendValue};
 
 /// Which of a Service port's frontends a datapath service serves. Traffic policies can give
 /// in-cluster and external traffic different backends; when they coincide, one service

@@ -78,10 +78,10 @@ pub fn read(dir: &Path) -> Result<Report, DatapathError> {
     for frontend in live.values() {
         if let Some(table) = maps.table(frontend) {
             for b in &table {
-                if let std::collections::btree_map::Entry::Vacant(e) = backends.entry(*b) {
-                    if let Some(v) = maps.backend(*b) {
-                        e.insert(BackendKey::of(&v).to_string());
-                    }
+                if let std::collections::btree_map::Entry::Vacant(e) = backends.entry(*b)
+                    && let Some(v) = maps.backend(*b)
+                {
+                    e.insert(BackendKey::of(&v).to_string());
                 }
             }
         }

@@ -67,7 +67,12 @@ fn every_golden_state_is_adopted_without_a_write() {
                 .problems
                 .is_empty();
             let report = adopter.sync(&mut adopted_maps).unwrap();
-            if rejected || report.problems.iter().any(|p| matches!(p, Problem::Rejected { .. })) {
+            if rejected
+                || report
+                    .problems
+                    .iter()
+                    .any(|p| matches!(p, Problem::Rejected { .. }))
+            {
                 // A new agent cannot know the last valid version of an object that is
                 // invalid when it starts: that Service is not programmed (documented).
                 continue;

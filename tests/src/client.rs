@@ -68,10 +68,10 @@ pub fn udp_ask(
         let (n, from) = sock.recv_from(&mut buf)?;
         let text = String::from_utf8_lossy(&buf[..n]).to_string();
         // "<name> req <id>": skip stale replies to earlier requests.
-        if let Some((name, rest)) = text.split_once(' ') {
-            if rest == payload {
-                return Ok((name.to_string(), from));
-            }
+        if let Some((name, rest)) = text.split_once(' ')
+            && rest == payload
+        {
+            return Ok((name.to_string(), from));
         }
     }
 }

@@ -5,10 +5,7 @@ mod common;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use xlb_tests::{
-    client::TcpSession,
-    lab::{DNS_V4, DNS_V6, WEB_V4, WEB_V6},
-};
+use xlb_tests::lab::{DNS_V4, DNS_V6, WEB_V4, WEB_V6};
 
 const CONNECTIONS: usize = 90;
 const DATAGRAMS: usize = 90;
@@ -45,18 +42,7 @@ fn established_connections_survive_the_removal_of_a_backend() {
     let mut lab = common::default_lab();
     for vip in [WEB_V4, WEB_V6] {
         // Long-lived connections spread over all three backends.
-        let sessions = lab
-            .client
-            .run(move || {
-                (0..30)
-                    .map(|_| {
-                        let mut s = TcpSession::connect(vip).unwrap();
-                        let name = s.ask().unwrap();
-                        (s, name)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .unwrap();
+        let sessions = common::open_sessions(&lab, &[vip], 30);
         let names: std::collections::BTreeSet<&str> =
             sessions.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names.len(), 3, "{vip}: connections on every backend");
@@ -66,23 +52,7 @@ fn established_connections_survive_the_removal_of_a_backend() {
 
         // Every established connection keeps working with the same backend, including the
         // ones on b3 (still running, just no longer taking new flows).
-        let after = lab
-            .client
-            .run(move || {
-                sessions
-                    .into_iter()
-                    .map(|(mut s, before)| {
-                        (
-                            before,
-                            s.ask().expect("established connection keeps working"),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .unwrap();
-        for (before, now) in &after {
-            assert_eq!(before, now, "{vip}: a connection changed backend");
-        }
+        common::assert_sessions_kept(&lab, sessions, &format!("{vip}: b3 removed"));
         // New connections go to b1 and b2 only.
         let seen = tcp_spread(&lab, vip);
         assert!(
@@ -131,21 +101,7 @@ fn a_restarted_agent_adopts_the_pinned_maps_and_established_connections_survive(
 
         // Every connection opened before the restart still works, on the same backend
         // (the connection table was pinned, so it carried over).
-        let after = lab
-            .client
-            .run(move || {
-                sessions
-                    .into_iter()
-                    .map(|(mut s, before)| (before, s.ask().unwrap()))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap();
-        for (before, now) in &after {
-            assert_eq!(
-                before, now,
-                "signal {signal}: a connection changed backend across the restart"
-            );
-        }
+        common::assert_sessions_kept(&lab, sessions, &format!("restart after signal {signal}"));
         let seen = tcp_spread(&lab, WEB_V4);
         assert_eq!(seen.len(), 3, "new connections use every backend: {seen:?}");
     }
@@ -235,7 +191,7 @@ fn pins_of_an_incompatible_layout_are_refused_with_a_clear_error_and_cleanup_cle
     // `xlb cleanup` removes them; then an agent starts fresh.
     let cleanup = std::process::Command::new(common::xlb_bin())
         .args(["cleanup", "--bpffs"])
-        .arg(&pins)
+        .arg(pins)
         .output()
         .unwrap();
     assert!(

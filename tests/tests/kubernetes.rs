@@ -374,19 +374,7 @@ fn established_connections_of_one_service_survive_updates_to_another() {
     common::time_until("the churn to settle", Duration::from_secs(5), || {
         common::udp_spread(lab, DNS_V4, 12).len() == 3
     });
-    let after = k
-        .lab
-        .client
-        .run(move || {
-            sessions
-                .into_iter()
-                .map(|(mut s, before)| (before, s.ask().unwrap()))
-                .collect::<Vec<_>>()
-        })
-        .unwrap();
-    for (before, now) in &after {
-        assert_eq!(before, now, "a web connection changed backend");
-    }
+    common::assert_sessions_kept(&k.lab, sessions, "churn on another service");
 }
 
 #[test]

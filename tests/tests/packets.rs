@@ -19,8 +19,8 @@ use lb_common::{
 };
 use xlb::{
     datapath::{Datapath, LoadOptions},
-    sources::manifests,
     model::BackendKey,
+    sources::manifests,
     sync::{self, Applied, PlanConfig},
     translate,
 };
@@ -260,7 +260,7 @@ fn established_flows_keep_their_backend_when_the_backend_set_changes() {
         for (sport, dst) in &before {
             // A mid-flow packet (ACK, no SYN) of the same flow.
             let mut f = frame(true, client, vip, *sport, 80, b"more");
-            f[47] = 0x10;
+            f.set_tcp_flags(tcp::ACK);
             let (action, out) = env.run(&f);
             assert_eq!(action, XDP_REDIRECT);
             assert_eq!(
@@ -368,18 +368,7 @@ fn cases() -> Vec<Case> {
         },
     ];
     let mut ttl1 = tcp.clone();
-    ttl1[22] = 1;
-    // Keep the IPv4 header checksum right for the new TTL.
-    let sum = lb_common::csum::checksum(
-        &{
-            let mut h = ttl1[14..34].to_vec();
-            h[10] = 0;
-            h[11] = 0;
-            h
-        },
-        0,
-    );
-    ttl1[24..26].copy_from_slice(&sum.to_ne_bytes());
+    ttl1.set_ttl(1);
     cases.push(Case {
         what: "TTL 1 to a VIP",
         input: ttl1,
@@ -387,7 +376,7 @@ fn cases() -> Vec<Case> {
         counter: ("pass", "ttl_expired"),
     });
     let mut proto = tcp.clone();
-    proto[23] = 47;
+    proto.set_protocol(47);
     cases.push(Case {
         what: "GRE to a VIP",
         input: proto,
@@ -395,7 +384,7 @@ fn cases() -> Vec<Case> {
         counter: ("pass", "not_tcp_udp"),
     });
     let mut later = udp.clone();
-    later[21] = 0x10;
+    later.set_fragment(false, 16);
     cases.push(Case {
         what: "non-first IPv4 fragment to a VIP",
         input: later,
@@ -403,7 +392,7 @@ fn cases() -> Vec<Case> {
         counter: ("pass", "fragment"),
     });
     let mut first = udp.clone();
-    first[20] = 0x20;
+    first.set_fragment(true, 0);
     cases.push(Case {
         what: "first IPv4 fragment to a VIP",
         input: first,
@@ -411,7 +400,7 @@ fn cases() -> Vec<Case> {
         counter: ("drop", "fragmented_flow"),
     });
     let mut ihl = tcp.clone();
-    ihl[14] = 0x44;
+    ihl.raw_ihl(4);
     cases.push(Case {
         what: "IPv4 IHL 4",
         input: ihl,
@@ -419,7 +408,7 @@ fn cases() -> Vec<Case> {
         counter: ("drop", "malformed_ipv4"),
     });
     let mut arp = tcp.clone();
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    arp.set_ethertype(0x0806);
     cases.push(Case {
         what: "ARP",
         input: arp,
@@ -452,7 +441,7 @@ fn cases() -> Vec<Case> {
     });
     // A consistent IPv4 packet whose TCP header is too short.
     let mut short = tcp[..14 + 20 + 10].to_vec();
-    short[16..18].copy_from_slice(&30u16.to_be_bytes());
+    short.set_total_length(30);
     cases.push(Case {
         what: "TCP header shorter than 20 bytes",
         input: short,
@@ -608,14 +597,9 @@ fn session_affinity_keeps_a_client_on_its_backend_until_it_leaves_or_times_out()
     });
 }
 
-/// Sets a TCP frame's flags (offset of the flags byte: Ethernet, IP header, 13).
+/// A TCP frame with other flags (checksums kept right).
 fn with_tcp_flags(mut f: Vec<u8>, flags: u8) -> Vec<u8> {
-    let l4 = if f[12] == 0x08 {
-        14 + (f[14] & 0x0f) as usize * 4
-    } else {
-        14 + 40
-    };
-    f[l4 + 13] = flags;
+    f.set_tcp_flags(flags);
     f
 }
 
@@ -690,7 +674,9 @@ fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalance
                     proto: Proto::TCP,
                 })
                 .unwrap();
-            let signal = signals.try_next().expect("a signal for the refused connection");
+            let signal = signals
+                .try_next()
+                .expect("a signal for the refused connection");
             assert_eq!(
                 (signal.kind, signal.backend_id),
                 (lb_common::maps::SIGNAL_CONN_REFUSED, id)
@@ -717,11 +703,11 @@ fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalance
             let backend = summary(&out).dst;
             env.run(&with_tcp_flags(
                 frame(true, client, vip, sport, 80, b"x"),
-                0x10,
+                tcp::ACK,
             ));
             let (action, out) = env.run(&with_tcp_flags(
                 frame(true, backend, client, 8080, sport, b""),
-                0x14,
+                tcp::ACK | tcp::RST,
             ));
             assert_eq!(
                 action, XDP_REDIRECT,

@@ -35,6 +35,10 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<()> {
     let root = workspace_root();
     let filter: Vec<String> = opts.filter.iter().cloned().collect();
 
+    let step = ui::step("style: rustfmt and clippy (warnings are errors) on both workspaces");
+    lint(&root, &built.ebpf_object)?;
+    step.done();
+
     let step = ui::step(
         "host tests: lb-common, lb-userspace (unit, golden, adoption), xtask, test support",
     );
@@ -93,6 +97,61 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// rustfmt (`rustfmt.toml` covers both workspaces) and clippy with warnings as errors on
+/// the root workspace and on the eBPF crate. Clippy sees the eBPF crate built for the
+/// host (as its unit tests are): clippy-driver is the rustup toolchain's, so that
+/// toolchain's rustc builds it, in a target directory of its own.
+fn lint(root: &std::path::Path, object: &std::path::Path) -> anyhow::Result<()> {
+    run_visible(cargo().current_dir(root).args(["fmt", "--all", "--check"]))
+        .context("the workspace is not formatted: run `cargo fmt --all`")?;
+    run_visible(
+        cargo()
+            .current_dir(root.join("lb-ebpf"))
+            .args(["fmt", "--all", "--check"]),
+    )
+    .context("lb-ebpf is not formatted: run `cargo fmt --all` in lb-ebpf/")?;
+    run_visible(
+        cargo()
+            .current_dir(root)
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("XLB_EBPF_OBJECT", object),
+    )
+    .context("clippy found problems in the workspace")?;
+    let rustc = rustup_rustc()?;
+    let host = host_triple(&rustc)?;
+    run_visible(
+        cargo()
+            .current_dir(root.join("lb-ebpf"))
+            .args([
+                "clippy", "--lib", "--tests", "--target", &host, "--", "-D", "warnings",
+            ])
+            .env("RUSTC", &rustc)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("CARGO_TARGET_DIR", root.join("target/ebpf-clippy")),
+    )
+    .context("clippy found problems in lb-ebpf")
+}
+
+/// The rustc that goes with `cargo clippy`'s driver: the rustup toolchain's, next to the
+/// cargo that runs xtask.
+fn rustup_rustc() -> anyhow::Result<PathBuf> {
+    let cargo = PathBuf::from(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let rustc = cargo.with_file_name("rustc");
+    anyhow::ensure!(
+        rustc.is_file(),
+        "no rustc next to {} (clippy needs the toolchain cargo belongs to)",
+        cargo.display()
+    );
+    Ok(rustc)
 }
 
 /// The schema validator, pinned, and the Kubernetes version whose schemas the manifests

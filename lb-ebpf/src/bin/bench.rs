@@ -38,7 +38,12 @@ pub fn bench_parse_tx(ctx: XdpContext) -> u32 {
     let mut p = parse::Packet::EMPTY;
     match parse::parse_headers(&ctx, &mut p) {
         // Fold the parsed fields into the verdict so the parse cannot be optimised away.
-        Ok(()) if (p.key.sport_be ^ p.key.dport_be) as u32 ^ p.key.src.raw[0] ^ p.key.dst.raw[3] != 0x5eed_f00d => XDP_TX,
+        Ok(())
+            if (p.key.sport_be ^ p.key.dport_be) as u32 ^ p.key.src.raw[0] ^ p.key.dst.raw[3]
+                != 0x5eed_f00d =>
+        {
+            XDP_TX
+        }
         Ok(()) => XDP_PASS,
         Err(_) => XDP_DROP,
     }

@@ -117,10 +117,8 @@ impl RealMaps {
         for key in outer.keys() {
             let service = key.map_err(map_err(names::MAGLEV))?;
             // A map of maps answers a userspace lookup with the inner map's id.
-            if let Some(id) =
-                single::lookup::<u32, u32>(self.outer_fd(), &service).map_err(|e| {
-                    read_back(format!("{}: service {service}", names::MAGLEV), e)
-                })?
+            if let Some(id) = single::lookup::<u32, u32>(self.outer_fd(), &service)
+                .map_err(|e| read_back(format!("{}: service {service}", names::MAGLEV), e))?
             {
                 out.push((service, id));
             }
@@ -306,10 +304,7 @@ impl RealMaps {
     }
 }
 
-fn read_back(
-    what: String,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> DatapathError {
+fn read_back(what: String, e: impl std::error::Error + Send + Sync + 'static) -> DatapathError {
     DatapathError::ReadBack {
         what,
         source: Box::new(e),

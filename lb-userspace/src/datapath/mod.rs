@@ -41,7 +41,9 @@ pub enum Incompatible {
     },
     #[error("their layout version is {found}, this agent's is {want}")]
     Version { found: u32, want: u32 },
-    #[error("{name} has {key}-byte keys and {value}-byte values, this agent expects {want_key} and {want_value}")]
+    #[error(
+        "{name} has {key}-byte keys and {value}-byte values, this agent expects {want_key} and {want_value}"
+    )]
     Sizes {
         name: &'static str,
         key: u32,

@@ -1,10 +1,7 @@
 //! The pin directory of an agent instance, on a bpffs, and whether the pins an earlier
 //! agent left there can be adopted.
 
-use std::{
-    os::unix::ffi::OsStrExt as _,
-    path::Path,
-};
+use std::{os::unix::ffi::OsStrExt as _, path::Path};
 
 use aya::maps::{Array, Map, MapData};
 use lb_common::maps::{self as names, BackendValue, FrontendKey, FrontendValue, MemberKey};
@@ -80,10 +77,14 @@ pub fn check_pins(dir: &Path, conntrack_entries: u32) -> Result<bool, DatapathEr
             .collect();
         return Err(incompatible(Incompatible::Missing(missing)));
     }
-    let meta: Array<MapData, lb_common::maps::Meta> =
-        Array::try_from(Map::Array(MapData::from_pin(dir.join(names::META)).map_err(unreadable(names::META))?))
-            .map_err(unreadable(names::META))?;
-    let version = meta.get(&0, 0).map_err(unreadable(names::META))?.layout_version;
+    let meta: Array<MapData, lb_common::maps::Meta> = Array::try_from(Map::Array(
+        MapData::from_pin(dir.join(names::META)).map_err(unreadable(names::META))?,
+    ))
+    .map_err(unreadable(names::META))?;
+    let version = meta
+        .get(&0, 0)
+        .map_err(unreadable(names::META))?
+        .layout_version;
     if version != names::LAYOUT_VERSION {
         return Err(incompatible(Incompatible::Version {
             found: version,

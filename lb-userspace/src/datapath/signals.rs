@@ -78,7 +78,9 @@ impl Signals {
                 return Ok(s);
             }
             let Ring::Polled(fd) = &mut self.ring else {
-                return Err(poll_err(std::io::Error::other("the ring is not registered")));
+                return Err(poll_err(std::io::Error::other(
+                    "the ring is not registered",
+                )));
             };
             let mut guard = fd.readable_mut().await.map_err(poll_err)?;
             drain(guard.get_inner_mut(), &mut self.ready);

@@ -296,10 +296,10 @@ async fn run_probe(
             .probe_healthy
             .get_or_create(&label)
             .set(i64::from(healthy));
-        if let Some(t) = transition {
-            if !report(t) {
-                return;
-            }
+        if let Some(t) = transition
+            && !report(t)
+        {
+            return;
         }
         tokio::time::sleep(jittered(schedule.interval)).await;
     }
@@ -347,7 +347,10 @@ async fn probe_once(probe: &Probe) -> Result<(), ProbeFailure> {
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     while !buf.contains(&b'\n') && buf.len() < 4096 {
-        let n = stream.read(&mut chunk).await.map_err(io(ProbeFailure::Read))?;
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(io(ProbeFailure::Read))?;
         if n == 0 {
             break;
         }
@@ -432,7 +435,10 @@ mod tests {
             addr: http_server(503),
             method,
         };
-        assert!(matches!(probe_once(&bad).await, Err(ProbeFailure::Status(503))));
+        assert!(matches!(
+            probe_once(&bad).await,
+            Err(ProbeFailure::Status(503))
+        ));
         // Not HTTP at all.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -451,7 +457,10 @@ mod tests {
         })
         .await
         .unwrap_err();
-        assert!(matches!(&e, ProbeFailure::NotHttp { line } if line.starts_with("SSH-2.0")), "{e}");
+        assert!(
+            matches!(&e, ProbeFailure::NotHttp { line } if line.starts_with("SSH-2.0")),
+            "{e}"
+        );
     }
 
     #[tokio::test]

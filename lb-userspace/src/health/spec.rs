@@ -123,13 +123,18 @@ pub struct AnnotationError {
 pub fn parse_duration(text: &str) -> Result<Duration, SpecError> {
     let t = text.trim();
     let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = number.parse().map_err(|_| SpecError::NotADuration { text: text.into() })?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| SpecError::NotADuration { text: text.into() })?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" | "" => Duration::from_secs(n),
         "m" => Duration::from_secs(60 * n),
         _ => {
-            return Err(SpecError::UnknownUnit { text: text.into(), unit: unit.into() });
+            return Err(SpecError::UnknownUnit {
+                text: text.into(),
+                unit: unit.into(),
+            });
         }
     };
     if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
@@ -161,7 +166,9 @@ fn parse_threshold(value: &str) -> Result<u32, SpecError> {
         .parse::<u32>()
         .ok()
         .filter(|n| (1..=100).contains(n))
-        .ok_or_else(|| SpecError::Threshold { value: value.into() })
+        .ok_or_else(|| SpecError::Threshold {
+            value: value.into(),
+        })
 }
 
 fn parse_method(value: &str) -> Result<Option<MethodKind>, SpecError> {
@@ -169,7 +176,9 @@ fn parse_method(value: &str) -> Result<Option<MethodKind>, SpecError> {
         "tcp" => Ok(Some(MethodKind::Tcp)),
         "http" => Ok(Some(MethodKind::Http)),
         "none" => Ok(None),
-        other => Err(SpecError::Method { value: other.into() }),
+        other => Err(SpecError::Method {
+            value: other.into(),
+        }),
     }
 }
 
@@ -179,12 +188,16 @@ fn parse_port(value: &str) -> Result<u16, SpecError> {
         .parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| SpecError::Port { value: value.into() })
+        .ok_or_else(|| SpecError::Port {
+            value: value.into(),
+        })
 }
 
 fn parse_path(value: &str) -> Result<String, SpecError> {
     if !value.starts_with('/') || value.contains(char::is_whitespace) {
-        return Err(SpecError::Path { value: value.into() });
+        return Err(SpecError::Path {
+            value: value.into(),
+        });
     }
     Ok(value.to_string())
 }
@@ -200,7 +213,10 @@ impl HealthAnnotations {
             let Some(rest) = key.strip_prefix(ANNOTATION_PREFIX) else {
                 break;
             };
-            out.set(rest, value).map_err(|problem| AnnotationError { key: key.clone(), problem })?;
+            out.set(rest, value).map_err(|problem| AnnotationError {
+                key: key.clone(),
+                problem,
+            })?;
         }
         Ok(out)
     }
@@ -313,22 +329,64 @@ mod tests {
         assert_eq!(port.resolve(&on, true).unwrap().port, Some(8080));
     }
 
-
     #[test]
     fn invalid_annotations_say_which_and_why() {
         let text = |v: &str| v.to_string();
         for (k, v, want) in [
-            ("xlb.dev/health-check", "icmp", SpecError::Method { value: text("icmp") }),
-            ("xlb.dev/health-check-port", "70000", SpecError::Port { value: text("70000") }),
-            ("xlb.dev/health-check-interval", "fast", SpecError::NotADuration { text: text("fast") }),
-            ("xlb.dev/health-check-interval", "90m", SpecError::DurationRange { text: text("90m") }),
-            ("xlb.dev/health-check-status", "500-200", SpecError::Status { text: text("500-200") }),
-            ("xlb.dev/health-check-path", "healthz", SpecError::Path { value: text("healthz") }),
-            ("xlb.dev/health-check-healthy-threshold", "0", SpecError::Threshold { value: text("0") }),
+            (
+                "xlb.dev/health-check",
+                "icmp",
+                SpecError::Method {
+                    value: text("icmp"),
+                },
+            ),
+            (
+                "xlb.dev/health-check-port",
+                "70000",
+                SpecError::Port {
+                    value: text("70000"),
+                },
+            ),
+            (
+                "xlb.dev/health-check-interval",
+                "fast",
+                SpecError::NotADuration { text: text("fast") },
+            ),
+            (
+                "xlb.dev/health-check-interval",
+                "90m",
+                SpecError::DurationRange { text: text("90m") },
+            ),
+            (
+                "xlb.dev/health-check-status",
+                "500-200",
+                SpecError::Status {
+                    text: text("500-200"),
+                },
+            ),
+            (
+                "xlb.dev/health-check-path",
+                "healthz",
+                SpecError::Path {
+                    value: text("healthz"),
+                },
+            ),
+            (
+                "xlb.dev/health-check-healthy-threshold",
+                "0",
+                SpecError::Threshold { value: text("0") },
+            ),
             ("xlb.dev/health-check-colour", "red", SpecError::Unknown),
         ] {
             let e = HealthAnnotations::parse(Some(&ann(&[(k, v)]))).unwrap_err();
-            assert_eq!(e, AnnotationError { key: k.into(), problem: want }, "{k}={v}");
+            assert_eq!(
+                e,
+                AnnotationError {
+                    key: k.into(),
+                    problem: want
+                },
+                "{k}={v}"
+            );
         }
     }
 }

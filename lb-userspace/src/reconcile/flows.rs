@@ -91,7 +91,12 @@ impl Reconciler {
         self.sweep(&sweep, "udp_backend_removed", maps);
     }
 
-    pub(super) fn sweep(&mut self, targets: &[FlowTarget], reason: &'static str, maps: &mut impl Maps) {
+    pub(super) fn sweep(
+        &mut self,
+        targets: &[FlowTarget],
+        reason: &'static str,
+        maps: &mut impl Maps,
+    ) {
         if targets.is_empty() {
             return;
         }
@@ -108,5 +113,4 @@ impl Reconciler {
             Err(e) => self.report_problem(Problem::MapWrite(e.into()), None),
         }
     }
-
 }

@@ -232,7 +232,10 @@ impl Reconciler {
                 // it carries count as programming latency.
                 (None, if self.synced { vec![since] } else { Vec::new() })
             }
-            None => (Some(pending.keys().cloned().collect::<BTreeSet<_>>()), Vec::new()),
+            None => (
+                Some(pending.keys().cloned().collect::<BTreeSet<_>>()),
+                Vec::new(),
+            ),
         };
         since.extend(pending.into_values());
         self.retranslate(scope.as_ref(), &mut report);
@@ -261,15 +264,21 @@ impl Reconciler {
                 self.rejected.clear();
                 self.health.forget_all();
                 self.desired = Desired::default();
-                let keys = self.store.services().iter().map(|s| translate::service_key(s)).collect();
+                let keys = self
+                    .store
+                    .services()
+                    .iter()
+                    .map(|s| translate::service_key(s))
+                    .collect();
                 (keys, Some(std::mem::take(&mut self.translated)))
             }
         };
         for key in &keys {
             let before = previous.as_ref().unwrap_or(&self.translated);
-            let kept: Vec<(ServiceName, ServiceSpec)> = object_range(&before.services, &key.0, &key.1)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let kept: Vec<(ServiceName, ServiceSpec)> =
+                object_range(&before.services, &key.0, &key.1)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
             self.retranslate_one(key, kept, report);
         }
     }
@@ -344,7 +353,9 @@ impl Reconciler {
             None => self.applied.services.keys().cloned().collect(),
             Some(keys) => keys
                 .iter()
-                .flat_map(|k| object_range(&self.applied.services, &k.0, &k.1).map(|(n, _)| n.clone()))
+                .flat_map(|k| {
+                    object_range(&self.applied.services, &k.0, &k.1).map(|(n, _)| n.clone())
+                })
                 .collect(),
         }
     }
@@ -363,10 +374,10 @@ impl Reconciler {
 
     /// After a sync: health targets, gauges, latency and readiness.
     fn finish(&mut self, report: &mut SyncReport, started: Instant, since: Vec<Instant>) {
-        if let Some(targets) = self.health.take_targets() {
-            if let Some(links) = &self.health_links {
-                let _ = links.targets.send(targets);
-            }
+        if let Some(targets) = self.health.take_targets()
+            && let Some(links) = &self.health_links
+        {
+            let _ = links.targets.send(targets);
         }
         self.metrics.set_fail_open(self.health.fail_open());
         report.services = self.desired.services.len();

@@ -154,10 +154,10 @@ impl Applied {
     }
 
     pub(crate) fn put_frontend(&mut self, key: FrontendKey, value: FrontendValue) {
-        if let Some(old) = self.frontends.insert(key, value) {
-            if old.service_id != value.service_id {
-                self.unindex_frontend(old.service_id, &key);
-            }
+        if let Some(old) = self.frontends.insert(key, value)
+            && old.service_id != value.service_id
+        {
+            self.unindex_frontend(old.service_id, &key);
         }
         self.service_frontends
             .entry(value.service_id)
@@ -247,12 +247,12 @@ impl Applied {
         self.flipped.remove(&service);
         if let Some(old) = self.tables.remove(&service) {
             for (key, _) in &old.members {
-                if let Some(id) = self.backend_ids.get(key) {
-                    if let Some(r) = self.backend_refs.get_mut(id) {
-                        *r -= 1;
-                        if *r == 0 {
-                            self.backend_refs.remove(id);
-                        }
+                if let Some(id) = self.backend_ids.get(key)
+                    && let Some(r) = self.backend_refs.get_mut(id)
+                {
+                    *r -= 1;
+                    if *r == 0 {
+                        self.backend_refs.remove(id);
                     }
                 }
             }

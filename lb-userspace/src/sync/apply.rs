@@ -184,8 +184,7 @@ pub fn apply_with(
                 } else {
                     Err(ApplyError::Unsafe(format!(
                         "frontend {}: the table of service {} was not written",
-                        key.to_string(),
-                        value.service_id
+                        key, value.service_id
                     )))
                 }
             }

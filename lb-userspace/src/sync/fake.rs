@@ -73,12 +73,7 @@ impl FakeMaps {
                 .unwrap_or_default()
         };
         for (key, value) in &self.frontends {
-            let _ = write!(
-                out,
-                "frontend {} -> service {}",
-                key.to_string(),
-                value.service_id
-            );
+            let _ = write!(out, "frontend {} -> service {}", key, value.service_id);
             if value.table_size == 0 {
                 out.push_str(" (no backend: dropped)");
             }

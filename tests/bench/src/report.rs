@@ -111,22 +111,22 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
-    if let Some(e) = &r.e2e {
-        if let Some(x) = e.modes.iter().find(|m| m.mode == e2e::Mode::Xlb) {
-            if let Some(c) = x.cpu_vs_iptables {
-                let _ = writeln!(
-                    o,
-                    "| node CPU per forwarded packet at most 1/3 of iptables | {c:.2}x | {} |",
-                    verdict(c <= 1.0 / 3.0)
-                );
-            }
-            if let Some(v) = x.rate_vs_iptables {
-                let _ = writeln!(
-                    o,
-                    "| highest delivered rate at least 3x iptables | {v:.1}x | {} |",
-                    verdict(v >= 3.0)
-                );
-            }
+    if let Some(e) = &r.e2e
+        && let Some(x) = e.modes.iter().find(|m| m.mode == e2e::Mode::Xlb)
+    {
+        if let Some(c) = x.cpu_vs_iptables {
+            let _ = writeln!(
+                o,
+                "| node CPU per forwarded packet at most 1/3 of iptables | {c:.2}x | {} |",
+                verdict(c <= 1.0 / 3.0)
+            );
+        }
+        if let Some(v) = x.rate_vs_iptables {
+            let _ = writeln!(
+                o,
+                "| highest delivered rate at least 3x iptables | {v:.1}x | {} |",
+                verdict(v >= 3.0)
+            );
         }
     }
     if let Some(c) = &r.control {

@@ -220,10 +220,24 @@ pub fn slices_without(service: &str, i: usize) -> String {
 /// `per_vip` TCP connections to each of the web VIPs (both families), each asked once:
 /// the sessions and the backend each is on.
 pub fn open_web_sessions(lab: &Lab, per_vip: usize) -> Vec<(TcpSession, String)> {
+    open_sessions(
+        lab,
+        &[xlb_tests::lab::WEB_V4, xlb_tests::lab::WEB_V6],
+        per_vip,
+    )
+}
+
+/// `per_vip` long-lived connections to each of `vips` from the client, each with the
+/// backend that answered its first request.
+pub fn open_sessions(
+    lab: &Lab,
+    vips: &[std::net::SocketAddr],
+    per_vip: usize,
+) -> Vec<(TcpSession, String)> {
+    let vips = vips.to_vec();
     lab.client
         .run(move || {
-            [xlb_tests::lab::WEB_V4, xlb_tests::lab::WEB_V6]
-                .into_iter()
+            vips.into_iter()
                 .flat_map(|vip| (0..per_vip).map(move |_| vip))
                 .map(|vip| {
                     let mut s = TcpSession::connect(vip).unwrap();
@@ -233,4 +247,24 @@ pub fn open_web_sessions(lab: &Lab, per_vip: usize) -> Vec<(TcpSession, String)>
                 .collect()
         })
         .unwrap()
+}
+
+/// Asks each session again and asserts that it still works and is still answered by the
+/// backend that answered it first; `what` says when (for the failure message).
+pub fn assert_sessions_kept(lab: &Lab, sessions: Vec<(TcpSession, String)>, what: &str) {
+    let after = lab
+        .client
+        .run(move || {
+            sessions
+                .into_iter()
+                .map(|(mut s, before)| (before, s.ask()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    for (before, now) in after {
+        match now {
+            Ok(now) => assert_eq!(before, now, "{what}: a connection changed backend"),
+            Err(e) => panic!("{what}: an established connection (on {before}) broke: {e:#}"),
+        }
+    }
 }

@@ -8,6 +8,8 @@ pub mod parse;
 pub mod snapshot;
 pub mod watch;
 
-pub use parse::{Identity, Loaded, ManifestError, Origin, Sourced, is_manifest_file, load_dir, load_text};
+pub use parse::{
+    Identity, Loaded, ManifestError, Origin, Sourced, is_manifest_file, load_dir, load_text,
+};
 pub use snapshot::{Kept, ManifestProblem, ManifestSource, Reload};
 pub use watch::{DEBOUNCE, DEBOUNCE_MAX, run};

@@ -24,7 +24,6 @@ use crate::{
     translate::{DEFAULT_NAMESPACE, Rejection, TranslateError, validate_slice},
 };
 
-
 /// Where an object came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
@@ -285,27 +284,25 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
         .unwrap_or("<unnamed>")
         .to_string();
     // Namespaced kinds without a namespace go to the default one (as `kubectl apply`).
-    if matches!(kind.as_str(), "Service" | "EndpointSlice") {
-        if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
-            if meta
-                .get("namespace")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                meta.insert("namespace".into(), Value::String(DEFAULT_NAMESPACE.into()));
-            }
-        }
+    if matches!(kind.as_str(), "Service" | "EndpointSlice")
+        && let Some(Value::Object(meta)) = obj.get_mut("metadata")
+        && meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
+        meta.insert("namespace".into(), Value::String(DEFAULT_NAMESPACE.into()));
     }
     // Objects remember where they were read, so that later stages (the translation) can
     // say where a problem is.
-    if matches!(kind.as_str(), "Service" | "EndpointSlice" | "Node") {
-        if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
-            let annotations = meta
-                .entry("annotations")
-                .or_insert_with(|| Value::Object(Default::default()));
-            if let Value::Object(a) = annotations {
-                a.insert(ORIGIN_ANNOTATION.into(), Value::String(origin.to_string()));
-            }
+    if matches!(kind.as_str(), "Service" | "EndpointSlice" | "Node")
+        && let Some(Value::Object(meta)) = obj.get_mut("metadata")
+    {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(a) = annotations {
+            a.insert(ORIGIN_ANNOTATION.into(), Value::String(origin.to_string()));
         }
     }
     let namespace = obj
@@ -333,9 +330,10 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
                     add_object(item, origin, loaded);
                 }
             }
-            None => loaded
-                .errors
-                .push(ManifestError::document(origin, DocumentError::ListWithoutItems)),
+            None => loaded.errors.push(ManifestError::document(
+                origin,
+                DocumentError::ListWithoutItems,
+            )),
         },
         ("v1", "Service") => match serde_json::from_value::<Service>(value) {
             Ok(object) => loaded.services.push(Sourced {
@@ -351,7 +349,9 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
                         object,
                         origin: origin.clone(),
                     }),
-                    Err(TranslateError { reason, .. }) => fail(loaded, DocumentError::Invalid(reason)),
+                    Err(TranslateError { reason, .. }) => {
+                        fail(loaded, DocumentError::Invalid(reason))
+                    }
                 },
                 Err(e) => fail(loaded, DocumentError::Decode(e)),
             }
@@ -363,9 +363,10 @@ fn add_object(mut value: Value, origin: &Origin, loaded: &mut Loaded) {
             }),
             Err(e) => fail(loaded, DocumentError::Decode(e)),
         },
-        (_, "Service") | (_, "EndpointSlice") | (_, "Node") => {
-            fail(loaded, DocumentError::UnsupportedVersion(api_version.clone()))
-        }
+        (_, "Service") | (_, "EndpointSlice") | (_, "Node") => fail(
+            loaded,
+            DocumentError::UnsupportedVersion(api_version.clone()),
+        ),
         ("", _) | (_, "") => loaded
             .errors
             .push(ManifestError::document(origin, DocumentError::NoKind)),
@@ -444,7 +445,13 @@ mod tests {
         let l = load("d.yaml", text);
         assert!(l.slices.is_empty());
         assert!(
-            matches!(&l.errors[0], ManifestError::Object { reason: DocumentError::Invalid(Rejection::Field(_)), .. }),
+            matches!(
+                &l.errors[0],
+                ManifestError::Object {
+                    reason: DocumentError::Invalid(Rejection::Field(_)),
+                    ..
+                }
+            ),
             "{}",
             l.errors[0]
         );

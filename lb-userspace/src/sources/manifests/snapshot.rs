@@ -306,7 +306,13 @@ mod tests {
         let r = src.absorb(loaded(&[("a.yaml", WEB_BROKEN), ("b.yaml", DB)]));
         assert_eq!(services(&r), ["db", "web"]);
         assert!(
-            matches!(r.problems[..], [ManifestProblem::Rejected { kept: Kept::LastValid, .. }]),
+            matches!(
+                r.problems[..],
+                [ManifestProblem::Rejected {
+                    kept: Kept::LastValid,
+                    ..
+                }]
+            ),
             "{:?}",
             r.problems
         );
@@ -314,7 +320,13 @@ mod tests {
         let r = src.absorb(loaded(&[("a.yaml", WEB), ("b.yaml", "kind: [oops\n")]));
         assert_eq!(services(&r), ["db", "web"]);
         assert!(
-            matches!(r.problems[..], [ManifestProblem::Rejected { kept: Kept::FileObjects, .. }]),
+            matches!(
+                r.problems[..],
+                [ManifestProblem::Rejected {
+                    kept: Kept::FileObjects,
+                    ..
+                }]
+            ),
             "{:?}",
             r.problems
         );
@@ -326,7 +338,13 @@ mod tests {
         let r = fresh.absorb(loaded(&[("a.yaml", WEB_BROKEN)]));
         assert!(services(&r).is_empty());
         assert!(
-            matches!(r.problems[..], [ManifestProblem::Rejected { kept: Kept::Nothing, .. }]),
+            matches!(
+                r.problems[..],
+                [ManifestProblem::Rejected {
+                    kept: Kept::Nothing,
+                    ..
+                }]
+            ),
             "{:?}",
             r.problems
         );

@@ -110,4 +110,3 @@ fn relevant(path: &Path) -> bool {
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with(".."))
 }
-

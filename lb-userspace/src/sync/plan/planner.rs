@@ -1,120 +1,20 @@
-//! The planner: a pure function from (desired, applied) to the operations that reconcile
-//! them. It never touches a map; Maglev tables are computed here.
+//! The plan being built, phase by phase: each desired service is bound to an id, gets
+//! its table, its affinity memberships and its frontends; then what the scope no longer
+//! wants, and (in a full plan) what earlier agents left, is pruned. [`Phases`] keeps the
+//! operations by phase and owns their make-before-break order.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::maps::{
-    BackendValue, FRONTEND_F_AFFINITY, FrontendKey, FrontendValue, MAX_TABLE_SIZE, maglev_chunks,
+    FRONTEND_F_AFFINITY, FrontendKey, FrontendValue, MAX_TABLE_SIZE, maglev_chunks,
 };
 
-use super::applied::{Applied, AppliedTable};
+use super::{Op, PlanConfig, PlanError};
 use crate::{
     maglev::{self, table_for, table_slots},
     model::{BackendKey, Desired, ServiceName, ServiceSpec, object_range},
+    sync::applied::{Applied, AppliedTable, IdPool},
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PlanConfig {
-    /// Upper bound of a Maglev table's size (it is rounded down to a prime).
-    pub max_table_size: u32,
-    pub max_frontends: u32,
-}
-
-impl Default for PlanConfig {
-    fn default() -> Self {
-        Self {
-            max_table_size: 65_537,
-            max_frontends: lb_common::maps::MAX_FRONTENDS,
-        }
-    }
-}
-
-/// One write to the maps, or a change of the agent's own bookkeeping.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Binds a service id to a desired service (bookkeeping only).
-    BindService {
-        name: ServiceName,
-        id: u32,
-    },
-    PutBackend {
-        id: u32,
-        value: BackendValue,
-    },
-    /// Writes a table (`slots`: backend ids) into the half `summary` names: the service's
-    /// free half, or, with `realloc`, the first half of a new inner array of
-    /// `summary.capacity` chunks per half that replaces the old array. It goes live when
-    /// the service's frontends are switched to it (the `PutFrontend`s that follow).
-    PutTable {
-        service: u32,
-        slots: Vec<u32>,
-        summary: AppliedTable,
-        realloc: bool,
-    },
-    /// Makes backends members of a service with session affinity (before its frontends
-    /// switch to a table that holds them).
-    PutMembers {
-        service: u32,
-        backends: Vec<u32>,
-    },
-    PutFrontend {
-        key: FrontendKey,
-        value: FrontendValue,
-    },
-    DeleteFrontend {
-        key: FrontendKey,
-    },
-    /// Ends memberships (after the frontends left the tables that held them).
-    DeleteMembers {
-        service: u32,
-        backends: Vec<u32>,
-    },
-    DeleteTable {
-        service: u32,
-    },
-    DeleteBackend {
-        id: u32,
-    },
-    /// Releases a service id (bookkeeping only).
-    UnbindService {
-        name: ServiceName,
-    },
-    /// Records that an adopted table is exactly the one this plan would write
-    /// (bookkeeping only).
-    AdoptTable {
-        service: u32,
-        summary: AppliedTable,
-    },
-}
-
-/// A desired service that could not be (fully) programmed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
-    #[error("{service}: frontend {frontend} is already served by {owner}; keeping that one")]
-    FrontendConflict {
-        service: ServiceName,
-        frontend: String,
-        owner: ServiceName,
-    },
-    #[error("{service}: no free service id (at most {limit} services)")]
-    ServicesFull { service: ServiceName, limit: u32 },
-    #[error("{service}: no free backend id (at most {limit} backends)")]
-    BackendsFull { service: ServiceName, limit: u32 },
-    #[error("{service}: frontend table full (at most {limit} frontends)")]
-    FrontendsFull { service: ServiceName, limit: u32 },
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub ops: Vec<Op>,
-    pub errors: Vec<PlanError>,
-}
-
-impl Plan {
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-}
 
 /// The members a table is built from: backends and weights, sorted.
 fn members(spec: &ServiceSpec) -> Vec<(BackendKey, u32)> {
@@ -167,50 +67,9 @@ fn placement(size: u32, old: Option<&AppliedTable>) -> (u32, u32, bool) {
     }
 }
 
-/// Plans the reconciliation of the services in `scope` (every service when `None`).
-///
-/// `scope` holds Kubernetes objects (namespace, name): the services translated from them
-/// are compared with what is applied for them. `desired` is always the whole desired state,
-/// so that frontend conflicts with services outside the scope are still seen.
-pub fn plan(
-    desired: &Desired,
-    applied: &Applied,
-    scope: Option<&BTreeSet<(String, String)>>,
-    cfg: &PlanConfig,
-) -> Plan {
-    // Everything this plan looks at is found through the scope (ordered ranges and the
-    // per-service frontend index), so a scoped plan costs what its scope holds, not what
-    // the whole state holds.
-    let mut planner = Planner::new(desired, applied, scope, cfg);
-    let wanted: Vec<(&ServiceName, &ServiceSpec)> = match scope {
-        None => desired.services.iter().collect(),
-        Some(objects) => objects
-            .iter()
-            .flat_map(|(ns, name)| object_range(&desired.services, ns, name))
-            .collect(),
-    };
-    for (name, spec) in wanted {
-        let Some(id) = planner.bind(name, spec) else {
-            continue;
-        };
-        let live = planner.table(id, name, spec);
-        planner.memberships(id, spec, live.as_ref());
-        planner.frontends(id, name, spec, live.as_ref());
-    }
-    planner.prune_scope();
-    if scope.is_none() {
-        planner.prune_leftovers();
-    }
-    planner.retire_backends();
-    Plan {
-        ops: planner.ops.into_ops(),
-        errors: planner.errors,
-    }
-}
-
 /// The operations of a plan, by phase.
 #[derive(Default)]
-struct Phases {
+pub(super) struct Phases {
     bind: Vec<Op>,
     put_backends: Vec<Op>,
     put_tables: Vec<Op>,
@@ -226,7 +85,7 @@ struct Phases {
 impl Phases {
     /// The make-before-break order: bookkeeping, new backends, new tables, memberships,
     /// frontend flips; then what became unreachable, frontends first and backends last.
-    fn into_ops(self) -> Vec<Op> {
+    pub(super) fn into_ops(self) -> Vec<Op> {
         self.bind
             .into_iter()
             .chain(self.put_backends)
@@ -243,16 +102,16 @@ impl Phases {
 }
 
 /// A plan being built.
-struct Planner<'a> {
+pub(super) struct Planner<'a> {
     desired: &'a Desired,
     applied: &'a Applied,
     cfg: &'a PlanConfig,
     /// The applied services in scope.
     applied_in_scope: Vec<(&'a ServiceName, &'a u32)>,
-    service_pool: super::applied::IdPool,
-    backend_pool: super::applied::IdPool,
-    ops: Phases,
-    errors: Vec<PlanError>,
+    service_pool: IdPool,
+    backend_pool: IdPool,
+    pub(super) ops: Phases,
+    pub(super) errors: Vec<PlanError>,
     /// Backends this plan creates.
     new_backends: BTreeMap<BackendKey, u32>,
     /// Reference-count changes of backends (tables that take or drop them).
@@ -265,7 +124,7 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(
+    pub(super) fn new(
         desired: &'a Desired,
         applied: &'a Applied,
         scope: Option<&'a BTreeSet<(String, String)>>,
@@ -297,7 +156,7 @@ impl<'a> Planner<'a> {
 
     /// The service id of `name`: its current one, an adopted one its frontends lead to
     /// (binding to it keeps its table and frontends as they are), or a new one.
-    fn bind(&mut self, name: &ServiceName, spec: &ServiceSpec) -> Option<u32> {
+    pub(super) fn bind(&mut self, name: &ServiceName, spec: &ServiceSpec) -> Option<u32> {
         if let Some(id) = self.applied.services.get(name) {
             return Some(*id);
         }
@@ -307,8 +166,7 @@ impl<'a> Planner<'a> {
                 .frontends
                 .get(&FrontendKey::new(fe.ip, fe.port, spec.proto))?
                 .service_id;
-            (self.applied.service_name(id).is_none() && !self.adopting.contains(&id))
-                .then_some(id)
+            (self.applied.service_name(id).is_none() && !self.adopting.contains(&id)).then_some(id)
         });
         let id = match adoptable {
             Some(id) => {
@@ -335,7 +193,12 @@ impl<'a> Planner<'a> {
 
     /// Plans the service's table; returns the table its frontends point at after this
     /// plan (none: no backend).
-    fn table(&mut self, id: u32, name: &ServiceName, spec: &ServiceSpec) -> Option<AppliedTable> {
+    pub(super) fn table(
+        &mut self,
+        id: u32,
+        name: &ServiceName,
+        spec: &ServiceSpec,
+    ) -> Option<AppliedTable> {
         let members = members(spec);
         let old = self.applied.tables.get(&id);
         let size = maglev::table_size(members.len(), self.cfg.max_table_size.min(MAX_TABLE_SIZE));
@@ -433,9 +296,13 @@ impl<'a> Planner<'a> {
     }
 
     /// Affinity memberships: the members of the live table, for affinity services.
-    fn memberships(&mut self, id: u32, spec: &ServiceSpec, live: Option<&AppliedTable>) {
+    pub(super) fn memberships(&mut self, id: u32, spec: &ServiceSpec, live: Option<&AppliedTable>) {
         let want: BTreeSet<u32> = match (live, spec.affinity_timeout_s) {
-            (Some(t), Some(_)) => t.members.iter().filter_map(|(k, _)| self.id_of(k)).collect(),
+            (Some(t), Some(_)) => t
+                .members
+                .iter()
+                .filter_map(|(k, _)| self.id_of(k))
+                .collect(),
             _ => BTreeSet::new(),
         };
         let have = self.applied.members_of(id);
@@ -460,7 +327,7 @@ impl<'a> Planner<'a> {
 
     /// Points the service's frontends at its live table, claiming each unless another
     /// service that still wants it owns it.
-    fn frontends(
+    pub(super) fn frontends(
         &mut self,
         id: u32,
         name: &'a ServiceName,
@@ -515,12 +382,14 @@ impl<'a> Planner<'a> {
 
     /// What the services in scope no longer want: frontends nobody claimed, and services
     /// no longer desired (memberships, tables, ids).
-    fn prune_scope(&mut self) {
+    pub(super) fn prune_scope(&mut self) {
         let scope = std::mem::take(&mut self.applied_in_scope);
         for (_, id) in &scope {
             for key in self.applied.frontends_of(**id) {
                 if !self.claimed.contains_key(key) {
-                    self.ops.delete_frontends.push(Op::DeleteFrontend { key: *key });
+                    self.ops
+                        .delete_frontends
+                        .push(Op::DeleteFrontend { key: *key });
                 }
             }
         }
@@ -557,13 +426,23 @@ impl<'a> Planner<'a> {
 
     /// What no bound service owns (left over): frontends, tables, memberships (a full
     /// plan only).
-    fn prune_leftovers(&mut self) {
+    pub(super) fn prune_leftovers(&mut self) {
         for (key, value) in &self.applied.frontends {
-            if self.applied.service_name(value.service_id).is_none() && !self.claimed.contains_key(key) {
-                self.ops.delete_frontends.push(Op::DeleteFrontend { key: *key });
+            if self.applied.service_name(value.service_id).is_none()
+                && !self.claimed.contains_key(key)
+            {
+                self.ops
+                    .delete_frontends
+                    .push(Op::DeleteFrontend { key: *key });
             }
         }
-        let tables: Vec<u32> = self.applied.tables.keys().copied().filter(|id| self.is_leftover(*id)).collect();
+        let tables: Vec<u32> = self
+            .applied
+            .tables
+            .keys()
+            .copied()
+            .filter(|id| self.is_leftover(*id))
+            .collect();
         for id in tables {
             self.retire_table(id);
         }
@@ -581,7 +460,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Backends whose last table reference this plan removes.
-    fn retire_backends(&mut self) {
+    pub(super) fn retire_backends(&mut self) {
         let gone: Vec<u32> = self
             .ref_delta
             .iter()

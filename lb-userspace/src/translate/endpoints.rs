@@ -1,0 +1,234 @@
+//! EndpointSlices, read for the translation: which endpoint addresses serve a Service
+//! port, on which target port, under which conditions and topology hints; and the
+//! validation of a slice.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::ServicePort,
+        discovery::v1::{Endpoint, EndpointSlice},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use lb_common::{Family, Proto};
+
+use super::{DEFAULT_NAMESPACE, NodeInfo, Rejection, TranslateError};
+use crate::model::Backend;
+
+/// An endpoint address with what the policies look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Candidate {
+    pub(super) backend: Backend,
+    ready: bool,
+    pub(super) serving_terminating: bool,
+    node: Option<String>,
+    /// Zones the endpoint is hinted for; None: no hints.
+    zones: Option<BTreeSet<String>>,
+}
+
+/// Every endpoint address of `family` that serves `port`, with its conditions.
+pub(super) fn candidates(
+    port: &ServicePort,
+    proto: Proto,
+    family: Family,
+    slices: &[&EndpointSlice],
+    weights: &BTreeMap<String, u32>,
+) -> Vec<Candidate> {
+    let address_type = if family == Family::V4 { "IPv4" } else { "IPv6" };
+    let mut out: BTreeMap<(IpAddr, u16), Candidate> = BTreeMap::new();
+    for slice in slices.iter().filter(|s| s.address_type == address_type) {
+        let Some(target) = target_port(port, proto, slice) else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let (ready, serving, terminating) = conditions(ep);
+            let pod = ep.target_ref.as_ref().and_then(|r| r.name.clone());
+            let zones = ep
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|zs| zs.iter().map(|z| z.name.clone()).collect());
+            for addr in &ep.addresses {
+                // Slices are validated when read; an unparsable address is skipped here.
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    continue;
+                };
+                if Family::of(&ip) != family {
+                    continue;
+                }
+                let weight = pod
+                    .as_ref()
+                    .and_then(|p| weights.get(p))
+                    .or_else(|| weights.get(addr))
+                    .copied()
+                    .unwrap_or(1);
+                let c = Candidate {
+                    backend: Backend {
+                        ip,
+                        port: target,
+                        weight,
+                    },
+                    ready,
+                    serving_terminating: serving && terminating,
+                    node: ep.node_name.clone(),
+                    zones: zones.clone(),
+                };
+                // The same address in two slices: the ready one wins.
+                match out.get(&(ip, target)) {
+                    Some(existing) if existing.ready && !c.ready => {}
+                    _ => {
+                        out.insert((ip, target), c);
+                    }
+                }
+            }
+        }
+    }
+    out.into_values().collect()
+}
+
+/// `ready` (unset: ready), `serving` (unset: as ready), `terminating` (unset: false).
+fn conditions(ep: &Endpoint) -> (bool, bool, bool) {
+    let c = ep.conditions.as_ref();
+    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+    (ready, serving, terminating)
+}
+
+/// The backends that take new flows: the ready ones, else the serving-terminating ones.
+pub(super) fn usable(candidates: Vec<Candidate>) -> Vec<Backend> {
+    let ready: Vec<Backend> = candidates
+        .iter()
+        .filter(|c| c.ready)
+        .map(|c| c.backend)
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    candidates
+        .iter()
+        .filter(|c| c.serving_terminating)
+        .map(|c| c.backend)
+        .collect()
+}
+
+/// The candidates on this node.
+pub(super) fn local(candidates: &[Candidate], node: &NodeInfo) -> Vec<Candidate> {
+    candidates
+        .iter()
+        .filter(|c| node.name.is_some() && c.node == node.name)
+        .cloned()
+        .collect()
+}
+
+/// Topology-aware filtering (see the module docs): the candidates hinted for this node's
+/// zone, when the hints can be used; all of them otherwise.
+pub(super) fn by_zone(candidates: &[Candidate], node: &NodeInfo) -> Vec<Candidate> {
+    let Some(zone) = node.zone.as_ref() else {
+        return candidates.to_vec();
+    };
+    let relevant: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.ready || c.serving_terminating)
+        .collect();
+    let complete = !relevant.is_empty() && relevant.iter().all(|c| c.zones.is_some());
+    let mine: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| c.zones.as_ref().is_some_and(|z| z.contains(zone)))
+        .cloned()
+        .collect();
+    if complete && mine.iter().any(|c| c.ready || c.serving_terminating) {
+        mine
+    } else {
+        candidates.to_vec()
+    }
+}
+
+/// The port number endpoints of `slice` serve Service port `port` on (see the module docs).
+fn target_port(port: &ServicePort, proto: Proto, slice: &EndpointSlice) -> Option<u16> {
+    let ports = slice.ports.as_deref()?;
+    let same_proto = |p: &&k8s_openapi::api::discovery::v1::EndpointPort| {
+        p.protocol.as_deref().unwrap_or("TCP") == if proto == Proto::TCP { "TCP" } else { "UDP" }
+    };
+    let service_port_name = port.name.as_deref().unwrap_or("");
+    let by_name = ports
+        .iter()
+        .filter(same_proto)
+        .find(|p| p.name.as_deref().unwrap_or("") == service_port_name)
+        .or_else(|| match &port.target_port {
+            Some(IntOrString::String(target)) => ports
+                .iter()
+                .filter(same_proto)
+                .find(|p| p.name.as_deref() == Some(target)),
+            _ => None,
+        })?;
+    match by_name.port {
+        Some(n) => u16::try_from(n).ok().filter(|n| *n != 0),
+        // "All ports": the target port must then be a number.
+        None => match &port.target_port {
+            Some(IntOrString::Int(n)) => u16::try_from(*n).ok().filter(|n| *n != 0),
+            None => u16::try_from(port.port).ok(),
+            Some(IntOrString::String(_)) => None,
+        },
+    }
+}
+
+/// Validates an EndpointSlice beyond what deserialisation checks. Returns why it cannot be
+/// used; a slice of an address type we do not balance (FQDN) is not an error.
+pub fn validate_slice(slice: &EndpointSlice) -> Result<(), TranslateError> {
+    let namespace = slice
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let name = slice.metadata.name.clone().unwrap_or_default();
+    let err = |reason: String| TranslateError {
+        kind: "EndpointSlice",
+        namespace: namespace.clone(),
+        name: name.clone(),
+        reason: Rejection::Field(reason),
+    };
+    if name.is_empty() {
+        return Err(err("metadata.name is missing".into()));
+    }
+    let family = match slice.address_type.as_str() {
+        "IPv4" => Family::V4,
+        "IPv6" => Family::V6,
+        "FQDN" => return Ok(()),
+        other => {
+            return Err(err(format!(
+                "addressType: {other:?} is not IPv4, IPv6 or FQDN"
+            )));
+        }
+    };
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        for addr in &ep.addresses {
+            match addr.parse::<IpAddr>() {
+                Ok(ip) if Family::of(&ip) == family => {}
+                Ok(_) => {
+                    return Err(err(format!(
+                        "endpoints[{i}].addresses: {addr} is not an {} address",
+                        slice.address_type
+                    )));
+                }
+                Err(_) => {
+                    return Err(err(format!(
+                        "endpoints[{i}].addresses: {addr:?} is not an IP address"
+                    )));
+                }
+            }
+        }
+    }
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        if let Some(n) = p.port
+            && !(1..=65535).contains(&n)
+        {
+            return Err(err(format!("ports[{i}].port: {n} is not a valid port")));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! From Kubernetes objects to the desired state: the one translation both sources (the API
+//! server and manifest files) go through. Every rule below has a golden test
+//! (`testdata/golden/`).
+//!
+//! Frontends
+//! - ClusterIPs (`clusterIPs`, or `clusterIP`): the in-cluster frontends.
+//! - `externalIPs`, `status.loadBalancer.ingress[].ip`, and, for NodePort and
+//!   LoadBalancer Services, `nodePort` on each of this node's addresses (its Node's
+//!   InternalIP and ExternalIP addresses): the external frontends.
+//! - Only in the Service's address families (`ipFamilies`, else those of its cluster IPs;
+//!   both for a Service without any): addresses of another family are reported and
+//!   skipped, as kube-proxy does.
+//! - Headless (`clusterIP: None`) and ExternalName Services are not load-balanced, nor
+//!   are Services labelled `service.kubernetes.io/service-proxy-name` (another proxy's).
+//! - Every TCP or UDP port; other protocols are reported and skipped.
+//!
+//! Backends, per Service port and address family (EndpointSlices labelled
+//! `kubernetes.io/service-name` in the Service's namespace, of that `addressType`)
+//! - The target port is the slice port of the Service port's name (the endpoint
+//!   controller resolved a named `targetPort` there); a slice port named like a string
+//!   `targetPort` also matches (hand-written slices); a slice port without a number ("all
+//!   ports") takes a numeric `targetPort`.
+//! - Conditions, as kube-proxy applies them: `ready` endpoints (unset means ready) take new
+//!   flows; when none is ready, `serving` and `terminating` ones do; other endpoints take
+//!   none. Established connections are never cut by the translation: the datapath's
+//!   connection table keeps them on their backend.
+//! - `internalTrafficPolicy: Local` limits the in-cluster frontends, and
+//!   `externalTrafficPolicy: Local` the external ones, to endpoints whose `nodeName` is
+//!   this node (ready first, then serving-terminating, among those); with no such
+//!   endpoint the frontends drop, as kube-proxy's do.
+//! - Topology: for Cluster policies, when the Service asks for topology-aware routing
+//!   (`service.kubernetes.io/topology-mode` or the older `...topology-aware-hints`
+//!   annotation, set and not `disabled`, or `spec.trafficDistribution`), every usable
+//!   endpoint carries zone hints and one of them names this node's zone, only the
+//!   endpoints hinted for this zone are used. Otherwise hints are ignored.
+//! - Weights: the Service annotation [`WEIGHTS_ANNOTATION`] gives endpoints, by pod name
+//!   (the endpoint's `targetRef`) or by address, a Maglev weight (default 1); weight 0
+//!   takes no new flows.
+//! - `sessionAffinity: ClientIP`: new flows of a client go to its previous backend while
+//!   within `timeoutSeconds` (default 3 h) of its last new flow.
+//!
+//! When the in-cluster and external frontends end up with the same backends, one datapath
+//! service serves both; otherwise each set gets its own.
+//!
+//! [`service`] reads a Service's spec (frontends, families, policies); [`endpoints`] its
+//! EndpointSlices (conditions, topology, target ports).
+
+mod endpoints;
+mod service;
+
+pub use endpoints::validate_slice;
+use service::Shape;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+
+use crate::model::{Desired, ServiceName, ServiceSpec};
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Namespace of objects that do not name one (as `kubectl apply` does).
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Service annotation with endpoint weights: comma-separated `key=weight`, where `key` is
+/// a pod name (the endpoint's `targetRef.name`) or an endpoint address, and `weight` an
+/// integer 0..=1000. Unlisted endpoints weigh 1; weight 0 takes no new flows.
+pub const WEIGHTS_ANNOTATION: &str = "xlb.dev/endpoint-weights";
+/// Services labelled with it are handled by the proxy it names, not by xlb (as for
+/// kube-proxy).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Node label holding its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
+const TOPOLOGY_HINTS_ANNOTATION: &str = "service.kubernetes.io/topology-aware-hints";
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+const DEFAULT_AFFINITY_TIMEOUT_S: i32 = 10_800;
+const MAX_WEIGHT: u32 = 1000;
+
+/// Why an object was rejected. The object is skipped; everything else is still served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {namespace}/{name}: {reason}")]
+pub struct TranslateError {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    #[source]
+    pub reason: Rejection,
+}
+
+/// What is wrong with a rejected object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A field that cannot be used (the message names it).
+    #[error("{0}")]
+    Field(String),
+    /// An invalid `xlb.dev/health-check*` annotation.
+    #[error(transparent)]
+    HealthCheck(#[from] crate::health::AnnotationError),
+}
+
+/// What the translation needs to know about the node it runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: Option<String>,
+    /// Addresses NodePorts are served on.
+    pub addresses: Vec<IpAddr>,
+    pub zone: Option<String>,
+}
+
+impl NodeInfo {
+    /// From the Node object: InternalIP and ExternalIP addresses, the zone label.
+    pub fn from_node(node: &Node) -> Self {
+        let addresses = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect::<BTreeSet<IpAddr>>()
+            .into_iter()
+            .collect();
+        Self {
+            name: node.metadata.name.clone(),
+            addresses,
+            zone: node
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(ZONE_LABEL))
+                .cloned(),
+        }
+    }
+}
+
+/// What one Service translated to, and what of it was skipped.
+#[derive(Debug, Default)]
+pub struct Translated {
+    pub services: Vec<(ServiceName, ServiceSpec)>,
+    /// Parts skipped without rejecting the object (e.g. an SCTP port).
+    pub warnings: Vec<String>,
+}
+
+/// A namespace and name.
+pub type ObjectKey = (String, String);
+
+/// The key of a Service, with the default namespace applied.
+pub fn service_key(svc: &Service) -> ObjectKey {
+    (
+        svc.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+        svc.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The Service an EndpointSlice belongs to, if it is labelled with one.
+pub fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((
+        slice
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+        name.clone(),
+    ))
+}
+
+/// Translates every Service against the slices that belong to it.
+pub fn translate_all<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &NodeInfo,
+) -> (Desired, Vec<TranslateError>, Vec<String>) {
+    let mut by_owner: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        if let Some(owner) = slice_owner(slice) {
+            by_owner.entry(owner).or_default().push(slice);
+        }
+    }
+    let mut desired = Desired::default();
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    for svc in services {
+        let key = service_key(svc);
+        let slices = by_owner.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        match translate_service(svc, slices, node) {
+            Ok(t) => {
+                desired.services.extend(t.services);
+                warnings.extend(t.warnings);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (desired, errors, warnings)
+}
+
+/// Translates one Service and its EndpointSlices.
+pub fn translate_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node: &NodeInfo,
+) -> Result<Translated, TranslateError> {
+    let (namespace, name) = service_key(svc);
+    let reject = |reason: Rejection| TranslateError {
+        kind: "Service",
+        namespace: namespace.clone(),
+        name: name.clone(),
+        reason,
+    };
+    let mut out = Translated::default();
+    let Some(service) = Shape::of(svc, &namespace, &name, &mut out.warnings).map_err(reject)?
+    else {
+        return Ok(out);
+    };
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or(&[]);
+    let mut seen = BTreeSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let Some(port) = service
+            .port(i, port, &mut seen, &mut out.warnings)
+            .map_err(reject)?
+        else {
+            continue;
+        };
+        for family in service.families.iter().copied() {
+            out.services
+                .extend(service.services(&port, family, slices, node));
+        }
+    }
+    Ok(out)
+}
