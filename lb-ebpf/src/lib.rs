@@ -7,6 +7,7 @@ pub mod config;
 pub mod conntrack;
 pub mod frame;
 pub mod fwd;
+pub mod icmp;
 pub mod maps;
 pub mod nat;
 pub mod parse;

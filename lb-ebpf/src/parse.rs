@@ -16,7 +16,10 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::frame::{Frame, load_addr6, load_u16, load_u32};
+use crate::{
+    frame::{Frame, load_addr6, load_u16, load_u32},
+    icmp,
+};
 
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
@@ -30,15 +33,11 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-/// Bytes of an ICMP header before the quoted packet.
-const ICMP_HDR_LEN: usize = 8;
 /// IPv6 extension headers walked before giving up (passing the packet).
 const MAX_IPV6_EXT: usize = 4;
 /// Bound on the offset of the L4 header. Keeps every offset the verifier tracks small; a
 /// longer chain of extension headers is passed to the kernel.
-const MAX_L4_OFFSET: usize = 256;
+pub(crate) const MAX_L4_OFFSET: usize = 256;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -175,7 +174,7 @@ fn parse_ipv4(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
         pkt.icmp_unreachable = false;
         // SAFETY: inside the checked header.
         let from = unsafe { load_u32(addr_of!(ip.src_addr)) };
-        return parse_icmp4(ctx, l3_off + ihl, from, pkt);
+        return icmp::parse_icmp4(ctx, l3_off + ihl, from, pkt);
     }
     if proto != Proto::TCP && proto != Proto::UDP {
         return Err(Reason::NOT_TCP_UDP);
@@ -256,7 +255,7 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
         pkt.icmp_unreachable = false;
         // SAFETY: inside the checked header.
         let from = unsafe { load_addr6(addr_of!(ip.src_addr)) };
-        return parse_icmp6(ctx, off, from, pkt);
+        return icmp::parse_icmp6(ctx, off, from, pkt);
     }
     if proto != Proto::TCP && proto != Proto::UDP {
         return Err(match next {
@@ -288,116 +287,6 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
     pkt.l4_off = off as u16;
     pkt.ip_len = (Ipv6Hdr::LEN + payload_len) as u16;
     parse_l4(ctx, pkt, end)
-}
-
-/// An ICMP destination unreachable (any code) about a TCP/UDP packet, sent by that
-/// packet's destination (`from`): fills `pkt.key` with the tuple of a reply to it. Any
-/// other ICMP message, or one cut short, is passed as it always was (`NOT_TCP_UDP`).
-#[inline(always)]
-fn parse_icmp4(ctx: &impl Frame, off: usize, from: u32, pkt: &mut Packet) -> Result<(), Reason> {
-    // Verifier: IPv4 header at most 60 bytes after at most 18 of L2; bounds every offset.
-    if off > MAX_L4_OFFSET {
-        return Err(Reason::NOT_TCP_UDP);
-    }
-    let icmp: *const [u8; ICMP_HDR_LEN] = ctx.at(off).ok_or(Reason::NOT_TCP_UDP)?;
-    // SAFETY: bounds-checked by Frame::at.
-    if unsafe { (*icmp)[0] } != ICMP_DEST_UNREACH {
-        return Err(Reason::NOT_TCP_UDP);
-    }
-    let inner_off = off + ICMP_HDR_LEN;
-    let inner: *const Ipv4Hdr = ctx.at(inner_off).ok_or(Reason::NOT_TCP_UDP)?;
-    // SAFETY: the quoted packet's fixed header was bounds-checked by Frame::at.
-    let inner = unsafe { &*inner };
-    let ihl = ((inner.vihl & 0x0f) as usize) * 4;
-    if inner.vihl >> 4 != 4
-        || ihl < Ipv4Hdr::LEN
-        || (inner.proto != Proto::TCP.0 && inner.proto != Proto::UDP.0)
-    {
-        return Err(Reason::NOT_TCP_UDP);
-    }
-    // SAFETY: inside the checked header.
-    let (src, dst) = unsafe {
-        (
-            load_u32(addr_of!(inner.src_addr)),
-            load_u32(addr_of!(inner.dst_addr)),
-        )
-    };
-    if dst != from {
-        return Err(Reason::NOT_TCP_UDP);
-    }
-    pkt.key.family = Family::V4;
-    pkt.key.proto = Proto(inner.proto);
-    pkt.key._pad = [0; 2];
-    pkt.key.src = Addr {
-        raw: [dst, 0, 0, 0],
-    };
-    pkt.key.dst = Addr {
-        raw: [src, 0, 0, 0],
-    };
-    quoted_ports(ctx, inner_off + ihl, pkt)
-}
-
-/// [`parse_icmp4`] for ICMPv6 (destination unreachable: type 1). The quoted packet's
-/// extension headers are not walked.
-#[inline(always)]
-fn parse_icmp6(
-    ctx: &impl Frame,
-    off: usize,
-    from: [u32; 4],
-    pkt: &mut Packet,
-) -> Result<(), Reason> {
-    if off > MAX_L4_OFFSET {
-        return Err(Reason::NOT_TCP_UDP);
-    }
-    let icmp: *const [u8; ICMP_HDR_LEN] = ctx.at(off).ok_or(Reason::NOT_TCP_UDP)?;
-    // SAFETY: bounds-checked by Frame::at.
-    if unsafe { (*icmp)[0] } != ICMPV6_DEST_UNREACH {
-        return Err(Reason::NOT_TCP_UDP);
-    }
-    let inner_off = off + ICMP_HDR_LEN;
-    let inner: *const Ipv6Hdr = ctx.at(inner_off).ok_or(Reason::NOT_TCP_UDP)?;
-    // SAFETY: bounds-checked by Frame::at.
-    let inner = unsafe { &*inner };
-    if inner.vcf[0] >> 4 != 6 || (inner.next_hdr != Proto::TCP.0 && inner.next_hdr != Proto::UDP.0)
-    {
-        return Err(Reason::NOT_TCP_UDP);
-    }
-    // SAFETY: inside the checked header.
-    let (src, dst) = unsafe {
-        (
-            load_addr6(addr_of!(inner.src_addr)),
-            load_addr6(addr_of!(inner.dst_addr)),
-        )
-    };
-    if dst != from {
-        return Err(Reason::NOT_TCP_UDP);
-    }
-    pkt.key.family = Family::V6;
-    pkt.key.proto = Proto(inner.next_hdr);
-    pkt.key._pad = [0; 2];
-    pkt.key.src = Addr { raw: dst };
-    pkt.key.dst = Addr { raw: src };
-    quoted_ports(ctx, inner_off + Ipv6Hdr::LEN, pkt)
-}
-
-/// The ports of a quoted packet (its first 4 L4 bytes, which ICMP always quotes),
-/// swapped like its addresses.
-#[inline(always)]
-fn quoted_ports(ctx: &impl Frame, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
-    // Verifier: see MAX_L4_OFFSET (an ICMP error quoting options can go beyond it; such
-    // a message is simply passed).
-    if off > MAX_L4_OFFSET {
-        return Err(Reason::NOT_TCP_UDP);
-    }
-    let ports: *const [[u8; 2]; 2] = ctx.at(off).ok_or(Reason::NOT_TCP_UDP)?;
-    // SAFETY: bounds-checked by Frame::at.
-    unsafe {
-        pkt.key.sport_be = load_u16(addr_of!((*ports)[1]));
-        pkt.key.dport_be = load_u16(addr_of!((*ports)[0]));
-    }
-    pkt.tcp_flags = 0;
-    pkt.icmp_unreachable = true;
-    Ok(())
 }
 
 /// Reads the ports (and TCP flags); `l4_end` is where the IP packet ends.
