@@ -11,6 +11,9 @@
 //!   and a watch from there gets an `ERROR` event with a `410 Expired` Status, as from a
 //!   real API server, so the client must relist.
 //!
+//! Longer than most files: one concern (the protocol a kube-rs client speaks), whose
+//! parts (lists, watches, compaction, outages) only make sense together.
+//!
 //! Tests drive it: create, update and delete objects, compact the history, drop every
 //! watch connection, or take the whole server down (connections reset, the port refuses)
 //! and bring it back on the same port.

@@ -1,6 +1,7 @@
 //! High availability under continuous load in the netns lab: the agent killed and
 //! restarted, the datapath upgraded, backends failing and returning. Each test reports the
 //! requests that failed. Needs root (run by `cargo xtask test`).
+//! One concern (failover under load), many scenarios: hence its length.
 
 mod common;
 

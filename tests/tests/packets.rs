@@ -6,6 +6,8 @@
 //! Every test runs in its own network namespace (`xlb_tests::fixture`), where the FIB
 //! lookups have deterministic answers: backends behind `toback`, clients behind
 //! `toclient`, 10.250.0.0/16 without a route and 10.201.9.0/24 without neighbour entries.
+//!
+//! One concern (the datapath's verdicts on crafted frames), many tables: hence its length.
 
 use std::{
     collections::BTreeSet,

@@ -9,6 +9,9 @@
 //! - `iptables-restore` (a full restore, and kube-proxy's partial `--noflush` sync of one
 //!   changed service) and `nft -f` (full, and a one-service transaction), in a namespace
 //!   of their own.
+//!
+//! Longer than most files: one concern, the control-plane benchmark family, each
+//! measurement next to its kube-proxy counterpart.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -16,6 +16,9 @@
 //!   - node CPU time per forwarded packet: that thread's run time (/proc/<pid>/schedstat,
 //!     ns) per packet delivered, at a fixed rate;
 //!   - the highest delivered rate: the generator flat out.
+//!
+//! Longer than most files: one concern, the lab benchmark family (every mode through
+//! the same measurements), whose parts share the lab and its teardown.
 
 use std::{
     fs::File,
