@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{parse, snapshot::ManifestSource};
@@ -75,10 +76,10 @@ pub fn watch(
             let _ = raw_tx.send(());
         }
     })
-    .map_err(|e| anyhow::anyhow!("--manifests {}: cannot watch: {e}", dir.display()))?;
+    .with_context(|| format!("--manifests {}: cannot watch", dir.display()))?;
     watcher
         .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|e| anyhow::anyhow!("--manifests {}: cannot watch: {e}", dir.display()))?;
+        .with_context(|| format!("--manifests {}: cannot watch", dir.display()))?;
     tokio::spawn(async move {
         while raw_rx.recv().await.is_some() {
             // Debounce: wait for DEBOUNCE of quiet, at most DEBOUNCE_MAX in all.
