@@ -79,6 +79,24 @@ pub const fn client_hash(family: Family, src: &Addr) -> u32 {
     finish(h, 20)
 }
 
+/// The hash a socket's new flow is placed by (socket-level translation, at connect or
+/// sendmsg time): the source port is not chosen yet, so the socket cookie stands in for
+/// the client's address and port. The same mixing as [`flow_hash`], over the VIP and
+/// port.
+#[inline(always)]
+pub const fn socket_hash(
+    family: Family,
+    cookie: u64,
+    dst: &Addr,
+    dport_be: u16,
+    proto: Proto,
+) -> u32 {
+    let src = Addr {
+        raw: [cookie as u32, (cookie >> 32) as u32, 0, 0],
+    };
+    flow_hash(family, &src, dst, 0, dport_be, proto)
+}
+
 /// The Maglev slot for a hash in a table of `size` slots (0 when the table is empty).
 #[inline(always)]
 pub const fn maglev_slot(hash: u32, size: u32) -> u32 {

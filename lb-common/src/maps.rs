@@ -13,6 +13,8 @@
 //! | [`SERVICE_STATS`] | per-CPU array | service id -> [`crate::stats::ServiceStats`] | datapath |
 //! | [`BACKEND_STATS`] | per-CPU array | backend id -> [`crate::stats::BackendStats`] | datapath |
 //! | [`SIGNALS`] | ring buffer | [`Signal`] records | datapath |
+//! | [`SOCK_REVNAT`] | LRU hash | [`SockRevKey`] -> [`SockRevValue`] | socket programs |
+//! | [`TX_PORTS`] | hash | ifindex -> `TX_F_*` bits | agent |
 //!
 //! A service's Maglev tables live in its inner array of [`MaglevChunk`]s, which has two
 //! halves. The frontends of the service name the live one ([`FrontendValue::table_base`],
@@ -28,8 +30,21 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::{Addr, Family, Proto};
 
-/// Name of the XDP program in the object file.
+/// Name of the XDP program in the object file (node devices: traffic from outside).
 pub const PROGRAM: &str = "xlb";
+/// The tc program on pods' host-side interfaces (ingress: what pods send).
+pub const TC_PROGRAM: &str = "xlb_from_pod";
+/// The socket programs, attached to a cgroup (v2): (program name, attach point).
+pub const SOCK_PROGRAMS: [&str; 8] = [
+    "xlb_connect4",
+    "xlb_connect6",
+    "xlb_sendmsg4",
+    "xlb_sendmsg6",
+    "xlb_recvmsg4",
+    "xlb_recvmsg6",
+    "xlb_getpeername4",
+    "xlb_getpeername6",
+];
 
 pub const FRONTENDS: &str = "XLB_FRONTENDS";
 pub const MAGLEV: &str = "XLB_MAGLEV";
@@ -42,6 +57,8 @@ pub const AFFINITY: &str = "XLB_AFFINITY";
 pub const AFFINITY_MEMBERS: &str = "XLB_AFFINITY_MEMBERS";
 pub const META: &str = "XLB_META";
 pub const SIGNALS: &str = "XLB_SIGNALS";
+pub const SOCK_REVNAT: &str = "XLB_SOCK_REVNAT";
+pub const TX_PORTS: &str = "XLB_TX_PORTS";
 
 /// Bytes of the [`SIGNALS`] ring buffer (a power of two, a multiple of the page size):
 /// room for 8k signals between two reads of the agent.
@@ -66,7 +83,7 @@ pub const SIGNAL_CONN_REFUSED: u32 = 1;
 pub const SIGNAL_UNREACHABLE: u32 = 2;
 
 /// Every map the datapath defines, in a fixed order (used to pin and to adopt them).
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 13] = [
     META,
     FRONTENDS,
     MAGLEV,
@@ -78,6 +95,8 @@ pub const ALL_MAPS: [&str; 11] = [
     AFFINITY,
     AFFINITY_MEMBERS,
     SIGNALS,
+    SOCK_REVNAT,
+    TX_PORTS,
 ];
 
 /// Version of the layout of the pinned maps (names, kinds, key and value formats, and
@@ -85,11 +104,13 @@ pub const ALL_MAPS: [&str; 11] = [
 /// version; bump it with any change that an agent of the previous version would
 /// misread.
 ///
+/// 4: the socket programs' [`SOCK_REVNAT`] and the XDP redirect targets [`TX_PORTS`];
+/// more event counters.
 /// 3: the [`SIGNALS`] ring buffer; per-backend refused/unreachable counters.
 /// 2: each service's Maglev table is pinned as `tables/svc-<service>-<map id>` beside
 /// the maps, so that an agent without CAP_SYS_ADMIN (which opening a map by id needs)
 /// can reopen the live tables.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Directory, inside an instance's pin directory, of the pinned Maglev tables.
 pub const TABLES_DIR: &str = "tables";
@@ -113,6 +134,18 @@ pub const CONNTRACK_ENTRIES: u32 = 262_144;
 pub const AFFINITY_ENTRIES: u32 = 131_072;
 /// (service, backend) pairs of the services with session affinity.
 pub const MAX_AFFINITY_MEMBERS: u32 = 262_144;
+/// Translated sockets remembered for recvmsg/getpeername (one per socket and backend).
+pub const SOCK_REVNAT_ENTRIES: u32 = 262_144;
+/// Interfaces that take XDP-redirected frames.
+pub const MAX_TX_PORTS: u32 = 4096;
+
+/// A frame XDP-redirected into the interface is sent: it runs xlb's XDP program (so its
+/// driver has an XDP transmit path) and, for a veth, its peer has NAPI (GRO or an XDP
+/// program); otherwise the frame would be dropped there, silently.
+pub const TX_F_REDIRECT: u32 = 1 << 0;
+/// XDP_TX back out of the interface is sent at once: not a veth, or a veth whose peer
+/// has an XDP program (without one the frame waits in the ring for other traffic).
+pub const TX_F_TX: u32 = 1 << 1;
 
 /// u32 slots per element of a Maglev inner array.
 pub const MAGLEV_CHUNK: usize = 16;
@@ -343,3 +376,34 @@ pub struct MemberKey {
 }
 crate::pod!(MemberKey);
 const _: () = assert!(core::mem::size_of::<MemberKey>() == 8);
+
+/// Key of the socket reverse-translation map: a socket whose connect or sendmsg was
+/// translated to a backend. recvmsg and getpeername find the VIP to show by the socket
+/// and the address the kernel reports (the backend's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct SockRevKey {
+    /// `bpf_get_socket_cookie`: unique for the socket's lifetime.
+    pub cookie: u64,
+    pub backend: Addr,
+    /// Port in network byte order.
+    pub port_be: u16,
+    pub family: Family,
+    pub proto: Proto,
+    pub _pad: u32,
+}
+crate::pod!(SockRevKey);
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
+
+/// The VIP and port a translated socket was addressed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SockRevValue {
+    pub vip: Addr,
+    /// Port in network byte order.
+    pub port_be: u16,
+    pub _pad: [u8; 2],
+    pub service_id: u32,
+}
+crate::pod!(SockRevValue);
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 24);

@@ -129,6 +129,10 @@ reasons! {
     /// (passive health), the flow forgotten (its next packet is balanced afresh), and the
     /// message passed to the kernel untouched.
     BACKEND_UNREACHABLE = 22, "backend_unreachable", XDP_PASS;
+    /// Translated; the egress interface cannot take XDP-redirected frames (a pod's veth
+    /// whose peer has neither NAPI/GRO nor an XDP program drops them): the kernel
+    /// forwards it instead.
+    STACK_NO_XDP_TARGET = 23, "stack_no_xdp_target", XDP_PASS;
 }
 
 /// Number of reason slots per action in [`GlobalStats::packets`].
@@ -158,6 +162,14 @@ impl Event {
     pub const CONN_REFUSED: Self = Self(6);
     /// An ICMP destination unreachable from a backend about one of its flows.
     pub const BACKEND_UNREACHABLE: Self = Self(7);
+    /// A socket's connect or sendmsg to a frontend was translated to a backend.
+    pub const SOCK_TRANSLATED: Self = Self(8);
+    /// A socket's connect or sendmsg to a frontend without a backend was refused.
+    pub const SOCK_NO_BACKEND: Self = Self(9);
+    /// recvmsg or getpeername showed a translated socket the VIP instead of the backend.
+    pub const SOCK_REVERSED: Self = Self(10);
+    /// A reply from a local backend (a pod) got its VIP back at the pod's interface (tc).
+    pub const POD_REPLY: Self = Self(11);
     pub const ALL: &'static [(Event, &'static str)] = &[
         (Self::NEW_FLOW, "new_flow"),
         (Self::CT_HIT, "ct_hit"),
@@ -167,10 +179,14 @@ impl Event {
         (Self::AFFINITY_HIT, "affinity_hit"),
         (Self::CONN_REFUSED, "conn_refused"),
         (Self::BACKEND_UNREACHABLE, "backend_unreachable"),
+        (Self::SOCK_TRANSLATED, "sock_translated"),
+        (Self::SOCK_NO_BACKEND, "sock_no_backend"),
+        (Self::SOCK_REVERSED, "sock_reversed"),
+        (Self::POD_REPLY, "pod_reply"),
     ];
 }
 
-pub const EVENTS: usize = 8;
+pub const EVENTS: usize = 16;
 
 /// The single per-CPU slot of [`crate::maps::STATS`].
 #[repr(C)]

@@ -18,7 +18,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 
 /// Largest offset the datapath ever reads at (headers end well before).
 pub const MAX_OFFSET: usize = 512;
@@ -74,6 +74,22 @@ impl Frame for XdpContext {
     fn end(&self) -> usize {
         // SAFETY: as above.
         unsafe { core::ptr::read_volatile(&(*self.ctx).data_end) as usize }
+    }
+}
+
+/// The same for a socket buffer (tc programs): direct packet access to its linear part
+/// (the tc program pulls the headers in first).
+impl Frame for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        // SAFETY: the context pointer the kernel passed to the program.
+        unsafe { core::ptr::read_volatile(&(*self.skb.skb).data) as usize }
+    }
+
+    #[inline(always)]
+    fn end(&self) -> usize {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(&(*self.skb.skb).data_end) as usize }
     }
 }
 

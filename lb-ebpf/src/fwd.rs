@@ -13,11 +13,12 @@ use aya_ebpf::{
 use lb_common::{
     Family,
     csum::CsumDelta,
-    stats::{Reason, XDP_TX},
+    maps::{TX_F_REDIRECT, TX_F_TX},
+    stats::{Reason, XDP_PASS, XDP_TX},
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
-use crate::{frame::Frame as _, parse::Packet};
+use crate::{frame::Frame as _, maps, parse::Packet};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -95,9 +96,18 @@ pub struct NextHop {
     pub macs: [u16; 6],
 }
 
+/// The `ifindex` of [`NextHop::STACK`].
+const STACK_IFINDEX: u32 = u32::MAX;
+
 impl NextHop {
     pub const NONE: Self = Self {
         ifindex: 0,
+        macs: [0; 6],
+    };
+    /// The packet's egress interface cannot take XDP-redirected frames: the kernel
+    /// forwards it (cached like any next hop, so established packets skip the FIB too).
+    pub const STACK: Self = Self {
+        ifindex: STACK_IFINDEX,
         macs: [0; 6],
     };
 
@@ -165,6 +175,18 @@ fn fib_lookup(ctx: &XdpContext, pkt: &Packet, nh: &mut NextHop) -> u32 {
                     word(s[4], s[5]),
                 ],
             };
+            // Never blackhole: a redirect into an interface that cannot take XDP frames
+            // (a pod's veth whose peer has neither NAPI nor an XDP program) is counted as a
+            // redirect and silently dropped there. Only interfaces the agent vouches for
+            // are sent to; the kernel forwards the rest.
+            let how = if fib.ifindex == ctx.ingress_ifindex() as u32 {
+                TX_F_TX
+            } else {
+                TX_F_REDIRECT
+            };
+            if !maps::takes_xdp_frames(fib.ifindex, how) {
+                *nh = NextHop::STACK;
+            }
             0
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => Reason::STACK_NO_NEIGH.0,
@@ -182,6 +204,10 @@ pub fn transmit(
     nh: &NextHop,
     reason: Reason,
 ) -> Result<Outcome, Reason> {
+    if nh.ifindex == STACK_IFINDEX {
+        // Translated, TTL untouched: the kernel's forwarding decrements it.
+        return Ok(Outcome::new(XDP_PASS, Reason::STACK_NO_XDP_TARGET));
+    }
     decrement_ttl(ctx, pkt)?;
     // Both MAC addresses as six 16-bit stores (the frame is 2-byte aligned).
     let macs: *mut [u16; 6] = ctx.at_mut(0).ok_or(Reason::MALFORMED_ETH)?;

@@ -10,8 +10,8 @@ use lb_common::{
     maps::{
         AFFINITY_ENTRIES, AffinityKey, AffinityValue, BPF_F_INNER_MAP, BackendValue,
         CONNTRACK_ENTRIES, CtKey, CtValue, FrontendKey, FrontendValue, MAX_AFFINITY_MEMBERS,
-        MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MaglevChunk, MemberKey, Meta, SIGNALS_BYTES,
-        Signal,
+        MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MAX_TX_PORTS, MaglevChunk, MemberKey, Meta,
+        SIGNALS_BYTES, SOCK_REVNAT_ENTRIES, Signal, SockRevKey, SockRevValue,
     },
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
@@ -74,6 +74,31 @@ pub static XLB_AFFINITY_MEMBERS: HashMap<
 /// The layout version of the pinned maps (written by the agent; not read by the program).
 #[btf_map]
 pub static XLB_META: Array<Meta, 1> = Array::new();
+
+/// Translated sockets: the VIP each showed to recvmsg and getpeername (socket programs).
+#[btf_map]
+pub static XLB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue, { SOCK_REVNAT_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// Interfaces an XDP redirect may hand frames to (written by the agent).
+#[btf_map]
+pub static XLB_TX_PORTS: HashMap<u32, u32, { MAX_TX_PORTS as usize }, NO_PREALLOC> = HashMap::new();
+
+/// The frontend at `key`, read in place.
+#[inline(always)]
+pub fn frontend(key: &FrontendKey) -> Option<&'static FrontendValue> {
+    // SAFETY: a pointer returned by the map. The map is not preallocated, so the element
+    // is not recycled before an RCU grace period, i.e. not during this run (see above);
+    // the reference does not outlive the run (every program returns first).
+    XLB_FRONTENDS.get_ptr(key).map(|p| unsafe { &*p })
+}
+
+/// Whether interface `ifindex` may be handed XDP frames the `TX_F_*` way `how`.
+#[inline(always)]
+pub fn takes_xdp_frames(ifindex: u32, how: u32) -> bool {
+    // SAFETY: read-only lookup of a u32.
+    unsafe { XLB_TX_PORTS.get(&ifindex) }.is_some_and(|f| f & how != 0)
+}
 
 /// Signals to the agent (passive health), written only on the rare failure paths.
 #[btf_map]

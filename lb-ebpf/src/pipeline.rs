@@ -6,10 +6,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    maps::{
-        CT_STATE_SYN_SENT, CtKey, CtValue, FRONTEND_F_AFFINITY, FRONTEND_F_FAIL_OPEN, FrontendKey,
-        FrontendValue,
-    },
+    maps::{CtKey, CtValue, FRONTEND_F_AFFINITY, FrontendKey},
     stats::{Event, Reason, XDP_PASS},
 };
 
@@ -17,10 +14,10 @@ use crate::{
     config,
     conntrack::{self, Entry},
     fwd::{self, NextHop, Outcome},
-    maps::XLB_FRONTENDS,
+    maps,
     nat::{self, End},
     parse::{self, Packet, TCP_RST},
-    select,
+    passive, select,
     stats::{self, Counters},
 };
 
@@ -59,7 +56,10 @@ fn process(env: &Env) -> Result<Outcome, Reason> {
         reason => return Err(Reason(reason)),
     }
     if pkt.icmp_unreachable {
-        return Ok(Outcome::unpack(unreachable(env, &pkt.key)));
+        return Ok(Outcome::unpack(passive::unreachable(
+            &env.counters,
+            &pkt.key,
+        )));
     }
     // The key is copied: translation rewrites `pkt.key`, while the connection table must
     // still be addressed by the tuple the packet arrived with.
@@ -74,15 +74,6 @@ fn process(env: &Env) -> Result<Outcome, Reason> {
         env.counters.event(Event::CT_RESELECT);
     }
     Ok(Outcome::unpack(new_flow(env, &mut pkt, &key)))
-}
-
-/// The frontend at `key`, read in place.
-#[inline(always)]
-fn frontend(key: &FrontendKey) -> Option<&'static FrontendValue> {
-    // SAFETY: a pointer returned by the map. The map is not preallocated, so the element
-    // is not recycled before an RCU grace period, i.e. not during this run (see maps.rs);
-    // the reference does not outlive the run (the pipeline returns first).
-    XLB_FRONTENDS.get_ptr(key).map(|p| unsafe { &*p })
 }
 
 /// Checks shared by every path that translates a packet.
@@ -179,7 +170,7 @@ fn new_flow_inner(env: &Env, pkt: &mut Packet, key: &CtKey) -> Result<Outcome, R
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
-    let frontend = frontend(&fkey).ok_or(Reason::NOT_FRONTEND)?;
+    let frontend = maps::frontend(&fkey).ok_or(Reason::NOT_FRONTEND)?;
     translatable(pkt)?;
     let service_id = frontend.service_id;
     let affinity = frontend.flags & FRONTEND_F_AFFINITY != 0;
@@ -238,7 +229,7 @@ fn from_backend_inner(
     entry: Entry,
 ) -> Result<Outcome, Reason> {
     translatable(pkt)?;
-    if pkt.has_tcp_flag(TCP_RST) && refused(env, key, entry) != 0 {
+    if pkt.has_tcp_flag(TCP_RST) && passive::refused(&env.counters, key, entry) != 0 {
         return Ok(Outcome::new(
             lb_common::stats::XDP_DROP,
             Reason::CONN_REFUSED,
@@ -251,56 +242,4 @@ fn from_backend_inner(
     conntrack::refresh_reply(key, entry, pkt, env.now, &learned(&nh, fresh));
     stats::backend(backend_id, pkt.ip_len, false, true);
     send(env.ctx, pkt, nh, Reason::FORWARD_REPLY)
-}
-
-/// A RST from a backend: if it answers the SYN of a new connection, the backend refused
-/// it. Counted and signalled to the agent (passive health); then, unless the service is
-/// in fail open, the flow is forgotten and the RST dropped (returns 1): the client
-/// retransmits its SYN (after a second), which is balanced afresh, by then without the
-/// backend. Off the per-packet path: only RSTs get here.
-#[inline(never)]
-fn refused(env: &Env, key: &CtKey, entry: Entry) -> u32 {
-    let e = entry.value();
-    let forward = conntrack::forward_key(key, e);
-    let Some(f) = conntrack::lookup(&forward) else {
-        return 0;
-    };
-    if f.value().state != CT_STATE_SYN_SENT {
-        return 0;
-    }
-    let (backend_id, service_id) = (e.backend_id, e.service_id);
-    env.counters.event(Event::CONN_REFUSED);
-    stats::backend_failed(backend_id, service_id, false);
-    let fkey = FrontendKey {
-        addr: e.nat_addr,
-        port_be: e.nat_port_be,
-        proto: key.proto,
-        family: key.family,
-    };
-    if frontend(&fkey).is_some_and(|fe| fe.flags & FRONTEND_F_FAIL_OPEN != 0) {
-        return 0;
-    }
-    conntrack::forget(&forward, key);
-    1
-}
-
-/// An ICMP destination unreachable from a backend about one of its flows (`key`: that
-/// flow's reply key): the backend failed the flow. Counted and signalled to the agent
-/// (passive health); the flow's entries go, so its next packet is balanced afresh. The
-/// ICMP message itself goes to the kernel as before. Off the per-packet path: only ICMP
-/// errors get here.
-#[inline(never)]
-fn unreachable(env: &Env, key: &CtKey) -> u64 {
-    let Some(entry) = conntrack::lookup(key) else {
-        return Outcome::new(XDP_PASS, Reason::NOT_TCP_UDP).pack();
-    };
-    let e = entry.value();
-    if !entry.is_reply() {
-        return Outcome::new(XDP_PASS, Reason::NOT_TCP_UDP).pack();
-    }
-    let forward = conntrack::forward_key(key, e);
-    env.counters.event(Event::BACKEND_UNREACHABLE);
-    stats::backend_failed(e.backend_id, e.service_id, true);
-    conntrack::forget(&forward, key);
-    Outcome::new(XDP_PASS, Reason::BACKEND_UNREACHABLE).pack()
 }

@@ -115,3 +115,17 @@ pub fn backend_failed(backend_id: u32, service_id: u32, unreachable: bool) {
         0,
     );
 }
+
+/// Counts a new flow of a service and its backend that needs no per-packet work here (a
+/// socket translated at connect or sendmsg time).
+#[inline(always)]
+pub fn socket_flow(service_id: u32, backend_id: u32) {
+    if let Some(s) = XLB_SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot returned by the map; no concurrent writer.
+        unsafe { (*s).new_flows += 1 };
+    }
+    if let Some(b) = XLB_BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: as above.
+        unsafe { (*b).new_flows += 1 };
+    }
+}

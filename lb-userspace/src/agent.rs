@@ -14,11 +14,16 @@ use std::{
 };
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::AgentArgs,
-    datapath::{self, Attachment, Datapath, LoadOptions, RealMaps, Signals},
+    datapath::{self, Attachment, Datapath, Hook, LoadOptions, RealMaps, Signals},
+    devices::{
+        self,
+        follow::{FollowConfig, Follower},
+    },
     metrics::{self, Metrics},
     reconcile::Reconciler,
     sources::{self, manifests::ManifestSource},
@@ -37,6 +42,9 @@ pub enum Msg {
     ConnectionFailed(u32),
     Stop,
 }
+
+/// How long device changes must be quiet before the devices are listed again.
+const DEVICE_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// How often the reconciler does its periodic work (reaping retired backends, metrics
 /// names, heartbeat).
@@ -75,7 +83,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let listener = metrics::bind(args.metrics_addr).await?;
     let client = if args.kubernetes {
-        Some(sources::kube::client(args.kubeconfig.as_deref()).await?)
+        Some(sources::kube::client(args.kubeconfig.as_deref(), args.api_server.as_ref()).await?)
     } else {
         None
     };
@@ -93,11 +101,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         datapath::remove_pins(&args.bpffs)?;
         tracing::info!("detached, pins removed, stopped");
     } else {
-        let interfaces = dp.interfaces();
+        let hooks: Vec<String> = dp.pinned_hooks().iter().map(ToString::to_string).collect();
         drop(dp);
         tracing::info!(
             dir = %args.bpffs.display(),
-            ?interfaces,
+            ?hooks,
             "stopped; the datapath keeps serving from its pinned links and maps until the next agent takes over (`xlb cleanup` removes it)"
         );
     }
@@ -111,20 +119,17 @@ async fn serve(
     listener: tokio::net::TcpListener,
     client: Option<kube::Client>,
 ) -> anyhow::Result<()> {
-    for interface in &args.interfaces {
-        match dp.attach(interface, args.xdp_mode.into())? {
-            Attachment::New(mode) => tracing::info!(interface, ?mode, "attached"),
-            Attachment::Replaced => {
-                tracing::info!(
-                    interface,
-                    "took over the pinned link: this agent's program replaced the old one atomically"
-                )
-            }
-        }
-    }
-    for interface in dp.detach_others(&args.interfaces)? {
-        tracing::info!(interface, "detached: no longer in --interface");
-    }
+    let mut follower = Follower::new(
+        FollowConfig {
+            pinned: (!args.interfaces.is_empty()).then(|| args.interfaces.clone()),
+            mode: args.xdp_mode.into(),
+            pods: !args.no_pod_interfaces,
+        },
+        dp.tx_ports()?,
+    )?;
+    let mut device_changes = devices::netlink::changes()?;
+    follower.sync(dp).await?;
+    attach_sockets(args, dp)?;
     let maps = dp.maps()?;
     let signals = dp.signals()?;
     let applied = if dp.adopted() {
@@ -159,6 +164,8 @@ async fn serve(
     };
     let health_view = args.health.view()?;
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Default::default());
+    // The node's addresses, as the reconciler learns them (they decide node devices).
+    let (node_tx, mut node_addresses) = tokio::sync::watch::channel(Vec::new());
     let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
     let reconciler = Reconciler::new(
         Store::new(Some(node_name.clone())),
@@ -178,7 +185,8 @@ async fn serve(
             commands: commands_tx,
         }),
         args.health.drain_timeout,
-    );
+    )
+    .with_node_watch(node_tx);
     let (tx, rx) = mpsc::channel::<Msg>();
     let report_tx = tx.clone();
     let reporter: crate::health::Reporter =
@@ -205,10 +213,29 @@ async fn serve(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut check = tokio::time::interval(Duration::from_secs(1));
+    // Device changes come in bursts (a pod's veth: created, renamed, moved, up):
+    // the devices are listed again once a burst is over.
+    let mut resync: Option<tokio::time::Instant> = None;
+    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     let result = loop {
         tokio::select! {
             _ = term.recv() => break Ok(()),
             _ = int.recv() => break Ok(()),
+            Some(()) = device_changes.next() => {
+                resync = Some(tokio::time::Instant::now() + DEVICE_DEBOUNCE);
+            }
+            Ok(()) = node_addresses.changed() => {
+                let addresses = node_addresses.borrow_and_update().clone();
+                if follower.set_node_addresses(addresses) {
+                    resync = Some(tokio::time::Instant::now());
+                }
+            }
+            _ = tokio::time::sleep_until(resync.unwrap_or_else(far)), if resync.is_some() => {
+                resync = None;
+                if let Err(e) = follower.sync(dp).await {
+                    tracing::warn!(error = %e, "cannot list the devices; retrying at the next change");
+                }
+            }
             _ = check.tick() => {
                 if worker.is_finished() {
                     break Err(anyhow::anyhow!("the reconciler thread stopped unexpectedly"));
@@ -232,6 +259,45 @@ async fn serve(
         tracing::error!("source failed: {e:#}");
     }
     result
+}
+
+/// Attaches the socket programs to the cgroup (or detaches them when turned off).
+fn attach_sockets(args: &AgentArgs, dp: &mut Datapath) -> anyhow::Result<()> {
+    if args.no_socket_lb {
+        for hook in dp.pinned_hooks() {
+            if let Hook::Cgroup(_) = hook {
+                dp.detach(&hook)?;
+                tracing::info!(%hook, "detached: --no-socket-lb");
+            }
+        }
+        return Ok(());
+    }
+    let cgroup = match &args.cgroup {
+        Some(dir) => dir.clone(),
+        None => cgroup2_mount().context(
+            "no cgroup v2 filesystem is mounted: mount one, give --cgroup, or turn the socket programs off with --no-socket-lb",
+        )?,
+    };
+    let how = dp.attach_cgroup(&cgroup)?;
+    let verb = if how == Attachment::Replaced {
+        "took over"
+    } else {
+        "attached"
+    };
+    tracing::info!(cgroup = %cgroup.display(), "socket programs {verb}: connections and datagrams from this node's processes and pods are translated at the socket");
+    Ok(())
+}
+
+/// Where the cgroup v2 hierarchy is mounted (its root: the whole node).
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let root = left.split_whitespace().nth(3)?;
+        let point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2" && root == "/").then(|| point.into())
+    })
 }
 
 /// Forwards the datapath's signals (failed new connections) to the reconciler as they

@@ -51,9 +51,16 @@ pub struct AgentArgs {
     /// Watch Services, EndpointSlices and this node's Node through the Kubernetes API.
     #[arg(long)]
     pub kubernetes: bool,
-    /// Kubeconfig for --kubernetes (default: the in-cluster configuration).
+    /// Kubeconfig for --kubernetes (default: $KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account).
     #[arg(long, value_name = "PATH", requires = "kubernetes")]
     pub kubeconfig: Option<PathBuf>,
+    /// The API server's address, e.g. https://10.0.0.1:6443, instead of the one the
+    /// configuration names. On a node without kube-proxy the in-cluster default (the
+    /// `kubernetes` Service's ClusterIP) needs this agent first: give the real address
+    /// here, or in $KUBERNETES_SERVICE_HOST and $KUBERNETES_SERVICE_PORT.
+    #[arg(long, value_name = "URL", requires = "kubernetes")]
+    pub api_server: Option<http::Uri>,
     /// This node's name: its Node object gives the NodePort addresses and the zone, and
     /// endpoints with this nodeName are local. Default: $NODE_NAME, else (manifests
     /// only) the host name.
@@ -66,10 +73,23 @@ pub struct AgentArgs {
     /// This node's zone (for topology hints) when its Node object has no zone label.
     #[arg(long, value_name = "ZONE")]
     pub node_zone: Option<String>,
-    /// Interface to attach the XDP program to; repeat for every interface that carries
-    /// Service traffic or backend replies.
-    #[arg(long = "interface", short = 'i', value_name = "IF", required = true)]
+    /// Node device to attach the XDP program to (repeatable): exactly these, attached when
+    /// they appear. Without it the agent finds the node's devices itself: the ones that
+    /// carry this node's addresses or the default routes, followed as they come and go.
+    #[arg(long = "interface", short = 'i', value_name = "IF")]
     pub interfaces: Vec<String>,
+    /// Leave pods' interfaces alone (by default each local pod's host-side veth gets the
+    /// tc program, for its replies to external clients).
+    #[arg(long)]
+    pub no_pod_interfaces: bool,
+    /// The cgroup (v2) whose sockets are translated at connect/sendmsg time: the root of
+    /// the hierarchy covers every process and pod of the node. Default: where cgroup2 is
+    /// mounted.
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
+    /// Do not translate at the socket (then only traffic arriving on node devices is).
+    #[arg(long)]
+    pub no_socket_lb: bool,
     /// Per-instance directory on a bpffs where the maps are pinned.
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/xlb")]
     pub bpffs: PathBuf,

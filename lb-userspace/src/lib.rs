@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod cli;
 pub mod datapath;
+pub mod devices;
 pub mod health;
 pub mod maglev;
 pub mod metrics;

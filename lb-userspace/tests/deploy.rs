@@ -124,7 +124,28 @@ fn daemonset_runs_the_agent_with_the_kubernetes_source() {
     assert!(args.kubernetes, "--kubernetes");
     assert!(args.manifests.is_none());
     assert!(args.kubeconfig.is_none(), "in-cluster configuration");
-    assert!(!args.interfaces.is_empty());
+    assert!(
+        args.interfaces.is_empty(),
+        "the agent finds the node's devices itself"
+    );
+    assert!(!args.no_socket_lb, "pods and host processes reach Services");
+    // The socket programs attach to the host's cgroup root, mounted from the host.
+    let cgroup = args.cgroup.clone().expect("--cgroup");
+    let mounts = c.volume_mounts.clone().unwrap_or_default();
+    let mount = mounts
+        .iter()
+        .find(|m| std::path::Path::new(&m.mount_path) == cgroup)
+        .expect("--cgroup is a volume mount");
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    let volume = volumes
+        .iter()
+        .find(|v| v.name == mount.name)
+        .expect("its volume");
+    assert_eq!(
+        volume.host_path.as_ref().map(|h| h.path.as_str()),
+        Some("/sys/fs/cgroup"),
+        "the host's cgroup hierarchy"
+    );
     assert!(
         !args.cleanup_on_exit,
         "pins must outlive the pod for hitless restarts"

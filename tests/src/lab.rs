@@ -20,7 +20,12 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{bpffs::Bpffs, netns::Netns, process::Process};
+use crate::{
+    bpffs::Bpffs,
+    cgroup::{Cgroup, Cgroup2},
+    netns::Netns,
+    process::Process,
+};
 
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);
@@ -108,6 +113,11 @@ pub struct Lab {
     pub backends: Vec<Backend>,
     pub client: Netns,
     pub node: Netns,
+    /// The node's cgroup: the agent's socket programs cover what runs in it (the lab's
+    /// clients run as threads of the test process, outside it: their traffic takes the
+    /// XDP path).
+    pub cgroup: Cgroup,
+    pub cgroups: Cgroup2,
     pub bpffs: Bpffs,
     pub prefix: String,
     /// A command the agent runs under (e.g. `setpriv ...` to bound its capabilities).
@@ -143,6 +153,8 @@ impl Lab {
         let dir = TempDir::create(std::env::temp_dir().join(format!("{prefix}-lab")))?;
         std::fs::create_dir_all(dir.0.join("manifests"))?;
         let bpffs = Bpffs::mount(&prefix)?;
+        let cgroups = Cgroup2::mount(&prefix)?;
+        let cgroup = cgroups.create(&format!("{prefix}-node"))?;
         let node = Netns::create(&format!("{prefix}-node"))?;
         let client = Netns::create(&format!("{prefix}-client"))?;
         let mut lab = Self {
@@ -150,6 +162,8 @@ impl Lab {
             backends: Vec::new(),
             client,
             node,
+            cgroup,
+            cgroups,
             bpffs,
             prefix,
             agent_wrapper: Vec::new(),
@@ -268,6 +282,7 @@ impl Lab {
         cmd.args(source);
         cmd.arg("--node-name").arg("node-1");
         cmd.arg("--bpffs").arg(self.pin_dir());
+        cmd.arg("--cgroup").arg(self.cgroup.path());
         for i in self.node_interfaces() {
             cmd.args(["--interface", &i]);
         }

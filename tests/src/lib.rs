@@ -9,6 +9,7 @@
 
 pub mod apiserver;
 pub mod bpffs;
+pub mod cgroup;
 pub mod client;
 pub mod cmd;
 pub mod fixture;

@@ -11,6 +11,7 @@ enum Resource {
     Netns(String),
     Mount(std::path::PathBuf),
     Dir(std::path::PathBuf),
+    Cgroup(std::path::PathBuf),
 }
 
 static LIVE: Mutex<Vec<Resource>> = Mutex::new(Vec::new());
@@ -43,6 +44,12 @@ pub(crate) fn mount(path: &std::path::Path) {
 pub(crate) fn mount_gone(path: &std::path::Path) {
     remove(&Resource::Mount(path.into()));
 }
+pub(crate) fn cgroup(path: &std::path::Path) {
+    add(Resource::Cgroup(path.into()));
+}
+pub(crate) fn cgroup_gone(path: &std::path::Path) {
+    remove(&Resource::Cgroup(path.into()));
+}
 pub(crate) fn dir(path: &std::path::Path) {
     add(Resource::Dir(path.into()));
 }
@@ -65,6 +72,9 @@ pub fn teardown_all() {
         let result = match r {
             Resource::Process(_) => Ok(String::new()),
             Resource::Netns(name) => crate::cmd::ip(&format!("netns del {name}")),
+            Resource::Cgroup(path) => crate::cgroup::remove(path)
+                .map(|_| String::new())
+                .map_err(anyhow::Error::from),
             Resource::Dir(path) => std::fs::remove_dir_all(path)
                 .map(|_| String::new())
                 .map_err(anyhow::Error::from),

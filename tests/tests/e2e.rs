@@ -335,7 +335,7 @@ fn by_default_the_datapath_outlives_the_agent_and_cleanup_on_exit_removes_it() {
             assert!(!pins.exists(), "--cleanup-on-exit removes the pins");
         } else {
             assert!(attached(), "a stopped agent leaves the datapath serving");
-            assert!(pins.join("links/lo").exists());
+            assert!(pins.join("links/xdp-lo").exists());
         }
     }
 }

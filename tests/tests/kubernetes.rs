@@ -389,7 +389,9 @@ fn ready_only_after_the_first_sync_and_metrics_describe_the_datapath() {
         .arg("agent")
         .args(&source);
     cmd.args(["--node-name", "node-1", "--bpffs"])
-        .arg(k.lab.pin_dir());
+        .arg(k.lab.pin_dir())
+        .arg("--cgroup")
+        .arg(k.lab.cgroup.path());
     for i in k.lab.node_interfaces() {
         cmd.args(["--interface", &i]);
     }

@@ -69,6 +69,7 @@ endpoints: [{addresses: [10.201.9.2]}]
 "#;
 
 struct Env {
+    tx: xlb::datapath::TxPorts,
     dp: Datapath,
     applied: Applied,
     maps: xlb::datapath::RealMaps,
@@ -94,8 +95,20 @@ fn with_env(f: impl FnOnce(&mut Env) + Send + 'static) {
             })
             .expect("the program loads and verifies");
             let maps = dp.maps().expect("maps");
+            // The fixture's veths take redirected frames (as the agent records for node
+            // devices whose peers have NAPI).
+            let mut tx = dp.tx_ports().expect("redirect targets");
+            for interface in ["toback", "toclient"] {
+                let index = xlb::datapath::ifindex(interface).expect("fixture interface");
+                tx.set(
+                    index,
+                    lb_common::maps::TX_F_REDIRECT | lb_common::maps::TX_F_TX,
+                )
+                .unwrap();
+            }
             let mut env = Env {
                 dp,
+                tx,
                 applied: Applied::new(lb_common::maps::MAX_SERVICES, lb_common::maps::MAX_BACKENDS),
                 maps,
                 pin_dir,
@@ -175,6 +188,38 @@ impl Env {
     fn stats(&self) -> xlb::stats::Report {
         xlb::stats::read(&self.pin_dir).expect("stats")
     }
+}
+
+/// Never blackhole: a translated packet whose egress interface cannot take XDP frames
+/// (not recorded as a redirect target: a pod's veth whose peer has no NAPI) goes to the
+/// kernel, translated and counted, instead of being redirected into a silent drop.
+#[test]
+fn frames_for_an_interface_that_cannot_take_them_go_to_the_kernel() {
+    with_env(|env| {
+        let toback = xlb::datapath::ifindex("toback").unwrap();
+        env.tx.set(toback, 0).unwrap();
+        for (vip, port, tcp) in VIPS {
+            let vip: IpAddr = vip.parse().unwrap();
+            let client = if vip.is_ipv4() { CLIENT[0] } else { CLIENT[1] };
+            let proto = if tcp { Proto::TCP } else { Proto::UDP };
+            let (action, out) = env.run(&frame(tcp, client, vip, 41_000, port, b"x"));
+            assert_eq!(action, XDP_PASS, "{vip}: to the kernel, not redirected");
+            let want = env.predict(client, 41_000, vip, port, proto);
+            let s = summary(&out);
+            assert_eq!((s.dst, s.dport), (want.ip, want.port), "{vip}: translated");
+            assert_eq!(
+                s.ttl, 64,
+                "{vip}: the kernel's forwarding decrements the TTL"
+            );
+            assert_checksums(&out);
+            // The established flow's next packet too (the decision is cached).
+            let (action, _) = env.run(&frame(tcp, client, vip, 41_000, port, b"y"));
+            assert_eq!(action, XDP_PASS);
+        }
+        let r = env.stats();
+        assert_eq!(r.packets("pass", "stack_no_xdp_target"), 8);
+        assert_eq!(r.packets("redirect", "forward_new"), 0);
+    });
 }
 
 const VIPS: [(&str, u16, bool); 4] = [

@@ -7,11 +7,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
-    programs::{
-        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
+    programs::{CgroupSockAddr, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use lb_common::{
     config::{CONFIG_GLOBAL, DatapathConfig},
@@ -19,19 +15,10 @@ use lb_common::{
 };
 
 use super::{
-    BoxError, DatapathError, OBJECT, RealMaps, Signals, map_err,
-    pins::{LINKS_DIR, check_pins, prepare_pin_dir},
+    DatapathError, OBJECT, RealMaps, Signals, map_err,
+    pins::{check_pins, prepare_pin_dir},
     take,
 };
-
-/// How to attach: native (driver) XDP where the driver supports it, else generic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// Native mode, falling back to generic mode with a warning.
-    Auto,
-    Native,
-    Generic,
-}
 
 /// Settings for loading the datapath.
 #[derive(Clone, Debug)]
@@ -51,33 +38,37 @@ pub struct PacketRun {
     pub output: Vec<u8>,
 }
 
-/// The loaded program, its attachments and its maps.
-///
-/// Attachments are bpf_links pinned in `links/<interface>`: they outlive the agent, so a
-/// stopped, killed or restarting agent leaves the datapath serving, and the next agent
-/// replaces the program of each link atomically (`BPF_LINK_UPDATE`) with its own, which
-/// uses the same pinned maps.
+/// The loaded programs and their maps. Where the programs are attached: see `links`.
 pub struct Datapath {
-    ebpf: Ebpf,
-    links: Vec<AttachedLink>,
-    pin_dir: PathBuf,
+    pub(super) ebpf: Ebpf,
+    pub(super) pin_dir: PathBuf,
     adopted: bool,
 }
 
-struct AttachedLink {
-    interface: String,
-    link: FdLink,
-    pin: PathBuf,
-}
-
-/// How an interface got the program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attachment {
-    /// A new link, in this mode.
-    New(XdpMode),
-    /// The link an earlier agent pinned now runs this agent's program (link update:
-    /// atomic, no packet sees no program).
-    Replaced,
+/// Loads every program of the object into the kernel (the verifier checks each).
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let missing = |name| DatapathError::MissingMap(name);
+    let xdp: &mut Xdp = ebpf
+        .program_mut(names::PROGRAM)
+        .ok_or(missing(names::PROGRAM))?
+        .try_into()
+        .map_err(DatapathError::Program)?;
+    xdp.load().map_err(DatapathError::Program)?;
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(names::TC_PROGRAM)
+        .ok_or(missing(names::TC_PROGRAM))?
+        .try_into()
+        .map_err(DatapathError::Program)?;
+    tc.load().map_err(DatapathError::Program)?;
+    for name in names::SOCK_PROGRAMS {
+        let sock: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(missing(name))?
+            .try_into()
+            .map_err(DatapathError::Program)?;
+        sock.load().map_err(DatapathError::Program)?;
+    }
+    Ok(())
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it. Since 5.11 BPF
@@ -119,12 +110,7 @@ impl Datapath {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        let program: &mut Xdp = ebpf
-            .program_mut(names::PROGRAM)
-            .ok_or(DatapathError::MissingMap(names::PROGRAM))?
-            .try_into()
-            .map_err(DatapathError::Program)?;
-        program.load().map_err(DatapathError::Program)?;
+        load_programs(&mut ebpf)?;
         if !adopted {
             let mut meta: Array<&mut MapData, lb_common::maps::Meta> = Array::try_from(
                 ebpf.map_mut(names::META)
@@ -139,7 +125,6 @@ impl Datapath {
         }
         Ok(Self {
             ebpf,
-            links: Vec::new(),
             pin_dir: opts.pin_dir.clone(),
             adopted,
         })
@@ -152,135 +137,6 @@ impl Datapath {
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
-    }
-
-    fn program(&mut self) -> &mut Xdp {
-        self.ebpf
-            .program_mut(names::PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .expect("the program was checked at load")
-    }
-
-    /// Attaches to `interface`, or takes over the link an earlier agent pinned for it.
-    pub fn attach(
-        &mut self,
-        interface: &str,
-        mode: AttachMode,
-    ) -> Result<Attachment, DatapathError> {
-        let dir = self.pin_dir.join(LINKS_DIR);
-        std::fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir {
-            path: dir.clone(),
-            source,
-        })?;
-        let pin = dir.join(interface);
-        if pin.exists() {
-            match self.take_over(&pin) {
-                Ok(link) => {
-                    self.links.push(AttachedLink {
-                        interface: interface.into(),
-                        link,
-                        pin,
-                    });
-                    return Ok(Attachment::Replaced);
-                }
-                Err(e) => {
-                    // E.g. the interface was deleted and re-created: its old link is
-                    // defunct. Start over on this interface.
-                    tracing::warn!(interface, error = %e, "cannot take over the pinned link; attaching anew");
-                    let _ = std::fs::remove_file(&pin);
-                }
-            }
-        }
-        let attempts: &[XdpMode] = match mode {
-            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
-            AttachMode::Native => &[XdpMode::Driver],
-            AttachMode::Generic => &[XdpMode::Skb],
-        };
-        let mut last = None;
-        for m in attempts {
-            match self.program().attach(interface, *m) {
-                Ok(id) => {
-                    if *m == XdpMode::Skb && mode == AttachMode::Auto {
-                        tracing::warn!(
-                            interface,
-                            error = %last.as_ref().map(|e: &ProgramError| e.to_string()).unwrap_or_default(),
-                            "native XDP is not available, attached in generic mode (slower)"
-                        );
-                    }
-                    let link = self
-                        .program()
-                        .take_link(id)
-                        .map_err(DatapathError::Program)?;
-                    let link = FdLink::try_from(link).map_err(|e| DatapathError::Link {
-                        interface: interface.into(),
-                        what: "not a bpf_link (kernel without XDP links?)",
-                        source: Box::new(e),
-                    })?;
-                    let pinned = link.pin(&pin).map_err(|e| DatapathError::Link {
-                        interface: interface.into(),
-                        what: "cannot pin it",
-                        source: Box::new(e),
-                    })?;
-                    self.links.push(AttachedLink {
-                        interface: interface.into(),
-                        link: pinned.into(),
-                        pin,
-                    });
-                    return Ok(Attachment::New(*m));
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(DatapathError::Attach {
-            interface: interface.into(),
-            source: last.expect("at least one attempt"),
-        })
-    }
-
-    /// Points the pinned link at this agent's program.
-    fn take_over(&mut self, pin: &Path) -> Result<FdLink, BoxError> {
-        let link: FdLink = PinnedLink::from_pin(pin)?.into();
-        let link = XdpLink::try_from(link)?;
-        let id = self.program().attach_to_link(link)?;
-        let link = self.program().take_link(id)?;
-        Ok(FdLink::try_from(link)?)
-    }
-
-    /// Detaches the pinned links of interfaces not in `keep` (an earlier agent served them;
-    /// this one does not).
-    pub fn detach_others(&mut self, keep: &[String]) -> Result<Vec<String>, DatapathError> {
-        let dir = self.pin_dir.join(LINKS_DIR);
-        let mut detached = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(detached);
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if !keep.contains(&name) {
-                std::fs::remove_file(entry.path()).map_err(|source| DatapathError::PinDir {
-                    path: entry.path(),
-                    source,
-                })?;
-                detached.push(name);
-            }
-        }
-        Ok(detached)
-    }
-
-    /// Detaches from every interface (removes the links' pins; the links go with their
-    /// last reference).
-    pub fn detach_all(&mut self) {
-        for l in std::mem::take(&mut self.links) {
-            if let Err(e) = std::fs::remove_file(&l.pin) {
-                tracing::warn!(interface = l.interface, error = %e, "cannot remove the link's pin");
-            }
-            drop(l.link);
-        }
-    }
-
-    /// The interfaces this agent serves.
-    pub fn interfaces(&self) -> Vec<String> {
-        self.links.iter().map(|l| l.interface.clone()).collect()
     }
 
     /// Runs one frame through the loaded program with BPF_PROG_TEST_RUN: the kernel runs
@@ -321,6 +177,11 @@ impl Datapath {
         let ring = aya::maps::RingBuf::try_from(take(&mut self.ebpf, names::SIGNALS)?)
             .map_err(map_err(names::SIGNALS))?;
         Ok(Signals::new(ring))
+    }
+
+    /// The interfaces XDP may hand frames to, taken out of the object: call once.
+    pub fn tx_ports(&mut self) -> Result<super::TxPorts, DatapathError> {
+        super::TxPorts::from_ebpf(&mut self.ebpf)
     }
 
     /// Typed handles on the maps the agent writes.

@@ -515,3 +515,46 @@ impl Maps for RealMaps {
         Ok(())
     }
 }
+
+/// The interfaces XDP may hand frames to ([`names::TX_PORTS`]): written by the agent as
+/// it attaches to and detaches from node devices.
+pub struct TxPorts {
+    map: HashMap<MapData, u32, u32>,
+}
+
+impl TxPorts {
+    pub(super) fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        Ok(Self {
+            map: HashMap::try_from(take(ebpf, names::TX_PORTS)?)
+                .map_err(map_err(names::TX_PORTS))?,
+        })
+    }
+
+    /// Records how interface `ifindex` takes XDP frames (`TX_F_*`; 0: not at all).
+    pub fn set(&mut self, ifindex: u32, flags: u32) -> Result<(), MapsError> {
+        self.map.insert(ifindex, flags, 0).map_err(write_err(
+            names::TX_PORTS,
+            "insert",
+            format!("ifindex {ifindex}"),
+        ))
+    }
+
+    /// Forgets every interface but `keep`.
+    pub fn retain(&mut self, keep: &[u32]) -> Result<(), MapsError> {
+        let gone: Vec<u32> = self
+            .map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|i| !keep.contains(i))
+            .collect();
+        for i in gone {
+            match self.map.remove(&i) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(write_err(names::TX_PORTS, "remove", format!("ifindex {i}"))(e));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,14 +1,17 @@
 //! The kernel side, seen from userspace, and the only module that uses aya:
 //! - [`pins`]: the per-instance pin directory on a bpffs and the compatibility of pins an
 //!   earlier agent left (layout version, key and value sizes);
-//! - [`load`]: loading the embedded object, attaching it to interfaces (pinned links) and
-//!   taking over an earlier agent's links;
+//! - [`load`]: loading the embedded object (every program, checked by the verifier);
+//! - [`links`]: attaching the programs (XDP on node devices, tc on pods' interfaces, the
+//!   socket programs on a cgroup) through pinned links, and taking over an earlier
+//!   agent's;
 //! - [`sys`]: the raw bpf(2) calls aya 0.14 lacks (batch operations, map-of-maps lookups);
 //! - [`maps`]: typed access to the maps ([`RealMaps`], the real [`crate::sync::Maps`]);
 //! - [`counters`]: the per-CPU counters, summed;
 //! - [`signals`]: the datapath's signal ring, as an async stream for the agent.
 
 mod counters;
+mod links;
 mod load;
 mod maps;
 mod pins;
@@ -20,9 +23,10 @@ use std::path::PathBuf;
 use aya::programs::ProgramError;
 
 pub use counters::{Counters, read_counters};
-pub use load::{AttachMode, Attachment, Datapath, LoadOptions, PacketRun};
-pub use maps::RealMaps;
-pub use pins::{LINKS_DIR, check_pins, prepare_pin_dir, remove_pins};
+pub use links::{AttachMode, Attachment, Hook, LINKS_DIR, ifindex};
+pub use load::{Datapath, LoadOptions, PacketRun};
+pub use maps::{RealMaps, TxPorts};
+pub use pins::{check_pins, prepare_pin_dir, remove_pins};
 pub use signals::Signals;
 
 /// A lower layer's error, kept as the source.
@@ -107,7 +111,15 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot attach to interface {interface}: {source}")]
+    #[error("interface {interface} does not exist")]
+    NoInterface { interface: String },
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot attach to {interface}: {source}")]
     Attach {
         interface: String,
         #[source]

@@ -11,14 +11,12 @@ use super::{DatapathError, Incompatible};
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Directory, inside an instance's pin directory, of the pinned XDP links (one per
-/// interface, named after it).
-pub const LINKS_DIR: &str = "links";
+use super::LINKS_DIR;
 
 /// Key and value sizes of every map, as this agent lays them out.
-fn expected_layout() -> [(&'static str, usize, usize); 11] {
+fn expected_layout() -> [(&'static str, usize, usize); 13] {
     use lb_common::{
-        maps::{AffinityKey, AffinityValue, CtKey, CtValue, Meta},
+        maps::{AffinityKey, AffinityValue, CtKey, CtValue, Meta, SockRevKey, SockRevValue},
         stats::{BackendStats, GlobalStats, ServiceStats},
     };
     [
@@ -42,6 +40,12 @@ fn expected_layout() -> [(&'static str, usize, usize); 11] {
         (names::AFFINITY_MEMBERS, size_of::<MemberKey>(), 4),
         // A ring buffer has neither keys nor values.
         (names::SIGNALS, 0, 0),
+        (
+            names::SOCK_REVNAT,
+            size_of::<SockRevKey>(),
+            size_of::<SockRevValue>(),
+        ),
+        (names::TX_PORTS, 4, 4),
     ]
 }
 

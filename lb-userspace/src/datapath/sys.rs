@@ -213,3 +213,133 @@ pub mod single {
         }
     }
 }
+
+/// Bpf links: replacing a link's program (`BPF_LINK_UPDATE`, atomic: no packet or
+/// socket sees no program) and reading what a link is attached to
+/// (`BPF_OBJ_GET_INFO_BY_FD`). aya 0.14 offers the update for XDP links only.
+pub mod link {
+    use std::{io, os::fd::AsRawFd as _};
+
+    use super::BorrowedFd;
+
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+
+    /// `link_update` of `union bpf_attr`.
+    #[repr(C)]
+    struct UpdateAttr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+
+    /// `info` of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+
+    /// The head of `struct bpf_link_info` and its per-type union (which starts on an
+    /// 8-byte boundary: it holds 64-bit fields).
+    #[repr(C)]
+    #[derive(Default)]
+    struct Info {
+        type_: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        /// cgroup: `cgroup_id` (u64); xdp and tcx: `ifindex` (u32) first.
+        target: u64,
+        attach_type: u32,
+        _rest: [u32; 13],
+    }
+
+    fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> io::Result<()> {
+        // SAFETY: the bpf syscall with an attribute block of `size` bytes the callers own.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as u32) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `obj_pin`/`obj_get` of `union bpf_attr`.
+    #[repr(C)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+
+    /// Opens a pinned object.
+    pub fn open(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut attr = ObjAttr {
+            pathname: c.as_ptr() as u64,
+            bpf_fd: 0,
+            file_flags: 0,
+            path_fd: 0,
+            _pad: 0,
+        };
+        // SAFETY: the bpf syscall with a valid attribute block; `c` outlives the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET,
+                &mut attr as *mut ObjAttr,
+                size_of::<ObjAttr>() as u32,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new file descriptor the kernel just returned, owned by nobody else.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Points `link` at `prog`.
+    pub fn update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+        let mut attr = UpdateAttr {
+            link_fd: link.as_raw_fd() as u32,
+            new_prog_fd: prog.as_raw_fd() as u32,
+            flags: 0,
+            old_prog_fd: 0,
+        };
+        bpf(
+            BPF_LINK_UPDATE,
+            (&mut attr as *mut UpdateAttr).cast(),
+            size_of::<UpdateAttr>(),
+        )
+    }
+
+    /// What a link is attached to: the interface index (XDP, tcx; 0 once the interface is
+    /// gone) or the cgroup id.
+    pub fn target(link: BorrowedFd<'_>) -> io::Result<u64> {
+        let mut info = Info::default();
+        let mut attr = InfoAttr {
+            bpf_fd: link.as_raw_fd() as u32,
+            info_len: size_of::<Info>() as u32,
+            info: &mut info as *mut Info as u64,
+        };
+        bpf(
+            BPF_OBJ_GET_INFO_BY_FD,
+            (&mut attr as *mut InfoAttr).cast(),
+            size_of::<InfoAttr>(),
+        )?;
+        const BPF_LINK_TYPE_CGROUP: u32 = 3;
+        Ok(if info.type_ == BPF_LINK_TYPE_CGROUP {
+            info.target
+        } else {
+            info.target & 0xffff_ffff
+        })
+    }
+}

@@ -87,6 +87,8 @@ pub struct Reconciler {
     /// The metrics' id -> name maps need refreshing.
     names_stale: bool,
     metrics: Arc<Metrics>,
+    /// Where this node's addresses go when they change (the device follower).
+    node_watch: Option<tokio::sync::watch::Sender<Vec<std::net::IpAddr>>>,
 }
 
 impl Reconciler {
@@ -117,7 +119,17 @@ impl Reconciler {
             synced: false,
             names_stale: false,
             metrics,
+            node_watch: None,
         }
+    }
+
+    /// Publishes this node's addresses whenever they change.
+    pub fn with_node_watch(
+        mut self,
+        tx: tokio::sync::watch::Sender<Vec<std::net::IpAddr>>,
+    ) -> Self {
+        self.node_watch = Some(tx);
+        self
     }
 
     /// Health checks, passive ejection and drains (the agent's settings).
@@ -228,6 +240,13 @@ impl Reconciler {
             Some(since) => {
                 report.full = true;
                 self.node = self.store.node_info(&self.node_fallback);
+                if let Some(tx) = &self.node_watch {
+                    tx.send_if_modified(|a| {
+                        let changed = *a != self.node.addresses;
+                        a.clone_from(&self.node.addresses);
+                        changed
+                    });
+                }
                 // The first sync's start is the agent's, not a change's: only the changes
                 // it carries count as programming latency.
                 (None, if self.synced { vec![since] } else { Vec::new() })

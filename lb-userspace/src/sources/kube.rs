@@ -34,9 +34,22 @@ pub const SERVICE_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
 /// Slices of a Service, not of a headless or another proxy's one.
 pub const SLICE_SELECTOR: &str = "kubernetes.io/service-name,!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name";
 
-/// A client from a kubeconfig file, or the in-cluster configuration.
-pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
+/// A client for the API server.
+///
+/// The configuration is `kubeconfig` when given; otherwise kube-rs infers it as client-go
+/// does: `$KUBECONFIG`, then `~/.kube/config`, then the in-cluster service account with
+/// the API server at `$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`. `api_server`
+/// replaces the address in any of them.
+///
+/// Without kube-proxy the in-cluster default, the `kubernetes` Service's ClusterIP, only
+/// works once this agent programs it: the DaemonSet sets `KUBERNETES_SERVICE_HOST` and
+/// `KUBERNETES_SERVICE_PORT` to the API server's real address (or pass `--api-server`),
+/// as Cilium asks for `k8sServiceHost`.
+pub async fn client(
+    kubeconfig: Option<&Path>,
+    api_server: Option<&http::Uri>,
+) -> anyhow::Result<Client> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig {}", path.display()))?;
@@ -44,12 +57,16 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
                 .await
                 .with_context(|| format!("--kubeconfig {}", path.display()))?
         }
-        None => kube::Config::incluster().map_err(|e| {
-            anyhow::anyhow!(
-                "no --kubeconfig given, and the in-cluster configuration is not available: {e}"
-            )
-        })?,
+        None => kube::Config::infer().await.context(
+            "no Kubernetes configuration: none in $KUBECONFIG or ~/.kube/config, and not in a \
+             cluster (the service account, $KUBERNETES_SERVICE_HOST and $KUBERNETES_SERVICE_PORT); \
+             give --kubeconfig",
+        )?,
     };
+    if let Some(url) = api_server {
+        config.cluster_url = url.clone();
+    }
+    tracing::info!(api_server = %config.cluster_url, "Kubernetes API server");
     Client::try_from(config).context("creating the Kubernetes client")
 }
 

@@ -575,7 +575,7 @@ fn agent_rss(xlb: &Path, services: usize, endpoints: usize) -> anyhow::Result<(f
         .arg(&dir);
     cmd.arg("--bpffs")
         .arg(bpffs.path().join("rss"))
-        .args(["--interface", "v0"]);
+        .args(["--interface", "v0", "--no-socket-lb"]);
     let started = Instant::now();
     let mut agent = Process::spawn("agent", cmd)?;
     agent.wait_for("sync complete", Duration::from_secs(300))?;

@@ -271,7 +271,14 @@ fn run_in_namespace(
         conntrack_entries: names::CONNTRACK_ENTRIES,
     })?;
     program_services(&mut dp, &cfg.backend_counts)?;
-    dp.attach("toback-peer", xlb::datapath::AttachMode::Generic)?;
+    dp.attach_xdp("toback-peer", xlb::datapath::AttachMode::Generic)?;
+    // toback's peer runs an XDP program: redirects into toback are delivered.
+    let mut tx = dp.tx_ports()?;
+    let toback = xlb::datapath::ifindex("toback").context("the fixture's toback")?;
+    tx.set(
+        toback,
+        lb_common::maps::TX_F_REDIRECT | lb_common::maps::TX_F_TX,
+    )?;
     let mut bench = Bench::load(object)?;
     let xlb_fd = dp.program_fd().try_clone()?;
     let pass_fd = bench.prog(bench::PROG_PASS).fd()?.try_clone()?;

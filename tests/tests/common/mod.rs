@@ -80,7 +80,8 @@ impl LoopbackBed {
             .arg(&self.dir.0)
             .arg("--bpffs")
             .arg(&self.pins);
-        cmd.args(["--interface", "lo"]).args(extra);
+        cmd.args(["--interface", "lo", "--no-socket-lb"])
+            .args(extra);
         xlb_tests::process::Process::spawn("agent", cmd).unwrap()
     }
 
