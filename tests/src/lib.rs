@@ -11,6 +11,7 @@ pub mod apiserver;
 pub mod bpffs;
 pub mod cgroup;
 pub mod client;
+pub mod cluster;
 pub mod cmd;
 pub mod fixture;
 pub mod http;
@@ -20,6 +21,7 @@ pub mod netns;
 pub mod packet;
 pub mod process;
 pub mod registry;
+pub mod services;
 pub mod wait;
 
 /// A short prefix unique to this call, e.g. `xlb3fa2c1`: the process id, the time and a

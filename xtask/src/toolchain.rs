@@ -22,7 +22,8 @@ use crate::ui;
 /// Debian packages the Debian route builds with.
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 /// Packages the lab and the tests use.
-pub const LAB_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "curl"];
+/// iptables: the kube-proxy baseline of the multi-node lab's path matrix.
+pub const LAB_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "curl", "iptables"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_BPF_SYSROOT: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";

@@ -1,9 +1,10 @@
 //! xlb-lab-server: a backend for the lab. Answers TCP and UDP requests with its name.
 //!
 //! TCP: each request line gets one reply line, the server's name, on a connection that
-//! stays open (so tests can hold long-lived connections); an HTTP GET gets a one-line HTTP
+//! stays open (so tests can hold long-lived connections); the line `peer` gets
+//! "<name> <client address:port as seen here>"; an HTTP GET gets a one-line HTTP
 //! response (so `curl http://VIP/` works in the demo). UDP: each datagram gets
-//! "<name> <datagram>". Listens dual-stack on [::]. Prints "ready" once listening.
+//! "<name> <datagram>", and the datagram `peer` "<name> peer <client address:port>". Listens dual-stack on [::]. Prints "ready" once listening.
 //! `--close-port P` also accepts connections on P and closes them at once (for measuring
 //! new connections per second without a thread per connection).
 
@@ -53,6 +54,9 @@ fn main() -> anyhow::Result<()> {
             };
             let mut reply = format!("{udp_name} ").into_bytes();
             reply.extend_from_slice(&buf[..n]);
+            if &buf[..n] == b"peer" {
+                reply.extend_from_slice(format!(" {from}").as_bytes());
+            }
             let _ = socket.send_to(&reply, from);
         }
     });
@@ -67,6 +71,7 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    let peer = stream.peer_addr()?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -90,6 +95,10 @@ fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
                 body.len()
             )?;
             return Ok(());
+        }
+        if line.trim_end() == "peer" {
+            writer.write_all(format!("{name} {peer}\n").as_bytes())?;
+            continue;
         }
         writer.write_all(format!("{name}\n").as_bytes())?;
     }
