@@ -13,8 +13,11 @@
 //! programs translated them already) passes untouched: `TC_ACT_OK` (no classification).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::generated::bpf_csum_diff,
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LOOKUP_SKIP_NEIGH,
+        bpf_fib_lookup as FibParams,
+    },
+    helpers::generated::{bpf_csum_diff, bpf_fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
 use lb_common::{Addr, Family, Proto, stats::Event};
@@ -29,6 +32,8 @@ use crate::{
 };
 
 const TC_ACT_OK: i32 = 0;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const TC_ACT_SHOT: i32 = 2;
 
 /// Handles one packet a pod sent.
@@ -68,7 +73,70 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
     conntrack::refresh_reply(&key, entry, &pkt, conntrack::now(), &NextHop::NONE);
     stats::backend(backend_id, pkt.ip_len, false, true);
     counters.event(Event::POD_REPLY);
-    TC_ACT_OK
+    pkt.key.src = vip;
+    pkt.key.sport_be = vip_port;
+    send_on(ctx, &pkt)
+}
+
+/// Sends a translated reply straight to its egress interface.
+///
+/// Why not back through the kernel's routing: the reply's source is now the VIP, which
+/// for a NodePort is this node's own address, and a packet arriving on an interface with
+/// a local source address is dropped as martian. So it is routed here (FIB, the
+/// neighbour resolved by `bpf_redirect_neigh`), as a forwarding router would: TTL
+/// decremented. When the FIB has no answer, or the TTL would expire, the kernel decides.
+#[inline(never)]
+fn send_on(ctx: &TcContext, pkt: &Packet) -> i32 {
+    if pkt.ttl <= 1 {
+        return TC_ACT_OK;
+    }
+    // SAFETY: an all-zero bpf_fib_lookup is a valid request template (integers and
+    // unions of integers).
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.l4_protocol = pkt.proto().0;
+    fib.sport = pkt.key.sport_be;
+    fib.dport = pkt.key.dport_be;
+    fib.__bindgen_anon_1.tot_len = pkt.ip_len;
+    // SAFETY: the context the kernel passed.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let l3 = pkt.l3_off as usize;
+    if pkt.family() == Family::V4 {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = pkt.key.src.raw[0];
+        fib.__bindgen_anon_4.ipv4_dst = pkt.key.dst.raw[0];
+    } else {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_3.ipv6_src = pkt.key.src.raw;
+        fib.__bindgen_anon_4.ipv6_dst = pkt.key.dst.raw;
+    }
+    // SAFETY: the program's context and a valid, writable parameter block.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut fib,
+            size_of::<FibParams>() as i32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH as u32,
+        )
+    };
+    if rc != 0 {
+        return TC_ACT_OK;
+    }
+    let ttl_ok = if pkt.family() == Family::V4 {
+        // TTL and protocol form one 16-bit word of the checksummed header.
+        let old = u16::from_ne_bytes([pkt.ttl, pkt.proto().0]);
+        let new = u16::from_ne_bytes([pkt.ttl - 1, pkt.proto().0]);
+        ctx.store(l3 + 8, &new, 0).is_ok()
+            && ctx
+                .l3_csum_replace(l3 + 10, old as u64, new as u64, 2)
+                .is_ok()
+    } else {
+        ctx.store(l3 + 7, &(pkt.ttl - 1), 0).is_ok()
+    };
+    if !ttl_ok {
+        return TC_ACT_OK;
+    }
+    // SAFETY: plain helper: no parameters block (the kernel resolves the neighbour).
+    unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
 
 /// Rewrites the source address and port (a reply's source back to the VIP), fixing the

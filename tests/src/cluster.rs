@@ -331,6 +331,12 @@ impl Cluster {
         Ok(index)
     }
 
+    /// Deletes pod `index` of node `n` (its server, cgroup and namespace: the veth goes
+    /// with it), as the CNI does when a pod goes.
+    pub fn remove_pod(&mut self, n: usize, index: usize) {
+        self.nodes[n].pods.retain(|p| p.index != index);
+    }
+
     pub fn manifests_dir(&self) -> PathBuf {
         self.dir.0.join("manifests")
     }
