@@ -115,7 +115,7 @@ fn send_on(ctx: &TcContext, pkt: &Packet) -> i32 {
             ctx.skb.skb as *mut _,
             &mut fib,
             size_of::<FibParams>() as i32,
-            BPF_FIB_LOOKUP_SKIP_NEIGH as u32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
         )
     };
     if rc != 0 {

@@ -1,7 +1,9 @@
 //! `cargo xtask run`: the demo. A lab of network namespaces (a client, a node running the
 //! agent on all its interfaces, three backends with real TCP and UDP servers), the embedded
 //! default manifests, real traffic to every VIP, then the per-backend distribution and the
-//! datapath counters.
+//! datapath counters. Then the two-node lab as a real node is: pods behind untuned veths, host
+//! processes and an external client, each reaching same-node, other-node and hairpin Services
+//! with no kube-proxy rules, shown as a path table.
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +19,9 @@ use anyhow::Context as _;
 use clap::Args;
 use xlb_tests::{
     client::{self, TcpSession},
+    cluster::{self, Answer, Cluster},
     lab::{self, Lab},
+    services::{self, Kind, LabService},
 };
 
 use crate::{build, toolchain, ui};
@@ -125,10 +129,15 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    let cluster_step = ui::step("the two-node lab: node-a and node-b on a wire, two pods each as a routed CNI leaves them, an agent per node");
+    let (cluster, cluster_failed) = cluster_demo(&bins, &xlb, &server, &stop)?;
+    cluster_step.done();
+
     let failed: usize = rows
         .iter()
         .map(|(_, _, t)| t.get("failed").copied().unwrap_or(0))
-        .sum();
+        .sum::<usize>()
+        + cluster_failed;
     let unbalanced = rows
         .iter()
         .any(|(_, _, t)| t.keys().filter(|k| k.starts_with('b')).count() < 3);
@@ -151,12 +160,67 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    let step = ui::step("tearing the lab down");
+    let step = ui::step("tearing the labs down");
+    drop(cluster);
     drop(lab);
     step.done();
     anyhow::ensure!(failed == 0, "{failed} requests failed");
     anyhow::ensure!(!unbalanced, "some VIP did not reach all three backends");
     Ok(())
+}
+
+/// The two-node lab: from a pod of node-a, every Service (backend on the same node, on the
+/// other node, the pod itself) through every frontend, TCP and both kinds of UDP, both
+/// families; and from the external client to node-a's pods. Prints a table; returns the
+/// lab (for --keep) and how many requests failed.
+fn cluster_demo(
+    bins: &std::path::Path,
+    xlb: &std::path::Path,
+    server: &std::path::Path,
+    stop: &AtomicBool,
+) -> anyhow::Result<(Cluster, usize)> {
+    let client = bins.join("xlb-lab-client");
+    let services = vec![
+        LabService::new("same-node", 1, &[(0, 2)]),
+        LabService::new("other-node", 2, &[(1, 1)]),
+        LabService::new("hairpin", 3, &[(0, 1)]),
+    ];
+    let mut c = Cluster::build(2, server)?;
+    c.write_manifest("lab.yaml", &services::manifests(&services, 2))?;
+    c.start_agents(xlb, &[])?;
+    check(stop)?;
+    println!("\nFrom pod a1 on node-a (answered by a Service backend, from the address sent to):");
+    println!("  {:<11} {:<13} {:>9} {:>9} {:>9}", "SERVICE", "FRONTEND", "tcp", "udp conn", "udp");
+    let mut failed = 0;
+    let mut row = |from: &dyn Fn(&[String]) -> anyhow::Result<Vec<Answer>>, s: &LabService, kind: Kind, node: usize| -> anyhow::Result<()> {
+        let mut cells = Vec::new();
+        for proto in ["tcp", "udpc", "udp"] {
+            let mut ok = 0;
+            for v6 in [false, true] {
+                let (ip, port) = s.frontend(kind, v6, proto == "tcp", node);
+                let want = std::net::SocketAddr::new(ip, port).to_string();
+                let a = &from(&[cluster::request(proto, ip, port)])?[0];
+                if a.ok && s.servers().contains(&a.server) && a.from == want {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            cells.push(format!("{ok}/2"));
+        }
+        println!("  {:<11} {:<13} {:>9} {:>9} {:>9}", s.name, kind.name(), cells[0], cells[1], cells[2]);
+        Ok(())
+    };
+    for s in &services {
+        for kind in Kind::ALL {
+            row(&|r| c.from_pod(&client, 0, 1, r), s, kind, 0)?;
+        }
+    }
+    println!("\nFrom the external client to node-a (v4 and v6):");
+    for kind in [Kind::NodePort, Kind::LoadBalancer] {
+        row(&|r| c.from_external(&client, r), &services[0], kind, 0)?;
+    }
+    Ok((c, failed))
 }
 
 fn check(stop: &AtomicBool) -> anyhow::Result<()> {
