@@ -129,7 +129,9 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let cluster_step = ui::step("the two-node lab: node-a and node-b on a wire, two pods each as a routed CNI leaves them, an agent per node");
+    let cluster_step = ui::step(
+        "the two-node lab: node-a and node-b on a wire, two pods each as a routed CNI leaves them, an agent per node",
+    );
     let (cluster, cluster_failed) = cluster_demo(&bins, &xlb, &server, &stop)?;
     cluster_step.done();
 
@@ -190,9 +192,16 @@ fn cluster_demo(
     c.start_agents(xlb, &[])?;
     check(stop)?;
     println!("\nFrom pod a1 on node-a (answered by a Service backend, from the address sent to):");
-    println!("  {:<11} {:<13} {:>9} {:>9} {:>9}", "SERVICE", "FRONTEND", "tcp", "udp conn", "udp");
+    println!(
+        "  {:<11} {:<13} {:>9} {:>9} {:>9}",
+        "SERVICE", "FRONTEND", "tcp", "udp conn", "udp"
+    );
     let mut failed = 0;
-    let mut row = |from: &dyn Fn(&[String]) -> anyhow::Result<Vec<Answer>>, s: &LabService, kind: Kind, node: usize| -> anyhow::Result<()> {
+    let mut row = |from: &dyn Fn(&[String]) -> anyhow::Result<Vec<Answer>>,
+                   s: &LabService,
+                   kind: Kind,
+                   node: usize|
+     -> anyhow::Result<()> {
         let mut cells = Vec::new();
         for proto in ["tcp", "udpc", "udp"] {
             let mut ok = 0;
@@ -208,7 +217,14 @@ fn cluster_demo(
             }
             cells.push(format!("{ok}/2"));
         }
-        println!("  {:<11} {:<13} {:>9} {:>9} {:>9}", s.name, kind.name(), cells[0], cells[1], cells[2]);
+        println!(
+            "  {:<11} {:<13} {:>9} {:>9} {:>9}",
+            s.name,
+            kind.name(),
+            cells[0],
+            cells[1],
+            cells[2]
+        );
         Ok(())
     };
     for s in &services {
