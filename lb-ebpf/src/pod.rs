@@ -39,13 +39,21 @@ const TC_ACT_SHOT: i32 = 2;
 /// Handles one packet a pod sent.
 #[inline(always)]
 pub fn from_pod(ctx: &TcContext) -> i32 {
-    // The headers must be in the linear part for direct access; pulling more than the
-    // packet holds fails, hence the bound.
-    let _ = ctx.pull_data(ctx.len().min(MAX_OFFSET as u32));
     let mut pkt = Packet::EMPTY;
     if parse::parse_into(ctx, &mut pkt) != u32::MAX {
-        // Not TCP/UDP, or nothing the pipeline parses: not ours.
-        return TC_ACT_OK;
+        // The parser reads the linear part only. A socket's packets carry their headers
+        // there already, so the pull (which copies, and may reallocate the head) happens
+        // only when the headers did not parse and the packet has more than its linear
+        // part; pulling more than the packet holds fails, hence the bound.
+        let linear = ctx.data_end().saturating_sub(ctx.data()) as u32;
+        if linear >= ctx.len() || ctx.pull_data(ctx.len().min(MAX_OFFSET as u32)).is_err() {
+            return TC_ACT_OK;
+        }
+        pkt = Packet::EMPTY;
+        if parse::parse_into(ctx, &mut pkt) != u32::MAX {
+            // Not TCP/UDP, or nothing the pipeline parses: not ours.
+            return TC_ACT_OK;
+        }
     }
     let counters = Counters::get();
     if pkt.icmp_unreachable {

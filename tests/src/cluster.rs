@@ -437,6 +437,58 @@ impl Cluster {
     pub fn from_external(&self, client: &Path, requests: &[String]) -> anyhow::Result<Vec<Answer>> {
         run_client(client, &self.external, None, requests)
     }
+
+    /// Repeats `request` from pod `pod` of node `n` with `threads` threads for `seconds`
+    /// (`xlb-lab-client --load`).
+    pub fn load_from_pod(
+        &self,
+        client: &Path,
+        (n, pod): (usize, usize),
+        request: &str,
+        seconds: f64,
+        threads: usize,
+    ) -> anyhow::Result<Load> {
+        let p = &self.nodes[n].pods[pod - 1];
+        let mut cmd = client_command(client, &p.ns, Some(&p.cgroup));
+        cmd.args(["--load", &seconds.to_string(), "--threads"])
+            .arg(threads.to_string())
+            .arg(request);
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", client.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "load of {request} from {}: {}",
+            p.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("the load client printed {:?}", out.stdout))?;
+        let count = |k: &str| v[k].as_u64().unwrap_or(0);
+        Ok(Load {
+            ok: count("ok"),
+            failed: count("failed"),
+            seconds: v["seconds"].as_f64().unwrap_or(seconds),
+        })
+    }
+}
+
+/// What a load run did.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    pub ok: u64,
+    pub failed: u64,
+    pub seconds: f64,
+}
+
+/// `xlb-lab-client` in `ns` (and `cgroup`).
+fn client_command(client: &Path, ns: &Netns, cgroup: Option<&Cgroup>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns.name()]).arg(client);
+    if let Some(cg) = cgroup {
+        cg.enter(&mut cmd);
+    }
+    cmd
 }
 
 /// Runs the lab client in `ns` (and `cgroup`) and parses its answers.
@@ -446,14 +498,8 @@ fn run_client(
     cgroup: Option<&Cgroup>,
     requests: &[String],
 ) -> anyhow::Result<Vec<Answer>> {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns.name()])
-        .arg(client)
-        .args(requests);
-    if let Some(cg) = cgroup {
-        cg.enter(&mut cmd);
-    }
-    let out = cmd
+    let out = client_command(client, ns, cgroup)
+        .args(requests)
         .output()
         .with_context(|| format!("running {}", client.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);

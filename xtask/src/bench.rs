@@ -24,7 +24,7 @@ pub struct BenchOpts {
     /// Fewer repeats and sizes; results go to target/bench/ (under two minutes).
     #[arg(long)]
     pub quick: bool,
-    /// Run only these suites: datapath, e2e, control (comma-separated).
+    /// Run only these suites: datapath, e2e, pods, control (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -78,6 +78,8 @@ pub fn run(opts: &BenchOpts) -> anyhow::Result<()> {
         .arg(&built.xlb)
         .arg("--lab-server")
         .arg(built.xlb.with_file_name("xlb-lab-server"))
+        .arg("--lab-client")
+        .arg(built.xlb.with_file_name("xlb-lab-client"))
         .arg("--json")
         .arg(out_dir.join("BENCHMARKS.json"))
         .arg("--markdown")

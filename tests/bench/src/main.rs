@@ -5,6 +5,7 @@ mod baselines;
 mod control;
 mod datapath;
 mod e2e;
+mod pods;
 mod report;
 mod stats;
 
@@ -26,6 +27,9 @@ struct Cli {
     /// The lab's server binary.
     #[arg(long)]
     lab_server: Option<PathBuf>,
+    /// The lab's client binary.
+    #[arg(long)]
+    lab_client: Option<PathBuf>,
     /// Where to write the JSON results.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -93,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         machine: report::machine(),
         datapath: None,
         e2e: None,
+        pods: None,
         control: None,
     };
     if wants("datapath") {
@@ -115,6 +120,32 @@ fn main() -> anyhow::Result<()> {
             }
         };
         report.e2e = Some(e2e::run(&e, &xlb, &server, &cli.bench_object)?);
+    }
+    if wants("pods") {
+        eprintln!("pods to ClusterIPs: multi-node lab, xlb vs iptables vs no LB");
+        let p = if cli.quick {
+            pods::Config {
+                seconds: 1.0,
+                repeats: 1,
+                threads: 2,
+            }
+        } else {
+            pods::Config {
+                seconds: 3.0,
+                repeats: 5,
+                threads: 2,
+            }
+        };
+        let client = cli
+            .lab_client
+            .clone()
+            .unwrap_or_else(|| server.with_file_name("xlb-lab-client"));
+        let bins = pods::Bins {
+            xlb: &xlb,
+            server: &server,
+            client: &client,
+        };
+        report.pods = Some(pods::run(&p, &bins)?);
     }
     if wants("control") {
         eprintln!("control plane");

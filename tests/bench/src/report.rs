@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::{control, datapath, e2e, stats::Summary};
+use crate::{control, datapath, e2e, pods, stats::Summary};
 
 #[derive(Debug, Serialize)]
 pub struct Machine {
@@ -22,6 +22,7 @@ pub struct Report {
     pub machine: Machine,
     pub datapath: Option<datapath::Results>,
     pub e2e: Option<e2e::Results>,
+    pub pods: Option<pods::Results>,
     pub control: Option<control::Results>,
 }
 
@@ -126,6 +127,31 @@ pub fn markdown(r: &Report) -> String {
                 o,
                 "| highest delivered rate at least 3x iptables | {v:.1}x | {} |",
                 verdict(v >= 3.0)
+            );
+        }
+    }
+    if let Some(p) = &r.pods {
+        for backend in ["same node", "other node"] {
+            let xlb = || {
+                p.rows
+                    .iter()
+                    .filter(move |row| row.mode == pods::Mode::Xlb && row.backend == backend)
+            };
+            let rate = xlb()
+                .filter_map(|row| row.rate_vs_iptables)
+                .fold(f64::MAX, f64::min);
+            let cpu = xlb()
+                .filter_map(|row| row.cpu_vs_iptables)
+                .fold(0.0f64, f64::max);
+            let _ = writeln!(
+                o,
+                "| pod -> ClusterIP, backend on the {backend}: more requests/s than iptables (TCP and UDP) | worst {rate:.2}x | {} |",
+                verdict(rate > 1.0)
+            );
+            let _ = writeln!(
+                o,
+                "| pod -> ClusterIP, backend on the {backend}: less CPU per request than iptables (TCP and UDP) | worst {cpu:.2}x | {} |",
+                verdict(cpu < 1.0)
             );
         }
     }
@@ -237,6 +263,44 @@ pub fn markdown(r: &Report) -> String {
                 mr.new_connections_per_s.median,
                 mr.new_connections_per_s.min,
                 mr.new_connections_per_s.max,
+            );
+        }
+    }
+
+    if let Some(p) = &r.pods {
+        let _ = writeln!(
+            o,
+            "\n## Pods to ClusterIPs (multi-node lab: two nodes, routed pods with default offloads)\n"
+        );
+        let _ = writeln!(
+            o,
+            "A pod of node-a sends requests to a ClusterIP whose only backend is a pod of node-a (same node) or of node-b (other node), {} client threads, {:.0} s x {} repeats per cell, each mode on a lab of its own, the modes taking turns in a rotating order cell by cell. A TCP request: a new connection, one request-response, close; a UDP request: a new connected socket, one query and its answer (as a resolver does). xlb: an agent per node (socket-level translation; XDP on the node devices; tc on the pods' veths). iptables: kube-proxy's iptables-mode rules for the same Services (PREROUTING and OUTPUT DNAT, masquerade), no agent. No LB: the backend pod's own address. CPU per request is the whole machine's busy time (/proc/stat) per answered request: all namespaces share this kernel, so client and servers are included and cost the same in every mode; \"over the floor\" subtracts the no-LB figure, leaving what the load balancer costs.\n",
+            p.threads, p.seconds, p.repeats
+        );
+        let _ = writeln!(
+            o,
+            "| mode | backend | proto | requests/s | x iptables | CPU us/request | x iptables | LB CPU us/request over the floor | failed |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        let opt =
+            |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_default();
+        for row in &p.rows {
+            let (q, c) = (&row.requests_per_s, &row.cpu_us_per_request);
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {:.0} ({:.0}-{:.0}) | {} | {:.1} ({:.1}-{:.1}) | {} | {} | {} |",
+                row.mode.name(),
+                row.backend,
+                row.proto,
+                q.median,
+                q.min,
+                q.max,
+                opt(row.rate_vs_iptables, 2),
+                c.median,
+                c.min,
+                c.max,
+                opt(row.cpu_vs_iptables, 2),
+                opt(row.cpu_over_floor_us, 1),
+                row.failed
             );
         }
     }

@@ -6,18 +6,35 @@
 //! address it saw, and the address the answer came from as this socket sees it
 //! (getpeername for TCP and connected UDP, recvfrom's source for UDP): a Service's
 //! replies must come from the address the client sent to.
+//!
+//! `--load SECONDS --threads N REQUEST` repeats one request (a new connection or a new
+//! connected socket each time, as a client opening connections or a resolver sending
+//! queries does) from N threads for SECONDS and prints one JSON line with the answered
+//! and failed counts: the load generator of `cargo xtask bench`'s pod benchmarks.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
-    time::Duration,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--load") {
+        match load(&args[1..]) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("xlb-lab-client: {e:#}");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
     let mut failed = false;
-    for arg in std::env::args().skip(1) {
+    for arg in args {
         let result = request(&arg);
         failed |= result.is_err();
         let line = match result {
@@ -29,6 +46,39 @@ fn main() {
         println!("{line}");
     }
     std::process::exit(i32::from(failed));
+}
+
+/// `SECONDS --threads N REQUEST`: the request repeated from N threads for SECONDS.
+fn load(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let [seconds, flag, threads, req] = args else {
+        anyhow::bail!("usage: --load SECONDS --threads N REQUEST");
+    };
+    anyhow::ensure!(flag == "--threads", "expected --threads, got {flag:?}");
+    let seconds: f64 = seconds.parse()?;
+    let threads: usize = threads.parse()?;
+    // One request first: a request that cannot work at all is an error, not a rate.
+    request(req).map_err(|e| anyhow::anyhow!("{req}: {e}"))?;
+    let stop = AtomicBool::new(false);
+    let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let counter = if request(req).is_ok() { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        stop.store(true, Ordering::Relaxed);
+    });
+    Ok(serde_json::json!({
+        "request": req,
+        "ok": ok.into_inner(),
+        "failed": failed.into_inner(),
+        "seconds": started.elapsed().as_secs_f64(),
+    }))
 }
 
 /// (server name, client address the server saw, address the answer came from).
