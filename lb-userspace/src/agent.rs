@@ -162,6 +162,18 @@ async fn serve(
         addresses: args.node_addresses.clone(),
         zone: args.node_zone.clone(),
     };
+    let nodeport = crate::translate::NodePortAddresses::parse(&args.nodeport_addresses)
+        .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
+    // Problems of objects become Events on them (the manifests source has no API server:
+    // the log and the metric only).
+    let (notices, events) = match &client {
+        Some(c) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(sources::events::QUEUE);
+            let task = tokio::spawn(sources::events::run(c.clone(), node_name.clone(), rx));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
     let health_view = args.health.view()?;
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Default::default());
     // The node's addresses, as the reconciler learns them (they decide node devices).
@@ -178,6 +190,7 @@ async fn serve(
         ApplyConfig::default(),
         metrics.clone(),
     )
+    .with_nodeport_addresses(nodeport)
     .with_health(
         health_view,
         Some(crate::reconcile::HealthLinks {
@@ -187,6 +200,10 @@ async fn serve(
         args.health.drain_timeout,
     )
     .with_node_watch(node_tx);
+    let reconciler = match notices {
+        Some(tx) => reconciler.with_notices(tx),
+        None => reconciler,
+    };
     let (tx, rx) = mpsc::channel::<Msg>();
     let report_tx = tx.clone();
     let reporter: crate::health::Reporter =
@@ -247,6 +264,9 @@ async fn serve(
         }
     };
     source.abort();
+    if let Some(events) = events {
+        events.abort();
+    }
     http.abort();
     checker.abort();
     signal_task.abort();

@@ -70,6 +70,12 @@ pub struct AgentArgs {
     /// none); repeatable.
     #[arg(long = "node-address", value_name = "IP")]
     pub node_addresses: Vec<std::net::IpAddr>,
+    /// Which node addresses serve NodePorts, as kube-proxy's flag of the same name:
+    /// `primary` (the node's first InternalIP of each family, else its first ExternalIP),
+    /// or CIDRs (comma-separated or repeated) that select among the Node's InternalIP and
+    /// ExternalIP addresses (or --node-address). Default: all of them.
+    #[arg(long = "nodeport-addresses", value_name = "primary|CIDR,...")]
+    pub nodeport_addresses: Vec<String>,
     /// This node's zone (for topology hints) when its Node object has no zone label.
     #[arg(long, value_name = "ZONE")]
     pub node_zone: Option<String>,

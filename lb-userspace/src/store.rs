@@ -26,7 +26,7 @@ use kube::{
     },
 };
 
-use crate::translate::{DEFAULT_NAMESPACE, NodeInfo, ObjectKey, slice_owner};
+use crate::translate::{DEFAULT_NAMESPACE, NodeInfo, NodePortAddresses, ObjectKey, slice_owner};
 
 /// Annotation a source may set on the objects it hands over: where the object was read
 /// (the manifests source: its file, document and line), so that problems found later
@@ -295,7 +295,7 @@ impl Store {
 
     /// What the translation needs of this node: from its Node object when there is one,
     /// else `fallback` (given on the command line).
-    pub fn node_info(&self, fallback: &NodeInfo) -> NodeInfo {
+    pub fn node_info(&self, fallback: &NodeInfo, nodeport: &NodePortAddresses) -> NodeInfo {
         let node = self.node_name.as_ref().and_then(|name| {
             self.nodes
                 .reader
@@ -305,9 +305,9 @@ impl Store {
         });
         match node {
             Some(node) => {
-                let mut info = NodeInfo::from_node(&node);
+                let mut info = NodeInfo::from_node(&node, nodeport);
                 if info.addresses.is_empty() {
-                    info.addresses = fallback.addresses.clone();
+                    info.addresses = nodeport.select_plain(&fallback.addresses);
                 }
                 if info.zone.is_none() {
                     info.zone = fallback.zone.clone();
@@ -316,6 +316,7 @@ impl Store {
             }
             None => NodeInfo {
                 name: self.node_name.clone(),
+                addresses: nodeport.select_plain(&fallback.addresses),
                 ..fallback.clone()
             },
         }
@@ -433,6 +434,12 @@ mod tests {
             zone: Some("flag".into()),
             ..Default::default()
         };
-        assert_eq!(store.node_info(&fallback).zone.as_deref(), Some("z1"));
+        assert_eq!(
+            store
+                .node_info(&fallback, &NodePortAddresses::default())
+                .zone
+                .as_deref(),
+            Some("z1")
+        );
     }
 }

@@ -16,7 +16,7 @@ use xlb::{
     translate::NodeInfo,
 };
 
-fn reconciler(applied: Applied) -> Reconciler {
+fn reconciler(case: &std::path::Path, applied: Applied) -> Reconciler {
     Reconciler::new(
         Store::new(Some("node-a".into())),
         NodeInfo {
@@ -30,6 +30,7 @@ fn reconciler(applied: Applied) -> Reconciler {
         },
         Arc::new(Metrics::new()),
     )
+    .with_nodeport_addresses(common::nodeport_addresses(case))
 }
 
 #[test]
@@ -39,7 +40,7 @@ fn every_golden_state_is_adopted_without_a_write() {
         let steps = common::steps(&case);
 
         let mut maps = FakeMaps::default();
-        let mut original = reconciler(Applied::new(1024, 4096));
+        let mut original = reconciler(&case, Applied::new(1024, 4096));
         let mut source = ManifestSource::new(&case);
         // What the adopter of the previous state made of this step.
         let mut adopter_next: Option<String> = None;
@@ -61,7 +62,7 @@ fn every_golden_state_is_adopted_without_a_write() {
             assert_eq!(found.broken_tables, 0, "{}: {found:?}", step.display());
             let mut adopted_maps = maps.clone();
             adopted_maps.log.clear();
-            let mut adopter = reconciler(applied);
+            let mut adopter = reconciler(&case, applied);
             let mut adopter_source = ManifestSource::new(&case);
             let rejected = !common::feed(&mut adopter, &mut adopter_source, step)
                 .problems

@@ -39,7 +39,8 @@ fn run_case(dir: &Path) -> String {
             backend_grace: std::time::Duration::ZERO,
         },
         Arc::new(Metrics::new()),
-    );
+    )
+    .with_nodeport_addresses(common::nodeport_addresses(dir));
     let mut source = ManifestSource::new(dir);
     let mut out = String::new();
     for step in common::steps(dir) {

@@ -14,6 +14,9 @@
 //! Longer than most files: one concern (the protocol a kube-rs client speaks), whose
 //! parts (lists, watches, compaction, outages) only make sense together.
 //!
+//! It also takes what an agent writes, Events (`events.k8s.io/v1`: create, and the merge
+//! patch of a repeat's series), and keeps them for tests to read ([`ApiServer::events`]).
+//!
 //! Tests drive it: create, update and delete objects, compact the history, drop every
 //! watch connection, or take the whole server down (connections reset, the port refuses)
 //! and bring it back on the same port.
@@ -29,10 +32,10 @@ use std::{
 use axum::{
     Router,
     body::Body,
-    extract::{Query, State},
+    extract::{Path, Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, patch, post},
 };
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
@@ -120,6 +123,8 @@ struct Shared {
     generation: watch::Sender<u64>,
     bookmark_every: Duration,
     seen: Mutex<Seen>,
+    /// Events written by clients, by (namespace, name).
+    recorded: Mutex<BTreeMap<Key, Value>>,
 }
 
 /// The running server.
@@ -150,6 +155,7 @@ impl ApiServer {
             generation: watch::channel(0).0,
             bookmark_every,
             seen: Mutex::new(Seen::default()),
+            recorded: Mutex::new(BTreeMap::new()),
         });
         let listener = bind("127.0.0.1:0".parse()?)?;
         let addr = listener.local_addr()?;
@@ -188,6 +194,14 @@ impl ApiServer {
                 get(endpointslices),
             )
             .route("/api/v1/nodes", get(nodes))
+            .route(
+                "/apis/events.k8s.io/v1/namespaces/{namespace}/events",
+                post(create_event),
+            )
+            .route(
+                "/apis/events.k8s.io/v1/namespaces/{namespace}/events/{name}",
+                patch(patch_event),
+            )
             .fallback(|| async {
                 status(
                     StatusCode::NOT_FOUND,
@@ -248,6 +262,17 @@ impl ApiServer {
 
     pub fn seen(&self) -> Seen {
         self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// The Events clients created (with their latest patches), in name order.
+    pub fn events(&self) -> Vec<Value> {
+        self.shared
+            .recorded
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Creates or updates an object (its `kind` says which resource).
@@ -374,6 +399,79 @@ fn matches(q: &HashMap<String, String>, obj: &Value) -> bool {
 }
 
 type Params = Query<HashMap<String, String>>;
+
+/// `POST .../namespaces/{namespace}/events`: an Event, stored as sent (201), or 409 when
+/// one of that name exists, as a real server answers.
+async fn create_event(
+    State(shared): State<Arc<Shared>>,
+    Path(namespace): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(mut event) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not a JSON object");
+    };
+    if event["kind"] != "Event" || event["metadata"]["name"].as_str().is_none() {
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "not a named Event",
+        );
+    }
+    event["metadata"]["namespace"] = json!(namespace);
+    let key = key_of(&event);
+    let mut recorded = shared.recorded.lock().unwrap();
+    if recorded.contains_key(&key) {
+        return status(StatusCode::CONFLICT, "AlreadyExists", "the event exists");
+    }
+    recorded.insert(key, event.clone());
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        event.to_string(),
+    )
+        .into_response()
+}
+
+/// `PATCH .../events/{name}` (a JSON merge patch): updates a stored Event.
+async fn patch_event(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not a JSON object");
+    };
+    let mut recorded = shared.recorded.lock().unwrap();
+    let Some(event) = recorded.get_mut(&(namespace, name)) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "no such event");
+    };
+    merge(event, &patch);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        event.to_string(),
+    )
+        .into_response()
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let object = target.as_object_mut().expect("an object");
+    for (k, v) in fields {
+        if v.is_null() {
+            object.remove(k);
+        } else {
+            merge(object.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
 
 async fn services(state: State<Arc<Shared>>, q: Params) -> Response {
     handle(state, q, Resource::Services)

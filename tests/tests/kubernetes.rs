@@ -439,3 +439,90 @@ fn ready_only_after_the_first_sync_and_metrics_describe_the_datapath() {
             >= 30.0
     );
 }
+
+/// Objects xlb cannot serve are reported where users look: a Warning Event on the
+/// Service (events.k8s.io/v1, naming the reason), besides the log and the metric; the
+/// rest keeps working.
+#[test]
+fn services_xlb_cannot_serve_get_events_and_the_rest_keeps_working() {
+    let k = kube_lab(true);
+    // Rejected: a malformed xlb annotation.
+    k.api.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "bad-weights", "namespace": "default",
+                     "annotations": {"xlb.dev/endpoint-weights": "web-1=lots"}},
+        "spec": {"clusterIP": "10.96.0.30", "ports": [{"port": 80, "targetPort": 8080}]},
+    }));
+    // A VIP and port another Service has.
+    k.api.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "same-vip", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80, "targetPort": 8080}]},
+    }));
+    // An SCTP port: not supported, reported, the TCP port served.
+    k.api.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "with-sctp", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.31", "ports": [
+            {"name": "tcp", "port": 80, "targetPort": 8080},
+            {"name": "sctp", "port": 9999, "protocol": "SCTP", "targetPort": 9999},
+        ]},
+    }));
+    let reasons = |api: &ApiServer| -> Vec<(String, String, String, String)> {
+        api.events()
+            .iter()
+            .map(|e| {
+                let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+                (
+                    s(&e["regarding"]["name"]),
+                    s(&e["reason"]),
+                    s(&e["type"]),
+                    s(&e["regarding"]["uid"]),
+                )
+            })
+            .collect()
+    };
+    let want = [
+        ("bad-weights", "Rejected"),
+        ("same-vip", "FrontendConflict"),
+        ("with-sctp", "Skipped"),
+    ];
+    common::time_until("an event for each", Duration::from_secs(10), || {
+        let got = reasons(&k.api);
+        want.iter()
+            .all(|(n, r)| got.iter().any(|g| g.0 == *n && g.1 == *r))
+    });
+    for (name, reason, kind, uid) in reasons(&k.api) {
+        assert_eq!(kind, "Warning", "{name}: {reason}");
+        assert_eq!(
+            uid,
+            format!("uid-Service-default-{name}"),
+            "{name}: the Service's uid"
+        );
+    }
+    let events = k.api.events();
+    let note = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["regarding"]["name"] == name)
+            .and_then(|e| e["note"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        note("bad-weights").contains("xlb.dev/endpoint-weights"),
+        "{}",
+        note("bad-weights")
+    );
+    assert!(note("with-sctp").contains("SCTP"), "{}", note("with-sctp"));
+    // Everything else is served: the web VIP by its first owner, DNS as before.
+    let lab = &k.lab;
+    let spread = common::udp_spread(lab, DNS_V4, 30);
+    assert_eq!(spread.len(), 3, "{spread:?}");
+    let answered = lab
+        .client
+        .run(|| client::tcp_ask(WEB_V4))
+        .unwrap()
+        .expect("the web VIP answers");
+    assert!(!answered.is_empty(), "{answered}");
+}

@@ -16,9 +16,11 @@
 //! problems are typed in [`problem`].
 
 mod flows;
+mod notice;
 mod problem;
 
 pub use flows::DRAIN_TIMEOUT;
+pub use notice::{Notice, NoticeSender};
 pub use problem::Problem;
 
 use std::{
@@ -74,6 +76,8 @@ pub struct Reconciler {
     node: NodeInfo,
     /// This node as the command line describes it (used without a Node object).
     node_fallback: NodeInfo,
+    /// Which node addresses serve NodePorts.
+    nodeport: translate::NodePortAddresses,
     /// Dirty Services, with when they were first seen dirty.
     pending: BTreeMap<ObjectKey, Instant>,
     /// A full sync is due, since then.
@@ -89,6 +93,8 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     /// Where this node's addresses go when they change (the device follower).
     node_watch: Option<tokio::sync::watch::Sender<Vec<std::net::IpAddr>>>,
+    /// Where problems of objects are told (Kubernetes Events), if anywhere.
+    notices: Option<NoticeSender>,
 }
 
 impl Reconciler {
@@ -110,6 +116,7 @@ impl Reconciler {
             drain_timeout: DRAIN_TIMEOUT,
             node: node_fallback.clone(),
             node_fallback,
+            nodeport: translate::NodePortAddresses::default(),
             pending: BTreeMap::new(),
             full: Some(Instant::now()),
             rejected: BTreeMap::new(),
@@ -120,7 +127,21 @@ impl Reconciler {
             names_stale: false,
             metrics,
             node_watch: None,
+            notices: None,
         }
+    }
+
+    /// Serves NodePorts on the node addresses `nodeport` selects (default: all of its
+    /// InternalIP and ExternalIP addresses).
+    pub fn with_nodeport_addresses(mut self, nodeport: translate::NodePortAddresses) -> Self {
+        self.nodeport = nodeport;
+        self
+    }
+
+    /// Tells `tx` about every problem of an object (and skipped parts of Services).
+    pub fn with_notices(mut self, tx: NoticeSender) -> Self {
+        self.notices = Some(tx);
+        self
     }
 
     /// Publishes this node's addresses whenever they change.
@@ -212,7 +233,7 @@ impl Reconciler {
             self.pending.entry(key).or_insert(now);
         }
         if dirty.node {
-            let node = self.store.node_info(&self.node_fallback);
+            let node = self.store.node_info(&self.node_fallback, &self.nodeport);
             if node != self.node {
                 tracing::info!(addresses = ?node.addresses, zone = ?node.zone, "this node changed");
                 self.full.get_or_insert(now);
@@ -239,7 +260,7 @@ impl Reconciler {
         let (scope, mut since) = match self.full.take() {
             Some(since) => {
                 report.full = true;
-                self.node = self.store.node_info(&self.node_fallback);
+                self.node = self.store.node_info(&self.node_fallback, &self.nodeport);
                 if let Some(tx) = &self.node_watch {
                     tx.send_if_modified(|a| {
                         let changed = *a != self.node.addresses;
@@ -340,6 +361,7 @@ impl Reconciler {
             Ok(t) => {
                 for w in t.warnings {
                     tracing::warn!("{w}");
+                    self.notify(Notice::skipped(&key.0, &key.1, &w));
                     report.warnings.push(w);
                 }
                 t.services
@@ -386,8 +408,29 @@ impl Reconciler {
             _ => tracing::warn!("{problem}"),
         }
         self.metrics.error(problem.kind());
+        if let Some(notice) = Notice::of(&problem) {
+            self.notify(notice);
+        }
         if let Some(r) = report {
             r.problems.push(problem);
+        }
+    }
+
+    /// Hands a notice on without waiting (a full queue drops it: the log and the metric
+    /// have it already).
+    fn notify(&self, mut notice: Notice) {
+        let Some(tx) = &self.notices else {
+            return;
+        };
+        if notice.kind == "Service" {
+            let key = (notice.namespace.clone(), notice.name.clone());
+            notice.uid = self
+                .store
+                .service(&key)
+                .and_then(|s| s.metadata.uid.clone());
+        }
+        if tx.try_send(notice).is_err() {
+            tracing::debug!("the event queue is full: an event was dropped");
         }
     }
 

@@ -2,6 +2,7 @@
 //! kube-rs watcher events for the [`crate::store`], handed to the reconciler through a
 //! [`Sink`].
 
+pub mod events;
 pub mod kube;
 pub mod manifests;
 

@@ -7,12 +7,9 @@ use std::{
     net::IpAddr,
 };
 
-use k8s_openapi::{
-    api::{
-        core::v1::ServicePort,
-        discovery::v1::{Endpoint, EndpointSlice},
-    },
-    apimachinery::pkg::util::intstr::IntOrString,
+use k8s_openapi::api::{
+    core::v1::ServicePort,
+    discovery::v1::{Endpoint, EndpointSlice},
 };
 use lb_common::{Family, Proto};
 
@@ -28,6 +25,9 @@ pub(super) struct Candidate {
     node: Option<String>,
     /// Zones the endpoint is hinted for; None: no hints.
     zones: Option<BTreeSet<String>>,
+    /// Nodes the endpoint is hinted for (`trafficDistribution: PreferSameNode`); None: no
+    /// hints.
+    nodes: Option<BTreeSet<String>>,
 }
 
 /// Every endpoint address of `family` that serves `port`, with its conditions.
@@ -47,12 +47,19 @@ pub(super) fn candidates(
         for ep in &slice.endpoints {
             let (ready, serving, terminating) = conditions(ep);
             let pod = ep.target_ref.as_ref().and_then(|r| r.name.clone());
-            let zones = ep
-                .hints
-                .as_ref()
+            let hints = ep.hints.as_ref();
+            // An empty hint list is no hint, as for kube-proxy.
+            let zones: Option<BTreeSet<String>> = hints
                 .and_then(|h| h.for_zones.as_ref())
-                .map(|zs| zs.iter().map(|z| z.name.clone()).collect());
-            for addr in &ep.addresses {
+                .map(|zs| zs.iter().map(|z| z.name.clone()).collect())
+                .filter(|zs: &BTreeSet<String>| !zs.is_empty());
+            let nodes: Option<BTreeSet<String>> = hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|ns| ns.iter().map(|n| n.name.clone()).collect())
+                .filter(|ns: &BTreeSet<String>| !ns.is_empty());
+            // The first address is the endpoint's (the API: consumers use the first;
+            // kube-proxy reads only it).
+            if let Some(addr) = ep.addresses.first() {
                 // Slices are validated when read; an unparsable address is skipped here.
                 let Ok(ip) = addr.parse::<IpAddr>() else {
                     continue;
@@ -75,7 +82,8 @@ pub(super) fn candidates(
                     ready,
                     serving_terminating: serving && terminating,
                     node: ep.node_name.clone(),
-                    zones: zones.clone(),
+                    zones,
+                    nodes,
                 };
                 // The same address in two slices: the ready one wins.
                 match out.get(&(ip, target)) {
@@ -90,20 +98,97 @@ pub(super) fn candidates(
     out.into_values().collect()
 }
 
-/// `ready` (unset: ready), `serving` (unset: as ready), `terminating` (unset: false).
+/// `ready` (unset: true), `serving` (unset: true, as kube-proxy reads it; the API
+/// documentation says to defer to `ready`, see the module docs), `terminating` (unset:
+/// false).
 fn conditions(ep: &Endpoint) -> (bool, bool, bool) {
     let c = ep.conditions.as_ref();
     let ready = c.and_then(|c| c.ready).unwrap_or(true);
-    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+    let serving = c.and_then(|c| c.serving).unwrap_or(true);
     let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
     (ready, serving, terminating)
 }
 
 /// The backends that take new flows: the ready ones, else the serving-terminating ones.
-pub(super) fn usable(candidates: Vec<Candidate>) -> Vec<Backend> {
+fn usable<'a>(candidates: impl Iterator<Item = &'a Candidate> + Clone) -> Vec<Backend> {
+    let ready: Vec<Backend> = candidates
+        .clone()
+        .filter(|c| c.ready)
+        .map(|c| c.backend)
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    candidates
+        .filter(|c| c.serving_terminating)
+        .map(|c| c.backend)
+        .collect()
+}
+
+/// The backends of a Local traffic policy: this node's ready endpoints, else its
+/// serving-terminating ones (kube-proxy's `localEndpoints`).
+pub(super) fn local(candidates: &[Candidate], node: &NodeInfo) -> Vec<Backend> {
+    usable(
+        candidates
+            .iter()
+            .filter(|c| node.name.is_some() && c.node == node.name),
+    )
+}
+
+/// The topology the hints select, decided over the ready endpoints only (kube-proxy's
+/// `topologyModeFromHints`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    /// Every endpoint.
+    Any,
+    /// Every ready endpoint has node hints and one names this node: those.
+    SameNode,
+    /// Every ready endpoint has zone hints and one names this node's zone: those.
+    SameZone,
+}
+
+fn topology(candidates: &[Candidate], node: &NodeInfo) -> Topology {
+    let ready: Vec<&Candidate> = candidates.iter().filter(|c| c.ready).collect();
+    if ready.is_empty() {
+        return Topology::Any;
+    }
+    let hinted = |hints: fn(&Candidate) -> Option<&BTreeSet<String>>, mine: Option<&String>| {
+        ready.iter().all(|c| hints(c).is_some())
+            && mine.is_some_and(|m| {
+                ready
+                    .iter()
+                    .any(|c| hints(c).is_some_and(|h| h.contains(m)))
+            })
+    };
+    if hinted(|c| c.nodes.as_ref(), node.name.as_ref()) {
+        Topology::SameNode
+    } else if hinted(|c| c.zones.as_ref(), node.zone.as_ref()) {
+        Topology::SameZone
+    } else {
+        Topology::Any
+    }
+}
+
+/// The backends of a Cluster traffic policy (kube-proxy's `clusterEndpoints`): the ready
+/// endpoints the topology allows; when there are none, every serving-terminating endpoint,
+/// whatever the topology (the topology was already dropped unless some ready endpoint
+/// fits it, so none is ready anywhere then).
+pub(super) fn cluster(candidates: &[Candidate], node: &NodeInfo) -> Vec<Backend> {
+    let mode = topology(candidates, node);
+    let allowed = |c: &Candidate| match mode {
+        Topology::Any => true,
+        Topology::SameNode => c
+            .nodes
+            .as_ref()
+            .is_some_and(|n| node.name.as_ref().is_some_and(|m| n.contains(m))),
+        Topology::SameZone => c
+            .zones
+            .as_ref()
+            .is_some_and(|z| node.zone.as_ref().is_some_and(|m| z.contains(m))),
+    };
     let ready: Vec<Backend> = candidates
         .iter()
-        .filter(|c| c.ready)
+        .filter(|c| c.ready && allowed(c))
         .map(|c| c.backend)
         .collect();
     if !ready.is_empty() {
@@ -116,65 +201,25 @@ pub(super) fn usable(candidates: Vec<Candidate>) -> Vec<Backend> {
         .collect()
 }
 
-/// The candidates on this node.
-pub(super) fn local(candidates: &[Candidate], node: &NodeInfo) -> Vec<Candidate> {
-    candidates
-        .iter()
-        .filter(|c| node.name.is_some() && c.node == node.name)
-        .cloned()
-        .collect()
-}
-
-/// Topology-aware filtering (see the module docs): the candidates hinted for this node's
-/// zone, when the hints can be used; all of them otherwise.
-pub(super) fn by_zone(candidates: &[Candidate], node: &NodeInfo) -> Vec<Candidate> {
-    let Some(zone) = node.zone.as_ref() else {
-        return candidates.to_vec();
-    };
-    let relevant: Vec<&Candidate> = candidates
-        .iter()
-        .filter(|c| c.ready || c.serving_terminating)
-        .collect();
-    let complete = !relevant.is_empty() && relevant.iter().all(|c| c.zones.is_some());
-    let mine: Vec<Candidate> = candidates
-        .iter()
-        .filter(|c| c.zones.as_ref().is_some_and(|z| z.contains(zone)))
-        .cloned()
-        .collect();
-    if complete && mine.iter().any(|c| c.ready || c.serving_terminating) {
-        mine
-    } else {
-        candidates.to_vec()
-    }
-}
-
 /// The port number endpoints of `slice` serve Service port `port` on (see the module docs).
 fn target_port(port: &ServicePort, proto: Proto, slice: &EndpointSlice) -> Option<u16> {
     let ports = slice.ports.as_deref()?;
     let same_proto = |p: &&k8s_openapi::api::discovery::v1::EndpointPort| {
         p.protocol.as_deref().unwrap_or("TCP") == if proto == Proto::TCP { "TCP" } else { "UDP" }
     };
+    // By the Service port's name only, as kube-proxy matches them (the endpoint
+    // controller names each slice port after its Service port).
     let service_port_name = port.name.as_deref().unwrap_or("");
     let by_name = ports
         .iter()
         .filter(same_proto)
-        .find(|p| p.name.as_deref().unwrap_or("") == service_port_name)
-        .or_else(|| match &port.target_port {
-            Some(IntOrString::String(target)) => ports
-                .iter()
-                .filter(same_proto)
-                .find(|p| p.name.as_deref() == Some(target)),
-            _ => None,
-        })?;
-    match by_name.port {
-        Some(n) => u16::try_from(n).ok().filter(|n| *n != 0),
-        // "All ports": the target port must then be a number.
-        None => match &port.target_port {
-            Some(IntOrString::Int(n)) => u16::try_from(*n).ok().filter(|n| *n != 0),
-            None => u16::try_from(port.port).ok(),
-            Some(IntOrString::String(_)) => None,
-        },
-    }
+        .find(|p| p.name.as_deref().unwrap_or("") == service_port_name)?;
+    // A slice port without a number (or 0) is ignored, as kube-proxy does: the Service
+    // port has no endpoints from this slice.
+    by_name
+        .port
+        .and_then(|n| u16::try_from(n).ok())
+        .filter(|n| *n != 0)
 }
 
 /// Validates an EndpointSlice beyond what deserialisation checks. Returns why it cannot be

@@ -4,35 +4,44 @@
 //!
 //! Frontends
 //! - ClusterIPs (`clusterIPs`, or `clusterIP`): the in-cluster frontends.
-//! - `externalIPs`, `status.loadBalancer.ingress[].ip`, and, for NodePort and
-//!   LoadBalancer Services, `nodePort` on each of this node's addresses (its Node's
-//!   InternalIP and ExternalIP addresses): the external frontends.
+//! - `externalIPs`, `status.loadBalancer.ingress[].ip` (not those with `ipMode: Proxy`,
+//!   whose traffic must reach the load balancer: kube-proxy skips them too), and, for
+//!   NodePort and LoadBalancer Services, `nodePort` on this node's NodePort addresses
+//!   (its Node's InternalIP and ExternalIP addresses, as `--nodeport-addresses` selects
+//!   them: all, `primary`, or CIDRs): the external frontends.
 //! - Only in the Service's address families (`ipFamilies`, else those of its cluster IPs;
 //!   both for a Service without any): addresses of another family are reported and
 //!   skipped, as kube-proxy does.
 //! - Headless (`clusterIP: None`) and ExternalName Services are not load-balanced, nor
 //!   are Services labelled `service.kubernetes.io/service-proxy-name` (another proxy's).
-//! - Every TCP or UDP port; other protocols are reported and skipped.
+//! - Every TCP or UDP port; other protocols (SCTP) are reported as unsupported and
+//!   skipped.
 //!
 //! Backends, per Service port and address family (EndpointSlices labelled
-//! `kubernetes.io/service-name` in the Service's namespace, of that `addressType`)
-//! - The target port is the slice port of the Service port's name (the endpoint
-//!   controller resolved a named `targetPort` there); a slice port named like a string
-//!   `targetPort` also matches (hand-written slices); a slice port without a number ("all
-//!   ports") takes a numeric `targetPort`.
-//! - Conditions, as kube-proxy applies them: `ready` endpoints (unset means ready) take new
-//!   flows; when none is ready, `serving` and `terminating` ones do; other endpoints take
-//!   none. Established connections are never cut by the translation: the datapath's
-//!   connection table keeps them on their backend.
+//! `kubernetes.io/service-name` in the Service's namespace, of that `addressType`), as
+//! kube-proxy reads them (pkg/proxy: endpointslicecache.go, topology.go)
+//! - The target port is the number of the slice port named like the Service port (the
+//!   endpoint controller resolved a named `targetPort` there); a slice port without a
+//!   number is ignored: no endpoints from that slice.
+//! - An endpoint is its first address (the endpoint controller writes exactly one).
+//! - Conditions: `ready` (unset: true) endpoints take new flows; when none is ready,
+//!   `serving` (unset: true, as kube-proxy reads it; the API reference says to defer to
+//!   `ready`, but the endpoint controller always sets it, and matching kube-proxy keeps a
+//!   cluster's behaviour unchanged when xlb replaces it) and `terminating` ones do; other
+//!   endpoints take none. Established connections are never cut by the translation: the
+//!   datapath's connection table keeps them on their backend.
 //! - `internalTrafficPolicy: Local` limits the in-cluster frontends, and
 //!   `externalTrafficPolicy: Local` the external ones, to endpoints whose `nodeName` is
 //!   this node (ready first, then serving-terminating, among those); with no such
 //!   endpoint the frontends drop, as kube-proxy's do.
-//! - Topology: for Cluster policies, when the Service asks for topology-aware routing
-//!   (`service.kubernetes.io/topology-mode` or the older `...topology-aware-hints`
-//!   annotation, set and not `disabled`, or `spec.trafficDistribution`), every usable
-//!   endpoint carries zone hints and one of them names this node's zone, only the
-//!   endpoints hinted for this zone are used. Otherwise hints are ignored.
+//! - Topology, for Cluster policies, decided over the ready endpoints only: when every
+//!   ready endpoint has node hints (`hints.forNodes`, from `trafficDistribution:
+//!   PreferSameNode`) and one names this node, the ready endpoints hinted for this node;
+//!   else when every ready endpoint has zone hints and one names this node's zone, the
+//!   ready endpoints hinted for this zone; else every ready endpoint. Hints are used
+//!   whenever they are there (the EndpointSlice controller decides, from the Service's
+//!   annotation or `trafficDistribution`, whether to write them). With no ready endpoint
+//!   at all, every serving-terminating endpoint, whatever the topology.
 //! - Weights: the Service annotation [`WEIGHTS_ANNOTATION`] gives endpoints, by pod name
 //!   (the endpoint's `targetRef`) or by address, a Maglev weight (default 1); weight 0
 //!   takes no new flows.
@@ -76,8 +85,6 @@ pub const WEIGHTS_ANNOTATION: &str = "xlb.dev/endpoint-weights";
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Node label holding its zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
-const TOPOLOGY_HINTS_ANNOTATION: &str = "service.kubernetes.io/topology-aware-hints";
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const DEFAULT_AFFINITY_TIMEOUT_S: i32 = 10_800;
 const MAX_WEIGHT: u32 = 1000;
@@ -113,23 +120,98 @@ pub struct NodeInfo {
     pub zone: Option<String>,
 }
 
+/// Which of the node's addresses serve NodePorts (`--nodeport-addresses`, kube-proxy's
+/// flag of the same name).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Every InternalIP and ExternalIP address of the Node.
+    #[default]
+    All,
+    /// The node's primary address of each family: its first InternalIP (else its first
+    /// ExternalIP) of that family, as kube-proxy's `primary`.
+    Primary,
+    /// The node's addresses within these ranges.
+    Cidrs(Vec<ipnet::IpNet>),
+}
+
+impl NodePortAddresses {
+    /// Parses the flag's values: `primary`, or CIDRs (each may be comma-separated).
+    pub fn parse(values: &[String]) -> Result<Self, String> {
+        let items: Vec<&str> = values
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        if items.is_empty() {
+            return Ok(Self::All);
+        }
+        if items.contains(&"primary") {
+            if items.len() > 1 {
+                return Err("`primary` cannot be combined with CIDRs".into());
+            }
+            return Ok(Self::Primary);
+        }
+        items
+            .iter()
+            .map(|c| {
+                c.parse::<ipnet::IpNet>().map(|n| n.trunc()).map_err(|_| {
+                    format!("{c:?} is neither `primary` nor a CIDR such as 10.0.0.0/8")
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Self::Cidrs)
+    }
+
+    /// The NodePort addresses among a node's `(type, address)` pairs, in their order.
+    fn select(&self, addresses: &[(String, IpAddr)]) -> Vec<IpAddr> {
+        let typed = |t: &'static str| {
+            addresses
+                .iter()
+                .filter(move |(k, _)| k == t)
+                .map(|(_, a)| *a)
+        };
+        let all = || typed("InternalIP").chain(typed("ExternalIP"));
+        let mut out: Vec<IpAddr> = match self {
+            Self::All => all().collect(),
+            Self::Primary => [false, true]
+                .into_iter()
+                .filter_map(|v6| all().find(|a| a.is_ipv6() == v6))
+                .collect(),
+            Self::Cidrs(nets) => all()
+                .filter(|a| nets.iter().any(|n| n.contains(a)))
+                .collect(),
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The NodePort addresses among plain addresses (`--node-address`).
+    pub fn select_plain(&self, addresses: &[IpAddr]) -> Vec<IpAddr> {
+        let typed: Vec<(String, IpAddr)> = addresses
+            .iter()
+            .map(|a| ("InternalIP".to_string(), *a))
+            .collect();
+        self.select(&typed)
+    }
+}
+
 impl NodeInfo {
-    /// From the Node object: InternalIP and ExternalIP addresses, the zone label.
-    pub fn from_node(node: &Node) -> Self {
-        let addresses = node
+    /// From the Node object: its NodePort addresses (of its InternalIP and ExternalIP
+    /// addresses, as `nodeport` selects), the zone label.
+    pub fn from_node(node: &Node, nodeport: &NodePortAddresses) -> Self {
+        let typed: Vec<(String, IpAddr)> = node
             .status
             .as_ref()
             .and_then(|s| s.addresses.as_ref())
             .into_iter()
             .flatten()
-            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-            .filter_map(|a| a.address.parse().ok())
-            .collect::<BTreeSet<IpAddr>>()
-            .into_iter()
+            .filter_map(|a| Some((a.type_.clone(), a.address.parse().ok()?)))
             .collect();
         Self {
             name: node.metadata.name.clone(),
-            addresses,
+            addresses: nodeport.select(&typed),
             zone: node
                 .metadata
                 .labels
@@ -241,4 +323,29 @@ pub fn translate_service(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodePortAddresses;
+
+    #[test]
+    fn nodeport_addresses_flag() {
+        let p = |v: &[&str]| {
+            NodePortAddresses::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(p(&[]), Ok(NodePortAddresses::All));
+        assert_eq!(p(&["primary"]), Ok(NodePortAddresses::Primary));
+        let Ok(NodePortAddresses::Cidrs(nets)) = p(&["10.0.0.0/8, fd00::/8", "192.0.2.7/24"])
+        else {
+            panic!("CIDRs");
+        };
+        // Host bits are dropped, as kube-proxy's net.ParseCIDR does.
+        assert_eq!(nets[2].to_string(), "192.0.2.0/24");
+        assert_eq!(nets.len(), 3);
+        let err = p(&["10.0.0.0/8,primary"]).unwrap_err();
+        assert!(err.contains("primary"), "{err}");
+        let err = p(&["10.0.0.0/33"]).unwrap_err();
+        assert!(err.contains("\"10.0.0.0/33\""), "{err}");
+    }
 }

@@ -15,8 +15,8 @@ use lb_common::{Family, Proto};
 
 use super::{
     DEFAULT_AFFINITY_TIMEOUT_S, MAX_WEIGHT, NodeInfo, Rejection, SERVICE_PROXY_NAME_LABEL,
-    TOPOLOGY_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION, WEIGHTS_ANNOTATION,
-    endpoints::{by_zone, candidates, local, usable},
+    WEIGHTS_ANNOTATION,
+    endpoints::{candidates, cluster, local},
 };
 use crate::model::{Backend, Frontend, Scope, ServiceName, ServiceSpec};
 
@@ -37,7 +37,6 @@ pub(super) struct Shape<'a> {
     affinity_timeout_s: Option<u32>,
     health: crate::health::HealthAnnotations,
     weights: BTreeMap<String, u32>,
-    topology: bool,
     internal_local: bool,
     external_local: bool,
 }
@@ -106,6 +105,9 @@ impl<'a> Shape<'a> {
             .and_then(|lb| lb.ingress.as_ref())
             .into_iter()
             .flatten()
+            // `ipMode: Proxy`: the load balancer proxies, and traffic for this address
+            // must reach it: kube-proxy programs nothing for such an ingress.
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|i| i.ip.as_ref())
             .collect();
         external_vips.extend(parse("status.loadBalancer.ingress", ingress)?);
@@ -131,7 +133,6 @@ impl<'a> Shape<'a> {
             affinity_timeout_s: session_affinity(spec).map_err(err)?,
             health: crate::health::HealthAnnotations::parse(svc.metadata.annotations.as_ref())?,
             weights: weights(svc).map_err(err)?,
-            topology: wants_topology(svc, spec),
             internal_local: policy_is_local(spec.internal_traffic_policy.as_ref()),
             external_local: policy_is_local(spec.external_traffic_policy.as_ref()),
         }))
@@ -225,16 +226,11 @@ impl<'a> Shape<'a> {
             .filter(|c| c.serving_terminating)
             .map(|c| (c.backend.ip, c.backend.port))
             .collect();
-        let cluster_set = if self.topology {
-            by_zone(&candidates, node)
-        } else {
-            candidates.clone()
-        };
         let backends_for = |local_only: bool| {
             if local_only {
-                usable(local(&candidates, node))
+                local(&candidates, node)
             } else {
-                usable(cluster_set.clone())
+                cluster(&candidates, node)
             }
         };
         let internal_backends = backends_for(self.internal_local);
@@ -345,17 +341,4 @@ fn weights(svc: &Service) -> Result<BTreeMap<String, u32>, String> {
         out.insert(key.trim().to_string(), weight);
     }
     Ok(out)
-}
-
-/// Whether the Service asks for topology-aware routing.
-fn wants_topology(svc: &Service, spec: &K8sServiceSpec) -> bool {
-    let annotations = svc.metadata.annotations.as_ref();
-    let annotated = [TOPOLOGY_MODE_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION]
-        .iter()
-        .any(|a| {
-            annotations
-                .and_then(|m| m.get(*a))
-                .is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case("disabled"))
-        });
-    annotated || spec.traffic_distribution.is_some()
 }

@@ -22,6 +22,12 @@ pub fn cases() -> Vec<PathBuf> {
     cases
 }
 
+/// The case's `--nodeport-addresses` (its `nodeport-addresses` file; default: all).
+pub fn nodeport_addresses(case: &Path) -> xlb::translate::NodePortAddresses {
+    let flag = std::fs::read_to_string(case.join("nodeport-addresses")).unwrap_or_default();
+    xlb::translate::NodePortAddresses::parse(&[flag.trim().to_string()]).expect("a valid flag")
+}
+
 /// The `step<N>.yaml` files of a case, by N.
 pub fn steps(case: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(case)
