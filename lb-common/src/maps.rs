@@ -304,6 +304,8 @@ impl CtKey {
 
 /// The entry is a flow's reply entry (backend -> client).
 pub const CT_F_REPLY: u8 = 1 << 0;
+/// [`CtValue::syn_seq_be`] holds the sequence number of the SYN that opened the flow.
+pub const CT_F_SYN_SEQ: u8 = 1 << 1;
 
 /// TCP connection states tracked by the datapath (UDP entries stay `CT_STATE_ESTABLISHED`).
 pub const CT_STATE_SYN_SENT: u8 = 1;
@@ -336,7 +338,10 @@ pub struct CtValue {
     /// The next hop's destination and source MAC, exactly the first 12 bytes of the
     /// Ethernet header to write, as six 16-bit words (memory order).
     pub nh_macs: [u16; 6],
-    pub _pad: [u8; 4],
+    /// The sequence number (network byte order) of the client's SYN that opened a TCP
+    /// flow (with [`CT_F_SYN_SEQ`]): a RST refusing the connection must acknowledge it,
+    /// and an ICMP error about the SYN must quote it. 0 otherwise.
+    pub syn_seq_be: u32,
 }
 crate::pod!(CtValue);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 56);

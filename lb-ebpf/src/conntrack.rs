@@ -24,8 +24,8 @@ use lb_common::{
     Addr, Proto,
     config::DatapathConfig,
     maps::{
-        BackendValue, CT_F_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT, CtKey,
-        CtValue,
+        BackendValue, CT_F_REPLY, CT_F_SYN_SEQ, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
+        CT_STATE_SYN_SENT, CtKey, CtValue,
     },
     stats::Event,
 };
@@ -175,17 +175,24 @@ pub struct NewFlow {
     pub now: u64,
     /// The forward next hop, if the FIB gave one.
     pub nh: NextHop,
+    /// The opening SYN's sequence number, with `seq_flag` = `CT_F_SYN_SEQ` (else 0, 0).
+    pub syn_seq_be: u32,
+    pub seq_flag: u8,
 }
 
 impl NewFlow {
     #[inline(always)]
     pub fn new(pkt: &Packet, backend_id: u32, service_id: u32, now: u64, nh: NextHop) -> Self {
+        let state = initial_state(pkt);
+        let syn = state == CT_STATE_SYN_SENT;
         Self {
             backend_id,
             service_id,
-            state: initial_state(pkt),
+            state,
             now,
             nh,
+            syn_seq_be: if syn { pkt.tcp_seq_be } else { 0 },
+            seq_flag: if syn { CT_F_SYN_SEQ } else { 0 },
         }
     }
 }
@@ -200,13 +207,13 @@ pub fn create(key: &CtKey, backend: &BackendValue, flow: &NewFlow, counters: &Co
         nat_addr: key.dst,
         nat_port_be: key.dport_be,
         state: flow.state,
-        flags: CT_F_REPLY,
+        flags: CT_F_REPLY | flow.seq_flag,
         backend_id: flow.backend_id,
         service_id: flow.service_id,
         nh_ifindex: 0,
         last_seen_ns: flow.now,
         nh_macs: [0; 6],
-        _pad: [0; 4],
+        syn_seq_be: flow.syn_seq_be,
     };
     let rkey = reply_key(key, &backend.addr, backend.port_be);
     if XLB_CONNTRACK.insert(&rkey, &entry, BPF_ANY).is_err() {
@@ -215,7 +222,7 @@ pub fn create(key: &CtKey, backend: &BackendValue, flow: &NewFlow, counters: &Co
     }
     entry.nat_addr = backend.addr;
     entry.nat_port_be = backend.port_be;
-    entry.flags = 0;
+    entry.flags = flow.seq_flag;
     entry.nh_ifindex = flow.nh.ifindex;
     entry.nh_macs = flow.nh.macs;
     if XLB_CONNTRACK.insert(key, &entry, BPF_ANY).is_err() {
@@ -314,7 +321,7 @@ fn restore_reply(key: &CtKey, rkey: &CtKey, forward: Entry, counters: &Counters)
     let mut reply = *forward.value();
     reply.nat_addr = key.dst;
     reply.nat_port_be = key.dport_be;
-    reply.flags = CT_F_REPLY;
+    reply.flags = CT_F_REPLY | (forward.value().flags & CT_F_SYN_SEQ);
     reply.nh_ifindex = 0;
     if XLB_CONNTRACK.insert(rkey, &reply, BPF_ANY).is_ok() {
         counters.event(Event::CT_REPLY_RESTORED);

@@ -57,6 +57,25 @@ pub trait Frame {
     fn holds(&self, len: usize) -> bool {
         self.start() + len <= self.end()
     }
+
+    /// Copies `len` (at most [`CHUNK`]) bytes at `off` into `buf`, through the kernel's
+    /// load-bytes helper: any offset, paged parts of a socket buffer included. For the
+    /// rare whole-message reads (checksum verification) that direct access cannot bound.
+    fn load(&self, off: usize, buf: &mut [u8; CHUNK], len: usize) -> bool;
+}
+
+/// Bytes [`Frame::load`] copies at most at once.
+pub const CHUNK: usize = 64;
+
+/// `len` (1..=CHUNK, checked by the caller) as the load helpers' length argument.
+///
+/// Verifier: the helper's length must be provably in 1..=CHUNK. LLVM drops the caller's
+/// `len == 0` test when the loop around it implies it, and the verifier then sees a
+/// range starting at 0 ("invalid zero-sized read"); masking and adding one gives the
+/// same value with a range it can prove.
+#[inline(always)]
+fn helper_len(len: usize) -> u32 {
+    (((len - 1) & (CHUNK - 1)) + 1) as u32
 }
 
 /// Verifier: the context fields are read with volatile loads. Otherwise LLVM's argument
@@ -75,6 +94,22 @@ impl Frame for XdpContext {
         // SAFETY: as above.
         unsafe { core::ptr::read_volatile(&(*self.ctx).data_end) as usize }
     }
+
+    #[inline(always)]
+    fn load(&self, off: usize, buf: &mut [u8; CHUNK], len: usize) -> bool {
+        if len == 0 || len > CHUNK {
+            return false;
+        }
+        // SAFETY: the program's context; `buf` holds CHUNK >= len writable bytes.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_xdp_load_bytes(
+                self.ctx,
+                off as u32,
+                buf.as_mut_ptr().cast(),
+                helper_len(len),
+            ) == 0
+        }
+    }
 }
 
 /// The same for a socket buffer (tc programs): direct packet access to its linear part
@@ -90,6 +125,22 @@ impl Frame for TcContext {
     fn end(&self) -> usize {
         // SAFETY: as above.
         unsafe { core::ptr::read_volatile(&(*self.skb.skb).data_end) as usize }
+    }
+
+    #[inline(always)]
+    fn load(&self, off: usize, buf: &mut [u8; CHUNK], len: usize) -> bool {
+        if len == 0 || len > CHUNK {
+            return false;
+        }
+        // SAFETY: the program's socket buffer; `buf` holds CHUNK >= len writable bytes.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+                self.skb.skb.cast(),
+                off as u32,
+                buf.as_mut_ptr().cast(),
+                helper_len(len),
+            ) == 0
+        }
     }
 }
 
@@ -218,5 +269,15 @@ impl Frame for Bytes<'_> {
 
     fn end(&self) -> usize {
         self.0.as_ptr() as usize + self.0.len()
+    }
+
+    fn load(&self, off: usize, buf: &mut [u8; CHUNK], len: usize) -> bool {
+        match self.0.get(off..off + len) {
+            Some(src) if len <= CHUNK => {
+                buf[..len].copy_from_slice(src);
+                true
+            }
+            _ => false,
+        }
     }
 }

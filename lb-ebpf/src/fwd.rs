@@ -30,7 +30,7 @@ const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
 #[repr(C, align(8))]
 struct AlignedFib(FibParams);
 
-trait Zeroed {
+pub(crate) trait Zeroed {
     fn default_zeroed() -> Self;
 }
 

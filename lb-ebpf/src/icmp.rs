@@ -113,8 +113,8 @@ pub(crate) fn parse_icmp6(
     quoted_ports(ctx, inner_off + Ipv6Hdr::LEN, pkt)
 }
 
-/// The ports of a quoted packet (its first 4 L4 bytes, which ICMP always quotes),
-/// swapped like its addresses.
+/// The ports of a quoted packet (swapped like its addresses) and its TCP sequence number:
+/// its first 8 L4 bytes, which ICMP always quotes.
 #[inline(always)]
 fn quoted_ports(ctx: &impl Frame, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     // Verifier: see MAX_L4_OFFSET (an ICMP error quoting options can go beyond it; such
@@ -122,12 +122,15 @@ fn quoted_ports(ctx: &impl Frame, off: usize, pkt: &mut Packet) -> Result<(), Re
     if off > MAX_L4_OFFSET {
         return Err(Reason::NOT_TCP_UDP);
     }
-    let ports: *const [[u8; 2]; 2] = ctx.at(off).ok_or(Reason::NOT_TCP_UDP)?;
+    // Ports and (TCP) the sequence number: the 8 bytes ICMP always quotes.
+    let quoted: *const [[u8; 2]; 4] = ctx.at(off).ok_or(Reason::NOT_TCP_UDP)?;
     // SAFETY: bounds-checked by Frame::at.
     unsafe {
-        pkt.key.sport_be = load_u16(addr_of!((*ports)[1]));
-        pkt.key.dport_be = load_u16(addr_of!((*ports)[0]));
+        pkt.key.sport_be = load_u16(addr_of!((*quoted)[1]));
+        pkt.key.dport_be = load_u16(addr_of!((*quoted)[0]));
+        pkt.tcp_seq_be = load_u32(addr_of!((*quoted)[2]).cast());
     }
+    pkt.tcp_ack_be = 0;
     pkt.tcp_flags = 0;
     pkt.icmp_unreachable = true;
     Ok(())

@@ -17,3 +17,4 @@ pub mod pod;
 pub mod select;
 pub mod sock;
 pub mod stats;
+pub mod trust;

@@ -57,6 +57,10 @@ pub struct Packet {
     pub ttl: u8,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
+    /// TCP sequence and acknowledgement numbers, network byte order (0 for UDP). For an
+    /// ICMP error about a TCP packet, `tcp_seq_be` is the quoted packet's sequence number.
+    pub tcp_seq_be: u32,
+    pub tcp_ack_be: u32,
     /// The frame carries an 802.1Q tag.
     pub vlan: bool,
     /// A first fragment (more fragments follow): it has ports, its followers do not.
@@ -83,6 +87,8 @@ impl Packet {
         ip_len: 0,
         ttl: 0,
         tcp_flags: 0,
+        tcp_seq_be: 0,
+        tcp_ack_be: 0,
         vlan: false,
         first_fragment: false,
         icmp_unreachable: false,
@@ -174,6 +180,10 @@ fn parse_ipv4(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
         pkt.icmp_unreachable = false;
         // SAFETY: inside the checked header.
         let from = unsafe { load_u32(addr_of!(ip.src_addr)) };
+        // The message's place, for its checksum (verified before it counts as a signal).
+        pkt.l3_off = l3_off as u16;
+        pkt.l4_off = (l3_off + ihl) as u16;
+        pkt.ip_len = tot_len as u16;
         return icmp::parse_icmp4(ctx, l3_off + ihl, from, pkt);
     }
     if proto != Proto::TCP && proto != Proto::UDP {
@@ -255,6 +265,10 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize, pkt: &mut Packet) -> Result<(), R
         pkt.icmp_unreachable = false;
         // SAFETY: inside the checked header.
         let from = unsafe { load_addr6(addr_of!(ip.src_addr)) };
+        // As for ICMPv4.
+        pkt.l3_off = l3_off as u16;
+        pkt.l4_off = off as u16;
+        pkt.ip_len = (Ipv6Hdr::LEN + payload_len) as u16;
         return icmp::parse_icmp6(ctx, off, from, pkt);
     }
     if proto != Proto::TCP && proto != Proto::UDP {
@@ -312,6 +326,8 @@ fn parse_l4(ctx: &impl Frame, pkt: &mut Packet, l4_end: usize) -> Result<(), Rea
             pkt.key.sport_be = load_u16(addr_of!(tcp.source));
             pkt.key.dport_be = load_u16(addr_of!(tcp.dest));
             pkt.tcp_flags = *(tcp as *const TcpHdr as *const u8).add(13);
+            pkt.tcp_seq_be = load_u32(addr_of!(tcp.seq));
+            pkt.tcp_ack_be = load_u32(addr_of!(tcp.ack_seq));
         }
     } else {
         let udp: *const UdpHdr = ctx.at(off).ok_or(Reason::MALFORMED_L4)?;

@@ -13,22 +13,38 @@ use crate::{
     conntrack::{self, Entry},
     fwd::Outcome,
     maps,
+    parse::Packet,
     stats::{self, Counters},
+    trust::{self, Origin},
 };
 
 /// A RST from a backend: if it answers the SYN of a new connection, the backend refused
 /// it. Counted and signalled to the agent (passive health); then, unless the service is
 /// in fail open, the flow is forgotten and the RST dropped (returns 1): the client
 /// retransmits its SYN (after a second), which is balanced afresh, by then without the
-/// backend. Off the per-packet path: only RSTs get here.
+/// backend. Off the per-packet path: only RSTs get here. Believed only as
+/// [`crate::trust`] says (interface, checksum, acknowledgement of the SYN); otherwise
+/// the RST goes on to the client like any other.
 #[inline(never)]
-pub fn refused(counters: &Counters, key: &CtKey, entry: Entry) -> u32 {
+pub fn refused(
+    ctx: &impl Origin,
+    counters: &Counters,
+    key: &CtKey,
+    entry: Entry,
+    pkt: &Packet,
+) -> u32 {
     let e = entry.value();
     let forward = conntrack::forward_key(key, e);
     let Some(f) = conntrack::lookup(&forward) else {
         return 0;
     };
-    if f.value().state != CT_STATE_SYN_SENT {
+    if f.value().state != CT_STATE_SYN_SENT || !trust::answers_syn(f.value(), pkt) {
+        return 0;
+    }
+    if ctx.checksums_complete() && !trust::checksum_ok(ctx, pkt, true, key.proto.0) {
+        return 0;
+    }
+    if !trust::via_backend_interface(ctx, &key.src, key.family) {
         return 0;
     }
     let (backend_id, service_id) = (e.backend_id, e.service_id);
@@ -51,17 +67,35 @@ pub fn refused(counters: &Counters, key: &CtKey, entry: Entry) -> u32 {
 /// flow's reply key): the backend failed the flow. Counted and signalled to the agent
 /// (passive health); the flow's entries go, so its next packet is balanced afresh. The
 /// ICMP message itself goes to the kernel as before. Off the per-packet path: only ICMP
-/// errors get here.
+/// errors get here. Believed only as [`crate::trust`] says (interface, checksum, and
+/// for TCP a SYN of a connection not yet established, quoted with its sequence number);
+/// otherwise the message is passed as any other ICMP.
 #[inline(never)]
-pub fn unreachable(counters: &Counters, key: &CtKey) -> u64 {
+pub fn unreachable(ctx: &impl Origin, counters: &Counters, pkt: &Packet) -> u64 {
+    let key = &pkt.key;
+    let ignored = Outcome::new(XDP_PASS, Reason::NOT_TCP_UDP).pack();
     let Some(entry) = conntrack::lookup(key) else {
-        return Outcome::new(XDP_PASS, Reason::NOT_TCP_UDP).pack();
+        return ignored;
     };
     let e = entry.value();
     if !entry.is_reply() {
-        return Outcome::new(XDP_PASS, Reason::NOT_TCP_UDP).pack();
+        return ignored;
     }
     let forward = conntrack::forward_key(key, e);
+    if key.proto == lb_common::Proto::TCP {
+        let Some(f) = conntrack::lookup(&forward) else {
+            return ignored;
+        };
+        if f.value().state != CT_STATE_SYN_SENT || !trust::quotes_syn(f.value(), pkt) {
+            return ignored;
+        }
+    }
+    if ctx.checksums_complete() && !trust::icmp_checksum_ok(ctx, pkt) {
+        return ignored;
+    }
+    if !trust::via_backend_interface(ctx, &key.src, key.family) {
+        return ignored;
+    }
     counters.event(Event::BACKEND_UNREACHABLE);
     stats::backend_failed(e.backend_id, e.service_id, true);
     conntrack::forget(&forward, key);

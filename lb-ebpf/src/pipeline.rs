@@ -57,8 +57,9 @@ fn process(env: &Env) -> Result<Outcome, Reason> {
     }
     if pkt.icmp_unreachable {
         return Ok(Outcome::unpack(passive::unreachable(
+            env.ctx,
             &env.counters,
-            &pkt.key,
+            &pkt,
         )));
     }
     // The key is copied: translation rewrites `pkt.key`, while the connection table must
@@ -229,7 +230,7 @@ fn from_backend_inner(
     entry: Entry,
 ) -> Result<Outcome, Reason> {
     translatable(pkt)?;
-    if pkt.has_tcp_flag(TCP_RST) && passive::refused(&env.counters, key, entry) != 0 {
+    if pkt.has_tcp_flag(TCP_RST) && passive::refused(env.ctx, &env.counters, key, entry, pkt) != 0 {
         return Ok(Outcome::new(
             lb_common::stats::XDP_DROP,
             Reason::CONN_REFUSED,

@@ -57,7 +57,7 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
     }
     let counters = Counters::get();
     if pkt.icmp_unreachable {
-        passive::unreachable(&counters, &pkt.key);
+        passive::unreachable(ctx, &counters, &pkt);
         return TC_ACT_OK;
     }
     let key = pkt.key;
@@ -67,7 +67,7 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
     if !entry.is_reply() {
         return TC_ACT_OK;
     }
-    if pkt.has_tcp_flag(TCP_RST) && passive::refused(&counters, &key, entry) != 0 {
+    if pkt.has_tcp_flag(TCP_RST) && passive::refused(ctx, &counters, &key, entry, &pkt) != 0 {
         return TC_ACT_SHOT;
     }
     let (vip, vip_port, backend_id) = {

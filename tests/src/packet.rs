@@ -21,10 +21,13 @@ pub mod tcp {
     pub const ACK: u8 = 0x10;
 }
 
+/// The sequence number of every TCP frame built here.
+pub const TCP_SEQ: u32 = 1000;
+
 pub fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
         .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 64000)
+        .tcp(sport, dport, TCP_SEQ, 64000)
         .syn();
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
@@ -43,7 +46,7 @@ pub fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) 
 pub fn tcp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
         .ipv6(src, dst, 64)
-        .tcp(sport, dport, 1000, 64000)
+        .tcp(sport, dport, TCP_SEQ, 64000)
         .ack(1);
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
@@ -217,6 +220,11 @@ pub trait Mutate {
     /// The IPv4 IHL without touching the rest of the header (a broken header).
     fn raw_ihl(&mut self, ihl: u8) -> &mut Self;
     fn set_tcp_flags(&mut self, flags: u8) -> &mut Self;
+    /// The TCP acknowledgement number (frames are built with sequence number
+    /// [`TCP_SEQ`]).
+    fn set_tcp_ack(&mut self, ack: u32) -> &mut Self;
+    /// The TCP checksum field as given (a broken checksum).
+    fn raw_tcp_checksum(&mut self, check: u16) -> &mut Self;
     /// The IP version nibble (a broken header).
     fn raw_version(&mut self, version: u8) -> &mut Self;
     /// The TCP data offset, in 4-byte words (a broken header).
@@ -305,6 +313,18 @@ impl Mutate for Vec<u8> {
         let l4 = self.l4();
         self[l4 + 13] = flags;
         self.fix_l4_checksum()
+    }
+
+    fn set_tcp_ack(&mut self, ack: u32) -> &mut Self {
+        let l4 = self.l4();
+        self[l4 + 8..l4 + 12].copy_from_slice(&ack.to_be_bytes());
+        self.fix_l4_checksum()
+    }
+
+    fn raw_tcp_checksum(&mut self, check: u16) -> &mut Self {
+        let l4 = self.l4();
+        self[l4 + 16..l4 + 18].copy_from_slice(&check.to_be_bytes());
+        self
     }
 
     fn raw_version(&mut self, version: u8) -> &mut Self {
@@ -396,6 +416,26 @@ impl Mutate for Vec<u8> {
         self[at..at + 2].copy_from_slice(&sum.to_ne_bytes());
         self
     }
+}
+
+/// An ICMP destination unreachable from `from` quoting `quoted` (an Ethernet frame).
+pub fn unreachable_from(from: IpAddr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B);
+    let inner = &quoted[14..];
+    let mut v = Vec::new();
+    match (from, to) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b
+            .ipv4(s.octets(), d.octets(), 64)
+            .icmpv4_raw(3, 3, [0; 4])
+            .write(&mut v, inner),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b
+            .ipv6(s.octets(), d.octets(), 64)
+            .icmpv6_raw(1, 4, [0; 4])
+            .write(&mut v, inner),
+        _ => panic!("mixed families"),
+    }
+    .unwrap();
+    v
 }
 
 #[cfg(test)]

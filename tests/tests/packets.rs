@@ -156,6 +156,16 @@ impl Env {
         (r.action, r.output)
     }
 
+    /// [`Self::run`] as if the frame arrived on `interface` (`toback`, `toclient`).
+    fn run_on(&self, interface: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let index = xlb::datapath::ifindex(interface).expect("fixture interface");
+        let r = self
+            .dp
+            .run_packet_on(frame, Some(index))
+            .expect("BPF_PROG_TEST_RUN");
+        (r.action, r.output)
+    }
+
     /// The service id the agent gave to a VIP's frontend.
     fn service_of(&self, vip: IpAddr, port: u16, proto: Proto) -> u32 {
         let key = lb_common::maps::FrontendKey::new(vip, port, proto);
@@ -650,26 +660,6 @@ fn with_tcp_flags(mut f: Vec<u8>, flags: u8) -> Vec<u8> {
     f
 }
 
-/// An ICMP destination unreachable from `from` quoting `quoted` (an Ethernet frame).
-fn unreachable_from(from: IpAddr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B);
-    let inner = &quoted[14..];
-    let mut v = Vec::new();
-    match (from, to) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => b
-            .ipv4(s.octets(), d.octets(), 64)
-            .icmpv4_raw(3, 3, [0; 4])
-            .write(&mut v, inner),
-        (IpAddr::V6(s), IpAddr::V6(d)) => b
-            .ipv6(s.octets(), d.octets(), 64)
-            .icmpv6_raw(1, 4, [0; 4])
-            .write(&mut v, inner),
-        _ => panic!("mixed families"),
-    }
-    .unwrap();
-    v
-}
-
 #[test]
 fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalanced() {
     with_env(|env| {
@@ -698,8 +688,44 @@ fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalance
             let (action, out) = env.run(&syn(sport));
             assert_eq!(action, XDP_REDIRECT);
             let backend = summary(&out).dst;
-            let rst = with_tcp_flags(frame(true, backend, client, 8080, sport, b""), 0x14);
-            let (action, _) = env.run(&rst);
+            // The backend's RST+ACK acknowledges the SYN (its sequence number + 1).
+            let rst_for = |backend: IpAddr, sport: u16| {
+                let mut rst = with_tcp_flags(frame(true, backend, client, 8080, sport, b""), 0x14);
+                rst.set_tcp_ack(TCP_SEQ + 1);
+                rst
+            };
+            let rst = rst_for(backend, sport);
+            // Not believed (each on a SYN of its own): from the client's side (a spoofed
+            // backend address), with another acknowledgement number, or with a broken
+            // checksum. Each goes on towards the client as any RST would, and counts
+            // nothing.
+            for (k, what, iface) in [
+                (1u16, "from the client side", "toclient"),
+                (2, "acknowledging something else", "toback"),
+                (3, "with a bad checksum", "toback"),
+            ] {
+                let sport = sport + 100 + k;
+                let (_, out) = env.run(&syn(sport));
+                let mut f = rst_for(summary(&out).dst, sport);
+                match k {
+                    2 => {
+                        f.set_tcp_ack(TCP_SEQ + 2);
+                    }
+                    3 => {
+                        f.raw_tcp_checksum(0x1234);
+                    }
+                    _ => {}
+                }
+                let (action, _) = env.run_on(iface, &f);
+                assert_ne!(action, XDP_DROP, "{client}: a RST {what} is not absorbed");
+                assert_eq!(
+                    env.stats().events["conn_refused"] - count(&before, "conn_refused"),
+                    0,
+                    "{client}: a RST {what} is no signal"
+                );
+            }
+            assert!(signals.try_next().is_none());
+            let (action, _) = env.run_on("toback", &rst);
             assert_eq!(
                 action, XDP_DROP,
                 "{client}: a RST answering the SYN is absorbed"
@@ -752,10 +778,13 @@ fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalance
                 frame(true, client, vip, sport, 80, b"x"),
                 tcp::ACK,
             ));
-            let (action, out) = env.run(&with_tcp_flags(
-                frame(true, backend, client, 8080, sport, b""),
-                tcp::ACK | tcp::RST,
-            ));
+            let (action, out) = env.run_on(
+                "toback",
+                &with_tcp_flags(
+                    frame(true, backend, client, 8080, sport, b""),
+                    tcp::ACK | tcp::RST,
+                ),
+            );
             assert_eq!(
                 action, XDP_REDIRECT,
                 "{client}: a RST of an established connection goes to the client"
@@ -767,7 +796,30 @@ fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalance
             let (_, out) = env.run(&frame(false, client, dns, sport, 53, b"q"));
             let backend = summary(&out).dst;
             let before = env.stats();
-            let (action, unchanged) = env.run(&unreachable_from(backend, client, &out));
+            // Not believed: from the client's side, or with a broken checksum.
+            let mut bad_sum = unreachable_from(backend, client, &out);
+            let icmp_sum = bad_sum.l4() + 2;
+            bad_sum[icmp_sum] ^= 0x55;
+            for (what, iface, f) in [
+                (
+                    "from the client side",
+                    "toclient",
+                    unreachable_from(backend, client, &out),
+                ),
+                ("with a bad checksum", "toback", bad_sum),
+            ] {
+                let (action, _) = env.run_on(iface, &f);
+                assert_eq!(action, XDP_PASS);
+                assert_eq!(
+                    env.stats().packets("pass", "backend_unreachable")
+                        - before.packets("pass", "backend_unreachable"),
+                    0,
+                    "{client}: an ICMP error {what} is no signal"
+                );
+            }
+            assert!(signals.try_next().is_none());
+            let (action, unchanged) =
+                env.run_on("toback", &unreachable_from(backend, client, &out));
             assert_eq!(action, XDP_PASS);
             assert_eq!(
                 unchanged,
@@ -810,6 +862,32 @@ fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalance
                 1,
                 "the next datagram is a new flow"
             );
+
+            // TCP: an ICMP error about the SYN counts only when it quotes the SYN's
+            // sequence number; about the SYN as sent (DNATed), it does.
+            let sport = 44_000 + i as u16;
+            let (_, syn_out) = env.run(&syn(sport));
+            let backend = summary(&syn_out).dst;
+            let mut other_seq = syn_out.clone();
+            let seq_at = other_seq.l4() + 4;
+            other_seq[seq_at] ^= 0x80;
+            let before = env.stats();
+            env.run_on("toback", &unreachable_from(backend, client, &other_seq));
+            assert_eq!(
+                env.stats().packets("pass", "backend_unreachable")
+                    - before.packets("pass", "backend_unreachable"),
+                0,
+                "{client}: an ICMP error quoting another sequence number is no signal"
+            );
+            assert!(signals.try_next().is_none());
+            env.run_on("toback", &unreachable_from(backend, client, &syn_out));
+            assert_eq!(
+                env.stats().packets("pass", "backend_unreachable")
+                    - before.packets("pass", "backend_unreachable"),
+                1,
+                "{client}: an ICMP error about the SYN counts"
+            );
+            assert!(signals.try_next().is_some());
 
             // An ICMP unreachable from someone else, or about an unknown flow: passed as before.
             let (action, _) = env.run(&unreachable_from(

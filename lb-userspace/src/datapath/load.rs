@@ -144,6 +144,16 @@ impl Datapath {
     /// verdict and the rewritten frame, without sending anything. FIB lookups happen in
     /// the calling thread's network namespace, with loopback as the ingress interface.
     pub fn run_packet(&self, frame: &[u8]) -> Result<PacketRun, DatapathError> {
+        self.run_packet_on(frame, None)
+    }
+
+    /// [`Self::run_packet`] as if the frame arrived on interface `ingress` (an ifindex of
+    /// this network namespace; default: loopback).
+    pub fn run_packet_on(
+        &self,
+        frame: &[u8],
+        ingress: Option<u32>,
+    ) -> Result<PacketRun, DatapathError> {
         let program: &Xdp = self
             .ebpf
             .program(names::PROGRAM)
@@ -153,6 +163,19 @@ impl Datapath {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; the kernel wants data 0 and data_end the frame's length.
+        let ctx: Vec<u8> = ingress
+            .map(|index| {
+                [0, frame.len() as u32, 0, index, 0, 0]
+                    .iter()
+                    .flat_map(|w| w.to_ne_bytes())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ingress.is_some() {
+            opts.ctx_in = Some(&ctx);
+        }
         let result = program.test_run(opts).map_err(DatapathError::Program)?;
         out.truncate(result.data_size_out as usize);
         Ok(PacketRun {

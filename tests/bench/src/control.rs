@@ -159,7 +159,7 @@ pub fn sweep(entries: u32, repeats: usize) -> anyhow::Result<SweepResult> {
                 nh_ifindex: 0,
                 last_seen_ns: 0,
                 nh_macs: [0; 6],
-                _pad: [0; 4],
+                syn_seq_be: 0,
             };
             ct.insert(fwd, v, 0)?;
             v.nat_addr = vip;
