@@ -161,6 +161,7 @@ async fn serve(
         name: Some(node_name.clone()),
         addresses: args.node_addresses.clone(),
         zone: args.node_zone.clone(),
+        proxy_name: args.service_proxy_name.clone(),
     };
     let nodeport = crate::translate::NodePortAddresses::parse(&args.nodeport_addresses)
         .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
@@ -221,9 +222,13 @@ async fn serve(
     let sink: sources::Sink = Box::new(move |change| sink_tx.send(Msg::Change(change)).is_ok());
     let source = match (&args.manifests, client) {
         (Some(dir), _) => tokio::spawn(sources::manifests::run(dir.clone(), sink, metrics.clone())),
-        (None, Some(client)) => {
-            tokio::spawn(sources::kube::run(client, node_name, sink, metrics.clone()))
-        }
+        (None, Some(client)) => tokio::spawn(sources::kube::run(
+            client,
+            node_name,
+            args.service_proxy_name.clone(),
+            sink,
+            metrics.clone(),
+        )),
         (None, None) => unreachable!("clap requires a source"),
     };
 

@@ -76,6 +76,11 @@ pub struct AgentArgs {
     /// ExternalIP addresses (or --node-address). Default: all of them.
     #[arg(long = "nodeport-addresses", value_name = "primary|CIDR,...")]
     pub nodeport_addresses: Vec<String>,
+    /// Serve only the Services labelled `service.kubernetes.io/service-proxy-name=NAME`
+    /// (kube-proxy ignores every Service with that label), to share a cluster with
+    /// kube-proxy. Default: the Services without the label, as kube-proxy serves.
+    #[arg(long, value_name = "NAME")]
+    pub service_proxy_name: Option<String>,
     /// This node's zone (for topology hints) when its Node object has no zone label.
     #[arg(long, value_name = "ZONE")]
     pub node_zone: Option<String>,

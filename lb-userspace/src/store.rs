@@ -312,6 +312,7 @@ impl Store {
                 if info.zone.is_none() {
                     info.zone = fallback.zone.clone();
                 }
+                info.proxy_name = fallback.proxy_name.clone();
                 info
             }
             None => NodeInfo {

@@ -26,13 +26,25 @@ use super::Sink;
 use crate::{
     metrics::{ErrorKind, Metrics},
     store::Change,
+    translate::SERVICE_PROXY_NAME_LABEL,
 };
 
-/// Services handed to another proxy (`service.kubernetes.io/service-proxy-name`) are
-/// not ours, as for kube-proxy.
-pub const SERVICE_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
-/// Slices of a Service, not of a headless or another proxy's one.
-pub const SLICE_SELECTOR: &str = "kubernetes.io/service-name,!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name";
+/// The label selectors of the Services and EndpointSlices this agent serves. Without a
+/// proxy name, the Services no proxy was named for (kube-proxy's own rule: a Service
+/// labelled `service.kubernetes.io/service-proxy-name` belongs to the proxy it names);
+/// with `--service-proxy-name NAME`, exactly those labelled with NAME, so that xlb and
+/// kube-proxy can share a cluster without both serving a Service, or neither. The
+/// EndpointSlice controller copies the label to the Service's slices.
+pub fn selectors(proxy_name: Option<&str>) -> (String, String) {
+    let proxy = match proxy_name {
+        Some(name) => format!("{SERVICE_PROXY_NAME_LABEL}={name}"),
+        None => format!("!{SERVICE_PROXY_NAME_LABEL}"),
+    };
+    (
+        proxy.clone(),
+        format!("kubernetes.io/service-name,!service.kubernetes.io/headless,{proxy}"),
+    )
+}
 
 /// A client for the API server.
 ///
@@ -82,11 +94,16 @@ pub enum Report {
 }
 
 /// The watch streams of the three kinds, merged.
-pub fn watch(client: Client, node_name: &str) -> BoxStream<'static, Report> {
+pub fn watch(
+    client: Client,
+    node_name: &str,
+    proxy_name: Option<&str>,
+) -> BoxStream<'static, Report> {
     let cfg = watcher::Config::default();
+    let (service_selector, slice_selector) = selectors(proxy_name);
     let services = watcher(
         Api::<Service>::all(client.clone()),
-        cfg.clone().labels(SERVICE_SELECTOR),
+        cfg.clone().labels(&service_selector),
     )
     .default_backoff()
     .map(|r| match r {
@@ -98,7 +115,7 @@ pub fn watch(client: Client, node_name: &str) -> BoxStream<'static, Report> {
     });
     let slices = watcher(
         Api::<EndpointSlice>::all(client.clone()),
-        cfg.clone().labels(SLICE_SELECTOR),
+        cfg.clone().labels(&slice_selector),
     )
     .default_backoff()
     .map(|r| match r {
@@ -128,10 +145,11 @@ pub fn watch(client: Client, node_name: &str) -> BoxStream<'static, Report> {
 pub async fn run(
     client: Client,
     node_name: String,
+    proxy_name: Option<String>,
     sink: Sink,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let mut stream = watch(client, &node_name);
+    let mut stream = watch(client, &node_name, proxy_name.as_deref());
     let mut failing = false;
     while let Some(report) = stream.next().await {
         match report {
@@ -155,4 +173,21 @@ pub async fn run(
         }
     }
     anyhow::bail!("the Kubernetes watch streams ended")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn selectors_follow_the_proxy_name() {
+        assert_eq!(
+            super::selectors(None),
+            (
+                "!service.kubernetes.io/service-proxy-name".to_string(),
+                "kubernetes.io/service-name,!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name".to_string()
+            )
+        );
+        let (svc, slices) = super::selectors(Some("xlb"));
+        assert_eq!(svc, "service.kubernetes.io/service-proxy-name=xlb");
+        assert!(slices.ends_with(",service.kubernetes.io/service-proxy-name=xlb"));
+    }
 }

@@ -13,7 +13,8 @@
 //!   both for a Service without any): addresses of another family are reported and
 //!   skipped, as kube-proxy does.
 //! - Headless (`clusterIP: None`) and ExternalName Services are not load-balanced, nor
-//!   are Services labelled `service.kubernetes.io/service-proxy-name` (another proxy's).
+//!   are Services labelled `service.kubernetes.io/service-proxy-name` (another proxy's),
+//!   unless the label names this agent's `--service-proxy-name` (then only those).
 //! - Every TCP or UDP port; other protocols (SCTP) are reported as unsupported and
 //!   skipped.
 //!
@@ -111,13 +112,17 @@ pub enum Rejection {
     HealthCheck(#[from] crate::health::AnnotationError),
 }
 
-/// What the translation needs to know about the node it runs on.
+/// What the translation needs to know about the node it runs on (and the proxy it is).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
     pub name: Option<String>,
     /// Addresses NodePorts are served on.
     pub addresses: Vec<IpAddr>,
     pub zone: Option<String>,
+    /// `--service-proxy-name`: serve the Services labelled
+    /// `service.kubernetes.io/service-proxy-name` with it; without it, the Services no
+    /// proxy is named for.
+    pub proxy_name: Option<String>,
 }
 
 /// Which of the node's addresses serve NodePorts (`--nodeport-addresses`, kube-proxy's
@@ -212,6 +217,7 @@ impl NodeInfo {
         Self {
             name: node.metadata.name.clone(),
             addresses: nodeport.select(&typed),
+            proxy_name: None,
             zone: node
                 .metadata
                 .labels
@@ -300,7 +306,14 @@ pub fn translate_service(
         reason,
     };
     let mut out = Translated::default();
-    let Some(service) = Shape::of(svc, &namespace, &name, &mut out.warnings).map_err(reject)?
+    let Some(service) = Shape::of(
+        svc,
+        &namespace,
+        &name,
+        node.proxy_name.as_deref(),
+        &mut out.warnings,
+    )
+    .map_err(reject)?
     else {
         return Ok(out);
     };
@@ -327,7 +340,39 @@ pub fn translate_service(
 
 #[cfg(test)]
 mod tests {
-    use super::NodePortAddresses;
+    use super::{NodeInfo, NodePortAddresses, translate_service};
+
+    #[test]
+    fn a_proxy_name_selects_the_services_labelled_for_it_and_only_those() {
+        let service = |label: Option<&str>| -> k8s_openapi::api::core::v1::Service {
+            let mut v = serde_json::json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]},
+            });
+            if let Some(l) = label {
+                v["metadata"]["labels"] =
+                    serde_json::json!({"service.kubernetes.io/service-proxy-name": l});
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let served = |label: Option<&str>, proxy: Option<&str>| {
+            let node = NodeInfo {
+                proxy_name: proxy.map(str::to_string),
+                ..Default::default()
+            };
+            !translate_service(&service(label), &[], &node)
+                .unwrap()
+                .services
+                .is_empty()
+        };
+        // As kube-proxy: unlabelled Services only.
+        assert!(served(None, None));
+        assert!(!served(Some("xlb"), None));
+        // Named: exactly the Services labelled with the name.
+        assert!(served(Some("xlb"), Some("xlb")));
+        assert!(!served(None, Some("xlb")));
+        assert!(!served(Some("other"), Some("xlb")));
+    }
 
     #[test]
     fn nodeport_addresses_flag() {

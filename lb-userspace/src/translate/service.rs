@@ -58,6 +58,7 @@ impl<'a> Shape<'a> {
         svc: &'a Service,
         namespace: &'a str,
         name: &'a str,
+        proxy_name: Option<&str>,
         warnings: &mut Vec<String>,
     ) -> Result<Option<Self>, Rejection> {
         let err = |reason: String| Rejection::Field(reason);
@@ -70,13 +71,13 @@ impl<'a> Shape<'a> {
         if spec.type_.as_deref() == Some("ExternalName") {
             return Ok(None);
         }
-        if svc
+        let proxy = svc
             .metadata
             .labels
             .as_ref()
-            .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL))
-        {
-            // Delegated to another proxy.
+            .and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL));
+        if proxy.map(String::as_str) != proxy_name {
+            // Another proxy's (or, with a proxy name, not labelled for this one).
             return Ok(None);
         }
         let cluster_ips: Vec<&String> = match (&spec.cluster_ips, &spec.cluster_ip) {
