@@ -15,6 +15,7 @@
 //! The flows of backends that leave a service (drains, sweeps) are handled in [`flows`];
 //! problems are typed in [`problem`].
 
+mod claims;
 mod flows;
 mod notice;
 mod problem;
@@ -84,6 +85,8 @@ pub struct Reconciler {
     full: Option<Instant>,
     /// Services currently rejected, and why.
     rejected: BTreeMap<ObjectKey, translate::TranslateError>,
+    /// Who claims which frontend, and who wins it.
+    claims: claims::Claims,
     pub applied: Applied,
     plan_cfg: PlanConfig,
     apply_cfg: ApplyConfig,
@@ -120,6 +123,7 @@ impl Reconciler {
             pending: BTreeMap::new(),
             full: Some(Instant::now()),
             rejected: BTreeMap::new(),
+            claims: claims::Claims::default(),
             applied,
             plan_cfg,
             apply_cfg,
@@ -278,7 +282,12 @@ impl Reconciler {
             ),
         };
         since.extend(pending.into_values());
-        self.retranslate(scope.as_ref(), &mut report);
+        let extra = self.retranslate(scope.as_ref(), &mut report);
+        // Services whose claim on a frontend changed hands are planned too.
+        let scope = scope.map(|mut keys| {
+            keys.extend(extra);
+            keys
+        });
         let before = self.members(self.applied_in(scope.as_ref()).into_iter());
         let plan = sync::plan(&self.desired, &self.applied, scope.as_ref(), &self.plan_cfg);
         for e in plan.errors.iter().cloned() {
@@ -295,14 +304,22 @@ impl Reconciler {
     }
 
     /// Re-translates the Services in `scope` (every Service when `None`) from the store:
-    /// what each translates to, filtered by health, replaces what it translated to before.
-    fn retranslate(&mut self, scope: Option<&BTreeSet<ObjectKey>>, report: &mut SyncReport) {
+    /// what each translates to, filtered by health and by who wins each frontend,
+    /// replaces what it translated to before. Returns the other Services whose desired
+    /// state changed with it (a frontend they claim changed hands), which the sync must
+    /// plan too.
+    fn retranslate(
+        &mut self,
+        scope: Option<&BTreeSet<ObjectKey>>,
+        report: &mut SyncReport,
+    ) -> BTreeSet<ObjectKey> {
         let (keys, previous): (Vec<ObjectKey>, Option<Desired>) = match scope {
             Some(keys) => (keys.iter().cloned().collect(), None),
             None => {
                 // Everything afresh: what no Service holds any more goes.
                 self.rejected.clear();
                 self.health.forget_all();
+                self.claims.clear();
                 self.desired = Desired::default();
                 let keys = self
                     .store
@@ -313,38 +330,84 @@ impl Reconciler {
                 (keys, Some(std::mem::take(&mut self.translated)))
             }
         };
+        let mut contested = BTreeSet::new();
         for key in &keys {
             let before = previous.as_ref().unwrap_or(&self.translated);
             let kept: Vec<(ServiceName, ServiceSpec)> =
                 object_range(&before.services, &key.0, &key.1)
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-            self.retranslate_one(key, kept, report);
+            contested.extend(self.retranslate_one(key, kept, report));
         }
+        // Every claim is known now: derive the desired state of the Services translated,
+        // and of the others that claim a frontend whose claimants changed.
+        let mut extra = self.claims.claimants_of(&contested);
+        for key in &keys {
+            extra.remove(key);
+        }
+        let now = Instant::now();
+        for key in keys.iter().chain(&extra) {
+            self.derive(key, now, report);
+        }
+        extra
     }
 
-    /// Re-translates one Service; `previous` is what it translated to before (kept when
-    /// it is rejected now).
+    /// Re-translates one Service into `self.translated` and records its claims;
+    /// `previous` is what it translated to before (kept when it is rejected now). Returns
+    /// the frontends whose claimants changed.
     fn retranslate_one(
         &mut self,
         key: &ObjectKey,
         previous: Vec<(ServiceName, ServiceSpec)>,
         report: &mut SyncReport,
-    ) {
+    ) -> BTreeSet<lb_common::maps::FrontendKey> {
         report.translated += 1;
         self.rejected.remove(key);
         self.health.forget_object(&key.0, &key.1);
-        let fresh = match self.store.service(key) {
-            Some(svc) => self.translate(key, &svc, previous, report),
+        let svc = self.store.service(key);
+        let fresh = match &svc {
+            Some(svc) => self.translate(key, svc, previous, report),
             None => Vec::new(),
         };
-        let now = Instant::now();
-        let filtered: Vec<(ServiceName, ServiceSpec)> = fresh
-            .iter()
-            .map(|(name, spec)| (name.clone(), self.health.filter(name, spec, now).spec))
-            .collect();
+        let created = svc
+            .as_ref()
+            .and_then(|s| s.metadata.creation_timestamp.as_ref())
+            .map(|t| t.0.as_second());
+        let changed = self.claims.set(key, created, &fresh);
         self.translated.replace_object(&key.0, &key.1, fresh);
-        self.desired.replace_object(&key.0, &key.1, filtered);
+        changed
+    }
+
+    /// The desired state of the Service `key`: its translation, filtered by health, with
+    /// only the frontends it wins (the others are reported as conflicts).
+    fn derive(&mut self, key: &ObjectKey, now: Instant, report: &mut SyncReport) {
+        let mut lost = Vec::new();
+        let derived: Vec<(ServiceName, ServiceSpec)> =
+            object_range(&self.translated.services, &key.0, &key.1)
+                .map(|(name, spec)| {
+                    let mut spec = self.health.filter(name, spec, now).spec;
+                    let proto = spec.proto;
+                    spec.frontends.retain(|fe| {
+                        let fk = lb_common::maps::FrontendKey::new(fe.ip, fe.port, proto);
+                        match self.claims.winner(&fk) {
+                            Some(owner) if owner != name => {
+                                lost.push(sync::PlanError::FrontendConflict {
+                                    service: name.clone(),
+                                    frontend: fk.to_string(),
+                                    owner: owner.clone(),
+                                });
+                                false
+                            }
+                            _ => true,
+                        }
+                    });
+                    (name.clone(), spec)
+                })
+                .collect();
+        self.desired.replace_object(&key.0, &key.1, derived);
+        for e in lost {
+            self.report_problem(Problem::NotProgrammed(e), Some(report));
+        }
     }
 
     /// Translates the Service `key`; a rejected Service keeps `previous`.
