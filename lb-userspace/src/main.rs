@@ -27,8 +27,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cleanup(args) => {
-            xlb::datapath::remove_pins(&args.bpffs)?;
-            eprintln!("removed the pins in {}", args.bpffs.display());
+            match xlb::datapath::remove_pins(&args.bpffs)? {
+                0 => eprintln!(
+                    "no xlb pins in {}: nothing to clean up (was the agent started with a \
+                     different --bpffs?)",
+                    args.bpffs.display()
+                ),
+                n => eprintln!("removed {n} pins in {}", args.bpffs.display()),
+            }
             Ok(())
         }
     }

@@ -64,6 +64,7 @@ impl Report {
 
 /// Reads the report of the instance pinned at `dir`.
 pub fn read(dir: &Path) -> Result<Report, DatapathError> {
+    datapath::require_instance(dir)?;
     let maps = RealMaps::from_pins(dir)?;
     let mut services: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     let mut live = BTreeMap::new();

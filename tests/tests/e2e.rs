@@ -339,3 +339,74 @@ fn by_default_the_datapath_outlives_the_agent_and_cleanup_on_exit_removes_it() {
         }
     }
 }
+
+/// Missing privileges are named, and a refused agent leaves no pins behind.
+#[test]
+fn an_agent_without_cap_bpf_says_so_and_leaves_no_pins() {
+    xlb_tests::require_root().unwrap();
+    let prefix = xlb_tests::run_prefix();
+    let bpffs = xlb_tests::bpffs::Bpffs::mount(&prefix).unwrap();
+    let ns = xlb_tests::netns::Netns::create(&format!("{prefix}-nocap")).unwrap();
+    let dir =
+        xlb_tests::lab::TempDir::create(std::env::temp_dir().join(format!("{prefix}-m"))).unwrap();
+    let pins = bpffs.path().join("nocap");
+    // Everything the DaemonSet grants except CAP_BPF (and no CAP_SYS_ADMIN, which would
+    // stand in for it).
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "setpriv", "--bounding-set"])
+        .arg("-all,+net_admin,+perfmon,+sys_resource")
+        .arg(common::xlb_bin())
+        .args(["agent", "--manifests"])
+        .arg(&dir.0)
+        .args(["--node-name", "n1", "--interface", "lo", "--no-socket-lb"])
+        .args([
+            "--no-pod-interfaces",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--bpffs",
+        ])
+        .arg(&pins)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("lack of privileges") && stderr.contains("CAP_BPF"),
+        "names the capability: {stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&pins)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "no pins left behind: {left:?}");
+}
+
+/// `xlb stats` and `xlb cleanup` where no agent pinned anything say so.
+#[test]
+fn stats_and_cleanup_of_an_empty_path_say_that_nothing_is_pinned_there() {
+    xlb_tests::require_root().unwrap();
+    let prefix = xlb_tests::run_prefix();
+    let bpffs = xlb_tests::bpffs::Bpffs::mount(&prefix).unwrap();
+    let empty = bpffs.path().join("nothing-here");
+    let run = |args: &[&str], path: &std::path::Path| {
+        let out = std::process::Command::new(common::xlb_bin())
+            .args(args)
+            .arg("--bpffs")
+            .arg(path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = run(&["stats"], &empty);
+    assert!(!ok);
+    assert!(err.contains("no xlb instance is pinned at"), "{err}");
+    assert!(err.contains("--bpffs"), "{err}");
+    let (ok, err) = run(&["stats"], std::path::Path::new("/proc/xlb-nothing"));
+    assert!(!ok);
+    assert!(err.contains("not on a bpf filesystem"), "{err}");
+    let (ok, err) = run(&["cleanup"], &empty);
+    assert!(ok, "{err}");
+    assert!(err.contains("nothing to clean up"), "{err}");
+}

@@ -217,10 +217,10 @@ impl Datapath {
                 Err(e) => last = Some(e),
             }
         }
-        Err(DatapathError::Attach {
-            interface: interface.into(),
-            source: last.expect("at least one attempt"),
-        })
+        Err(DatapathError::attach(
+            interface.into(),
+            last.expect("at least one attempt"),
+        ))
     }
 
     /// Attaches the tc program (tcx ingress) to a pod's `interface`, or takes over its
@@ -242,10 +242,7 @@ impl Datapath {
                 TcAttachType::Ingress,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
-            .map_err(|source| DatapathError::Attach {
-                interface: interface.into(),
-                source,
-            })?;
+            .map_err(|source| DatapathError::attach(interface.into(), source))?;
         let link = program.take_link(id).map_err(DatapathError::Program)?;
         let link = FdLink::try_from(link)
             .map_err(|e| Self::link_err(&hook, "not a tcx link")(Box::new(e)))?;
@@ -282,10 +279,7 @@ impl Datapath {
                 // links and programs on the hook (BPF_LINK_CREATE refuses
                 // BPF_F_ALLOW_MULTI with EINVAL).
                 .attach(&file, CgroupAttachMode::Single)
-                .map_err(|source| DatapathError::Attach {
-                    interface: hook.to_string(),
-                    source,
-                })?;
+                .map_err(|source| DatapathError::attach(hook.to_string(), source))?;
             let link = program.take_link(link_id).map_err(DatapathError::Program)?;
             let link = FdLink::try_from(link)
                 .map_err(|e| Self::link_err(&hook, "not a cgroup link")(Box::new(e)))?;

@@ -53,20 +53,20 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
         .ok_or(missing(names::PROGRAM))?
         .try_into()
         .map_err(DatapathError::Program)?;
-    xdp.load().map_err(DatapathError::Program)?;
+    xdp.load().map_err(DatapathError::program)?;
     let tc: &mut SchedClassifier = ebpf
         .program_mut(names::TC_PROGRAM)
         .ok_or(missing(names::TC_PROGRAM))?
         .try_into()
         .map_err(DatapathError::Program)?;
-    tc.load().map_err(DatapathError::Program)?;
+    tc.load().map_err(DatapathError::program)?;
     for name in names::SOCK_PROGRAMS {
         let sock: &mut CgroupSockAddr = ebpf
             .program_mut(name)
             .ok_or(missing(name))?
             .try_into()
             .map_err(DatapathError::Program)?;
-        sock.load().map_err(DatapathError::Program)?;
+        sock.load().map_err(DatapathError::program)?;
     }
     Ok(())
 }
@@ -107,10 +107,26 @@ impl Datapath {
         }
         loader.map_max_entries(names::CONNTRACK, opts.conntrack_entries);
         loader.override_global(CONFIG_GLOBAL, &opts.config, true);
-        let mut ebpf = loader
-            .load(OBJECT)
-            .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        load_programs(&mut ebpf)?;
+        // A load that fails leaves nothing behind that it created: the maps pinned so far
+        // (and the directory) go again, unless they were an earlier agent's to adopt.
+        let cleanup = |e: DatapathError| {
+            if !adopted {
+                let _ = super::remove_pins(&opts.pin_dir);
+            }
+            e
+        };
+        let mut ebpf = loader.load(OBJECT).map_err(|e| {
+            cleanup(if super::is_eperm(&e) {
+                DatapathError::Privileges {
+                    what: "loading the datapath (creating BPF maps and programs)".into(),
+                    needs: "CAP_BPF and CAP_PERFMON",
+                    source: Box::new(e),
+                }
+            } else {
+                DatapathError::Load(Box::new(e))
+            })
+        })?;
+        load_programs(&mut ebpf).map_err(cleanup)?;
         if !adopted {
             let mut meta: Array<&mut MapData, lb_common::maps::Meta> = Array::try_from(
                 ebpf.map_mut(names::META)

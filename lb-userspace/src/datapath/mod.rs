@@ -26,7 +26,7 @@ pub use counters::{Counters, read_counters};
 pub use links::{AttachMode, Attachment, Hook, LINKS_DIR, ifindex};
 pub use load::{Datapath, LoadOptions, PacketRun};
 pub use maps::{RealMaps, TxPorts};
-pub use pins::{check_pins, prepare_pin_dir, remove_pins};
+pub use pins::{check_pins, prepare_pin_dir, remove_pins, require_instance};
 pub use signals::Signals;
 
 /// A lower layer's error, kept as the source.
@@ -72,6 +72,23 @@ pub enum DatapathError {
     },
     #[error("cannot load the XDP object: {0}")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error(
+        "{what} was refused for lack of privileges: it needs {needs} (run as root, or grant \
+         them: deploy/daemonset.yaml adds CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and \
+         CAP_SYS_RESOURCE)"
+    )]
+    Privileges {
+        what: String,
+        needs: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error(
+        "no xlb instance is pinned at {dir}: is an agent running with `--bpffs {dir}`? (In a \
+         cluster, ask the agent's own pod: `kubectl -n xlb-system exec ds/xlb-agent -- xlb \
+         stats`.)"
+    )]
+    NoInstance { dir: PathBuf },
     #[error("the XDP program was rejected: {0}")]
     Program(#[source] ProgramError),
     #[error("the object has no map {0}")]
@@ -125,6 +142,49 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+}
+
+impl DatapathError {
+    /// A failed attach: for lack of CAP_NET_ADMIN, said so.
+    pub(crate) fn attach(interface: String, source: ProgramError) -> Self {
+        if is_eperm(&source) {
+            Self::Privileges {
+                what: format!("attaching to {interface}"),
+                needs: "CAP_NET_ADMIN",
+                source: Box::new(source),
+            }
+        } else {
+            Self::Attach { interface, source }
+        }
+    }
+
+    /// A program the kernel would not load: for lack of CAP_BPF/CAP_PERFMON, said so.
+    pub(crate) fn program(source: ProgramError) -> Self {
+        if is_eperm(&source) {
+            Self::Privileges {
+                what: "loading the datapath's programs".into(),
+                needs: "CAP_BPF and CAP_PERFMON",
+                source: Box::new(source),
+            }
+        } else {
+            Self::Program(source)
+        }
+    }
+}
+
+/// Whether an error chain bottoms out in EPERM (a capability the kernel wanted). EACCES is
+/// not one: the verifier rejects programs with it.
+pub(crate) fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::EPERM)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {

@@ -142,10 +142,26 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DatapathError> {
     })
 }
 
+/// Whether `dir` holds an instance's pins (any of its maps): for the commands that read
+/// them, a clear error instead of a failed map open.
+pub fn require_instance(dir: &Path) -> Result<(), DatapathError> {
+    if names::ALL_MAPS.iter().any(|n| dir.join(n).exists()) {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(dir) && !is_bpffs(parent) {
+        return Err(DatapathError::NotBpffs {
+            path: parent.to_path_buf(),
+        });
+    }
+    Err(DatapathError::NoInstance { dir: dir.into() })
+}
+
 /// Removes every pin of this instance (and the directory when it is left empty): the
 /// program is detached from every interface it was left attached to, and the maps, the
-/// connection table included, are freed.
-pub fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
+/// connection table included, are freed. Returns how many pins it removed.
+pub fn remove_pins(dir: &Path) -> Result<usize, DatapathError> {
+    let mut removed = 0;
     // Links first: removing a link's pin detaches the program from its interface.
     for sub in [LINKS_DIR, names::TABLES_DIR] {
         let sub = dir.join(sub);
@@ -155,13 +171,14 @@ pub fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
                     path: entry.path(),
                     source,
                 })?;
+                removed += 1;
             }
             let _ = std::fs::remove_dir(&sub);
         }
     }
     for name in names::ALL_MAPS {
         match std::fs::remove_file(dir.join(name)) {
-            Ok(()) => {}
+            Ok(()) => removed += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(DatapathError::PinDir {
@@ -172,5 +189,5 @@ pub fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
         }
     }
     let _ = std::fs::remove_dir(dir);
-    Ok(())
+    Ok(removed)
 }
