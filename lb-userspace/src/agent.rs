@@ -352,6 +352,9 @@ fn handle(rec: &mut Reconciler, msg: Msg) {
 fn reconcile_loop(mut rec: Reconciler, mut maps: RealMaps, rx: mpsc::Receiver<Msg>) {
     let mut next_tick = Instant::now() + TICK;
     let mut waiting_logged = Instant::now();
+    // After a big change, freed memory is released at once and again once the deferred
+    // work (retired backends after their grace, drains) has freed its share.
+    let mut trim_again: Option<Instant> = None;
     loop {
         let timeout = next_tick.saturating_duration_since(Instant::now());
         match rx.recv_timeout(timeout) {
@@ -370,6 +373,10 @@ fn reconcile_loop(mut rec: Reconciler, mut maps: RealMaps, rx: mpsc::Receiver<Ms
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if let Some(r) = rec.sync(&mut maps) {
+            if r.translated >= TRIM_AFTER {
+                crate::memory::release_freed();
+                trim_again = Some(Instant::now() + TRIM_AGAIN_AFTER);
+            }
             let ms = r.elapsed.as_secs_f64() * 1e3;
             if r.full || r.writes > 0 || !r.problems.is_empty() {
                 tracing::info!(
@@ -397,6 +404,10 @@ fn reconcile_loop(mut rec: Reconciler, mut maps: RealMaps, rx: mpsc::Receiver<Ms
         if Instant::now() >= next_tick {
             rec.tick(&mut maps);
             next_tick = Instant::now() + TICK;
+            if trim_again.is_some_and(|t| Instant::now() >= t) {
+                trim_again = None;
+                crate::memory::release_freed();
+            }
         }
     }
 }
@@ -416,3 +427,10 @@ pub fn program_dir(
     rec.sync(maps);
     r.problems
 }
+
+/// A sync that re-translated at least this many Services (a big manifest file read or
+/// removed, a relist) hands the memory it freed back to the system.
+const TRIM_AFTER: usize = 1000;
+/// When the memory of such a sync's deferred work is released (backends retire after a
+/// one-second grace).
+const TRIM_AGAIN_AFTER: Duration = Duration::from_secs(3);

@@ -13,6 +13,7 @@ pub mod datapath;
 pub mod devices;
 pub mod health;
 pub mod maglev;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;

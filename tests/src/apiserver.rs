@@ -286,6 +286,24 @@ impl ApiServer {
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
         meta.entry("uid")
             .or_insert_with(|| json!(format!("uid-{}-{}-{}", resource.kind(), key.0, key.1)));
+        // Set at creation and kept by updates, as a real server does. The clock is the
+        // resource version (one second per write from a fixed epoch): objects created
+        // later are younger, whatever the test's timing.
+        let created = inner
+            .objects
+            .get(&resource)
+            .and_then(|m| m.get(&key))
+            .and_then(|old| {
+                old["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| {
+                jiff::Timestamp::from_second(1_700_000_000 + rv as i64)
+                    .expect("in range")
+                    .to_string()
+            });
+        meta.entry("creationTimestamp").or_insert(json!(created));
         let existed = inner
             .objects
             .entry(resource)

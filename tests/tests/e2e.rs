@@ -410,3 +410,66 @@ fn stats_and_cleanup_of_an_empty_path_say_that_nothing_is_pinned_there() {
     assert!(ok, "{err}");
     assert!(err.contains("nothing to clean up"), "{err}");
 }
+
+/// Resident memory of a process, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// A huge manifest file read and then removed: the agent's memory comes back down
+/// (freed memory is handed back to the system, not kept at the peak).
+#[test]
+fn memory_returns_to_its_baseline_after_a_huge_manifest_file_is_gone() {
+    let mut lab = common::default_lab();
+    let pid = lab.agent().pid();
+    let baseline = rss_mib(pid);
+    // 4000 Services with 10 endpoints each.
+    let mut text = String::new();
+    for i in 0..4000u32 {
+        let (a, b) = (i / 250, i % 250);
+        text.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: big-{i}}}\nspec: {{clusterIP: 10.99.{a}.{b}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: big-{i}-1, labels: {{kubernetes.io/service-name: big-{i}}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n"
+        ));
+        for j in 0..10 {
+            text.push_str(&format!("- addresses: [\"10.{}.{a}.{}\"]\n", 100 + j, b));
+        }
+        text.push_str("---\n");
+    }
+    let syncs = lab.agent().count("sync complete");
+    lab.write_manifest("big.yaml", &text).unwrap();
+    lab.agent()
+        .wait_for_count("sync complete", syncs + 1, Duration::from_secs(60))
+        .unwrap();
+    let peak = rss_mib(pid);
+    let syncs = lab.agent().count("sync complete");
+    std::fs::remove_file(lab.manifests_dir().join("big.yaml")).unwrap();
+    lab.agent()
+        .wait_for_count("sync complete", syncs + 1, Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        peak - baseline > 20.0,
+        "the file costs memory: {baseline} -> {peak}"
+    );
+    // Released after the sync and again once the deferred work (retired backends, after
+    // their grace period) is done: polled, within seconds.
+    let limit = baseline + (peak - baseline) * 0.25;
+    let mut after = rss_mib(pid);
+    let started = std::time::Instant::now();
+    while after > limit && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        after = rss_mib(pid);
+    }
+    eprintln!("agent RSS: baseline {baseline:.1} MiB, with the file {peak:.1}, after {after:.1}");
+    assert!(
+        after <= limit,
+        "memory comes back down: baseline {baseline:.1}, peak {peak:.1}, after {after:.1} MiB"
+    );
+}

@@ -420,22 +420,27 @@ impl Reconciler {
     ) -> Vec<(ServiceName, ServiceSpec)> {
         let slices = self.store.slices_of(key);
         let slices: Vec<&_> = slices.iter().map(|s| &**s).collect();
+        // Where the object was read (manifests: file and document), for every message.
+        let origin = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::store::ORIGIN_ANNOTATION))
+            .cloned();
         match translate::translate_service(svc, &slices, &self.node) {
             Ok(t) => {
                 for w in t.warnings {
-                    tracing::warn!("{w}");
                     self.notify(Notice::skipped(&key.0, &key.1, &w));
+                    let w = match &origin {
+                        Some(o) => format!("{o}: {w}"),
+                        None => w,
+                    };
+                    tracing::warn!("{w}");
                     report.warnings.push(w);
                 }
                 t.services
             }
             Err(error) => {
-                let origin = svc
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(crate::store::ORIGIN_ANNOTATION))
-                    .cloned();
                 self.rejected.insert(key.clone(), error.clone());
                 let kept_previous = !previous.is_empty();
                 self.report_problem(

@@ -7,6 +7,9 @@
 //! this node gives its addresses and zone); other kinds are ignored, so the directory may
 //! hold a whole application's manifests. Every object that cannot be used is
 //! reported with its file, document and reason, and skipped: the rest is still served.
+//! So is every entry with a manifest's name that cannot be read as one: not a regular
+//! file (a directory, a FIFO, which would block a read, a dangling symlink), unreadable,
+//! or larger than [`MAX_FILE_BYTES`]; what such a file held before stays served.
 
 use std::{
     fmt,
@@ -46,6 +49,10 @@ impl fmt::Display for Origin {
     }
 }
 
+/// The largest manifest file read (a directory of a whole cluster's objects is a few
+/// megabytes; a file beyond this is a mistake, not data).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read manifests directory {dir}: {source}")]
@@ -53,6 +60,23 @@ pub enum ManifestError {
         dir: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("cannot read an entry of manifests directory {dir}: {source}")]
+    Entry {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: not read: it is {what}, not a regular file")]
+    NotAFile { file: PathBuf, what: &'static str },
+    #[error(
+        "{file}: not read: {size} bytes is more than the {limit}-byte limit of a manifest \
+         file (split it)"
+    )]
+    TooLarge {
+        file: PathBuf,
+        size: u64,
+        limit: u64,
     },
     #[error("{file}: cannot read: {source}")]
     File {
@@ -139,23 +163,82 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
         dir: dir.into(),
         source,
     })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_manifest_file(p))
-        .collect();
-    files.sort();
     let mut loaded = Loaded::default();
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = match entry {
+            Ok(e) => e.path(),
+            Err(source) => {
+                loaded.errors.push(ManifestError::Entry {
+                    dir: dir.into(),
+                    source,
+                });
+                continue;
+            }
+        };
+        // Other names are not manifests (the directory may hold anything else).
+        if is_manifest_file(&path) {
+            files.push(path);
+        }
+    }
+    files.sort();
     for file in files {
-        match std::fs::read_to_string(&file) {
+        match read_manifest(&file) {
             Ok(text) => load_text(&file, &text, &mut loaded),
-            Err(source) => loaded.errors.push(ManifestError::File {
-                file: file.clone(),
-                source,
-            }),
+            Err(e) => loaded.errors.push(e),
         }
         loaded.files.push(file);
     }
     Ok(loaded)
+}
+
+/// A manifest file's text, if it is a regular file (symlinks followed) within the size
+/// limit.
+fn read_manifest(file: &Path) -> Result<String, ManifestError> {
+    use std::io::Read as _;
+    let io = |source| ManifestError::File {
+        file: file.into(),
+        source,
+    };
+    let meta = std::fs::metadata(file).map_err(io)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() || kind.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(ManifestError::NotAFile {
+            file: file.into(),
+            what,
+        });
+    }
+    let too_large = |size| ManifestError::TooLarge {
+        file: file.into(),
+        size,
+        limit: MAX_FILE_BYTES,
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    // Read at most one byte past the limit: a file that grew since is caught too.
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .map_err(io)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large(text.len() as u64));
+    }
+    Ok(text)
 }
 
 /// Parses one file's text into `loaded`.
@@ -387,6 +470,43 @@ mod tests {
     }
 
     const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n";
+
+    #[test]
+    fn entries_that_are_not_readable_manifests_are_reported_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("web.yaml"), SVC).unwrap();
+        std::fs::create_dir(d.join("dir.yaml")).unwrap();
+        let fifo =
+            std::ffi::CString::new(d.join("pipe.yaml").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::os::unix::fs::symlink(d.join("gone"), d.join("dangling.yaml")).unwrap();
+        // Sparse: over the limit without writing 64 MiB.
+        std::fs::File::create(d.join("huge.yaml"))
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        std::fs::write(d.join("notes.txt"), "not a manifest").unwrap();
+        let loaded = load_dir(d).unwrap();
+        assert_eq!(loaded.services.len(), 1, "the valid file is served");
+        let messages: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+        let has = |file: &str, text: &str| {
+            messages
+                .iter()
+                .any(|m| m.contains(file) && m.contains(text))
+        };
+        assert!(has("dir.yaml", "a directory"), "{messages:?}");
+        // Reading a FIFO would block the source: it is never opened.
+        assert!(has("pipe.yaml", "a FIFO"), "{messages:?}");
+        assert!(has("dangling.yaml", "cannot read"), "{messages:?}");
+        assert!(has("huge.yaml", "limit"), "{messages:?}");
+        assert_eq!(
+            messages.len(),
+            4,
+            "notes.txt is not a manifest: {messages:?}"
+        );
+    }
 
     #[test]
     fn reads_multiple_documents_and_skips_bad_ones() {

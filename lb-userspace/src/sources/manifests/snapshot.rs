@@ -196,6 +196,7 @@ impl ManifestSource {
         }
         // Broken files and documents keep what they held.
         let mut broken_files: Vec<PathBuf> = Vec::new();
+        let mut keep_all = false;
         for error in loaded.errors {
             let kept = match &error {
                 ManifestError::Object {
@@ -215,16 +216,23 @@ impl ManifestSource {
                     broken_files.push(origin.file.clone());
                     Kept::FileObjects
                 }
-                ManifestError::File { file, .. } => {
+                ManifestError::File { file, .. }
+                | ManifestError::NotAFile { file, .. }
+                | ManifestError::TooLarge { file, .. } => {
                     broken_files.push(file.clone());
                     Kept::FileObjects
                 }
-                ManifestError::Dir { .. } => Kept::Everything,
+                // A directory (or an entry of it) that cannot be read: nothing is known
+                // to be gone.
+                ManifestError::Dir { .. } | ManifestError::Entry { .. } => {
+                    keep_all = true;
+                    Kept::Everything
+                }
             };
             problems.push(ManifestProblem::Rejected { error, kept });
         }
         for (id, old) in &self.snapshot.objects {
-            if broken_files.contains(&old.origin().file) && !next.contains_key(id) {
+            if (keep_all || broken_files.contains(&old.origin().file)) && !next.contains_key(id) {
                 next.insert(id.clone(), old.clone());
             }
         }

@@ -53,6 +53,8 @@ fn reload(
             anyhow::bail!("the reconciler is gone");
         }
     }
+    // The files' text and parse trees are gone now: give the memory back.
+    crate::memory::release_freed();
     Ok(())
 }
 
