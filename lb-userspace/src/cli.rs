@@ -32,6 +32,17 @@ pub enum Command {
     /// first). This drops the connection table: established connections through the
     /// node break.
     Cleanup(CleanupArgs),
+    /// Mount a bpf filesystem at a path unless one is mounted there already (the
+    /// DaemonSet's init container runs this, so that the agent itself needs no mount
+    /// privilege).
+    MountBpffs(MountBpffsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountBpffsArgs {
+    /// Where the bpf filesystem must be (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf")]
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,14 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::MountBpffs(args) => {
+            if xlb::datapath::mount_bpffs(&args.path)? {
+                eprintln!("mounted a bpf filesystem at {}", args.path.display());
+            } else {
+                eprintln!("{} is a bpf filesystem already", args.path.display());
+            }
+            Ok(())
+        }
         Command::Cleanup(args) => {
             match xlb::datapath::remove_pins(&args.bpffs)? {
                 0 => eprintln!(

@@ -370,3 +370,88 @@ fn dockerfile_builds_with_the_project_recipe() {
         ".dockerignore keeps target/ out of the context"
     );
 }
+
+/// The bpffs is ensured by a privileged init container running `xlb mount-bpffs` with
+/// Bidirectional propagation (the agent sees the mount through HostToContainer), and the
+/// DaemonSet follows the conventions operators expect of a node agent.
+#[test]
+fn an_init_container_mounts_the_bpffs_and_the_daemonset_follows_node_agent_conventions() {
+    let ds = daemonset();
+    let pod = ds.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let agent = agent_container(&ds);
+    let inits = pod.init_containers.clone().unwrap_or_default();
+    assert_eq!(inits.len(), 1, "one init container");
+    let init = &inits[0];
+    let mut argv = vec!["xlb".to_string()];
+    argv.extend(expanded_args(init));
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("init args {argv:?}: {e}"));
+    let Command::MountBpffs(m) = cli.command else {
+        panic!("the init container runs {:?}", cli.command);
+    };
+    assert_eq!(m.path, PathBuf::from("/sys/fs/bpf"));
+    assert_eq!(
+        init.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true),
+        "mounting with Bidirectional propagation needs a privileged container"
+    );
+    let propagation = |c: &Container| {
+        c.volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.mount_path == "/sys/fs/bpf")
+            .and_then(|v| v.mount_propagation)
+    };
+    assert_eq!(propagation(init).as_deref(), Some("Bidirectional"));
+    assert_eq!(propagation(&agent).as_deref(), Some("HostToContainer"));
+    let bpffs = pod
+        .volumes
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "bpffs")
+        .and_then(|v| v.host_path)
+        .expect("the bpffs hostPath");
+    assert_eq!(bpffs.type_.as_deref(), Some("DirectoryOrCreate"));
+    assert_eq!(
+        init.image, agent.image,
+        "the init container is the agent's image"
+    );
+
+    // Conventions.
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|s| s.get("kubernetes.io/os"))
+            .map(String::as_str),
+        Some("linux")
+    );
+    assert!(agent.startup_probe.is_some(), "a startup probe");
+    for c in [&agent, init] {
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+    }
+    let image = agent.image.clone().unwrap();
+    let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+    assert!(
+        !tag.is_empty() && tag != "latest",
+        "a versioned image tag, not {image}"
+    );
+    assert_eq!(
+        tag,
+        env!("CARGO_PKG_VERSION"),
+        "the tag is the release's version"
+    );
+    let k = &documents("kustomization.yaml")[0];
+    assert_eq!(k["images"][0]["newTag"], tag);
+    assert_eq!(
+        agent
+            .security_context
+            .as_ref()
+            .and_then(|s| s.se_linux_options.as_ref())
+            .and_then(|o| o.type_.as_deref()),
+        Some("spc_t")
+    );
+}

@@ -473,3 +473,39 @@ fn memory_returns_to_its_baseline_after_a_huge_manifest_file_is_gone() {
         "memory comes back down: baseline {baseline:.1}, peak {peak:.1}, after {after:.1} MiB"
     );
 }
+
+/// `xlb mount-bpffs` (the DaemonSet's init container) mounts a bpf filesystem where
+/// there is none, leaves one that is there alone, and pin paths may lie deeper below it.
+#[test]
+fn mount_bpffs_mounts_once_and_pins_may_lie_deeper() {
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    xlb_tests::require_root().unwrap();
+    let dir = std::env::temp_dir().join(format!("{}-mnt", xlb_tests::run_prefix()));
+    let _guard = Unmount(dir.clone());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::xlb_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let path = dir.to_str().unwrap();
+    let (ok, err) = run(&["mount-bpffs", "--path", path]);
+    assert!(ok && err.contains("mounted a bpf filesystem"), "{err}");
+    let (ok, err) = run(&["mount-bpffs", "--path", path]);
+    assert!(ok && err.contains("already"), "{err}");
+    // Two levels below the mount, not created yet: a bpffs path all the same.
+    let deep = dir.join("cluster/node-1");
+    let (ok, err) = run(&["stats", "--bpffs", deep.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("no xlb instance is pinned"), "{err}");
+}

@@ -26,7 +26,7 @@ pub use counters::{Counters, read_counters};
 pub use links::{AttachMode, Attachment, Hook, LINKS_DIR, ifindex};
 pub use load::{Datapath, LoadOptions, PacketRun};
 pub use maps::{RealMaps, TxPorts};
-pub use pins::{check_pins, prepare_pin_dir, remove_pins, require_instance};
+pub use pins::{check_pins, mount_bpffs, prepare_pin_dir, remove_pins, require_instance};
 pub use signals::Signals;
 
 /// A lower layer's error, kept as the source.

@@ -128,12 +128,19 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-/// Creates the pin directory on a bpffs.
+/// The nearest existing directory at or above `dir`.
+fn existing_ancestor(dir: &Path) -> &Path {
+    dir.ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"))
+}
+
+/// Creates the pin directory on a bpffs (at any depth below the mount).
 pub fn prepare_pin_dir(dir: &Path) -> Result<(), DatapathError> {
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    if !is_bpffs(parent) && !is_bpffs(dir) {
+    let existing = existing_ancestor(dir);
+    if !is_bpffs(existing) {
         return Err(DatapathError::NotBpffs {
-            path: parent.to_path_buf(),
+            path: existing.to_path_buf(),
         });
     }
     std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
@@ -148,13 +155,42 @@ pub fn require_instance(dir: &Path) -> Result<(), DatapathError> {
     if names::ALL_MAPS.iter().any(|n| dir.join(n).exists()) {
         return Ok(());
     }
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    if !is_bpffs(dir) && !is_bpffs(parent) {
+    let existing = existing_ancestor(dir);
+    if !is_bpffs(existing) {
         return Err(DatapathError::NotBpffs {
-            path: parent.to_path_buf(),
+            path: existing.to_path_buf(),
         });
     }
     Err(DatapathError::NoInstance { dir: dir.into() })
+}
+
+/// Mounts a bpf filesystem at `path` (created if missing) unless one is there. Returns
+/// whether it mounted one.
+pub fn mount_bpffs(path: &Path) -> Result<bool, DatapathError> {
+    let err = |source| DatapathError::PinDir {
+        path: path.into(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    if is_bpffs(path) {
+        return Ok(false);
+    }
+    let target = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| err(std::io::Error::other("a NUL byte in the path")))?;
+    // SAFETY: NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(true)
 }
 
 /// Removes every pin of this instance (and the directory when it is left empty): the
