@@ -455,3 +455,29 @@ fn an_init_container_mounts_the_bpffs_and_the_daemonset_follows_node_agent_conve
         Some("spc_t")
     );
 }
+
+/// The uninstall DaemonSet runs `xlb cleanup` on the agent's pin directory, on every
+/// node.
+#[test]
+fn the_uninstall_daemonset_cleans_up_the_agents_pins_on_every_node() {
+    let agent = parsed_agent_args(&agent_container(&daemonset()));
+    let ds: DaemonSet = one("uninstall/cleanup.yaml", "DaemonSet");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    assert!(
+        pod.tolerations
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "every node, tainted ones too"
+    );
+    let init = &pod.init_containers.unwrap_or_default()[0];
+    let mut argv = vec!["xlb".to_string()];
+    argv.extend(expanded_args(init));
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("cleanup args {argv:?}: {e}"));
+    let Command::Cleanup(c) = cli.command else {
+        panic!("the cleanup runs {:?}", cli.command);
+    };
+    assert_eq!(c.bpffs, agent.bpffs, "the agent's pin directory");
+    let mounts = init.volume_mounts.clone().unwrap_or_default();
+    assert!(mounts.iter().any(|m| c.bpffs.starts_with(&m.mount_path)));
+}

@@ -159,7 +159,7 @@ fn rustup_rustc() -> anyhow::Result<PathBuf> {
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 const SCHEMA_VERSION: &str = "1.33.0";
 
-/// Validates deploy/*.yaml (the kustomization has no published schema and is checked by
+/// Validates deploy/*.yaml and deploy/uninstall/*.yaml (the kustomization has no published schema and is checked by
 /// the host test) with kubernetes-validate in strict mode: unknown fields are errors.
 fn validate_deploy(root: &std::path::Path) -> anyhow::Result<()> {
     let venv = root.join("target/tools/venv");
@@ -183,12 +183,16 @@ fn validate_deploy(root: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("installing {KUBERNETES_VALIDATE} from PyPI"))?;
         std::fs::write(&marker, KUBERNETES_VALIDATE)?;
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("deploy"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
-        })
-        .collect();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in ["deploy", "deploy/uninstall"] {
+        files.extend(
+            std::fs::read_dir(root.join(dir))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+                }),
+        );
+    }
     files.sort();
     run_visible(
         Command::new(&validator)
