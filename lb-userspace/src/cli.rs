@@ -132,8 +132,27 @@ pub struct AgentArgs {
     pub health: HealthArgs,
 }
 
-fn duration(text: &str) -> Result<std::time::Duration, crate::health::SpecError> {
-    crate::health::parse_duration(text)
+/// A duration flag: Kubernetes' syntax (`500ms`, `1m30s`, `24h`), more than zero.
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    match crate::health::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err(format!("{text:?} must be more than zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A health check's interval or timeout flag: at least 10 ms.
+fn check_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::health::parse_check_duration(text).map_err(|e| e.to_string())
+}
+
+/// A duration flag in whole seconds (the datapath's timeouts): `86400`, `24h`, `90s`.
+fn seconds(text: &str) -> Result<u32, String> {
+    let d = duration(text)?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{text:?}: whole seconds only"));
+    }
+    u32::try_from(d.as_secs()).map_err(|_| format!("{text:?} is too long"))
 }
 
 /// `--xdp-mode` (the datapath's [`AttachMode`], named for the command line).
@@ -186,11 +205,11 @@ pub struct HealthArgs {
     /// Default healthy status range of http checks.
     #[arg(long, default_value = "200-399")]
     pub health_check_status: String,
-    /// Default interval between two checks of a backend (e.g. 500ms, 2s).
-    #[arg(long, value_parser = duration, default_value = "2s")]
+    /// Default interval between two checks of a backend (e.g. 500ms, 2s, 1m30s).
+    #[arg(long, value_parser = check_duration, default_value = "2s")]
     pub health_check_interval: std::time::Duration,
     /// Default time a check may take.
-    #[arg(long, value_parser = duration, default_value = "1s")]
+    #[arg(long, value_parser = check_duration, default_value = "1s")]
     pub health_check_timeout: std::time::Duration,
     /// Consecutive successes that bring an unhealthy backend back.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -251,17 +270,17 @@ pub struct DatapathArgs {
     /// Connection-table capacity (flows x 2 entries; LRU eviction beyond it).
     #[arg(long, default_value_t = CONNTRACK_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..))]
     pub conntrack_entries: u32,
-    /// Idle timeout of an established TCP flow, seconds.
-    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_tcp_established_timeout_s, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Idle timeout of an established TCP flow (seconds, or a duration such as 24h).
+    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_tcp_established_timeout_s, value_parser = seconds)]
     pub ct_tcp_timeout: u32,
-    /// Idle timeout of a TCP flow that has only sent a SYN, seconds.
-    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_tcp_syn_timeout_s, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Idle timeout of a TCP flow that has only sent a SYN (seconds, or a duration).
+    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_tcp_syn_timeout_s, value_parser = seconds)]
     pub ct_tcp_syn_timeout: u32,
-    /// Idle timeout of a TCP flow after FIN or RST, seconds.
-    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_tcp_closing_timeout_s, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Idle timeout of a TCP flow after FIN or RST (seconds, or a duration).
+    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_tcp_closing_timeout_s, value_parser = seconds)]
     pub ct_tcp_closing_timeout: u32,
-    /// Idle timeout of a UDP flow, seconds.
-    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_udp_timeout_s, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Idle timeout of a UDP flow (seconds, or a duration).
+    #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_udp_timeout_s, value_parser = seconds)]
     pub ct_udp_timeout: u32,
     /// Upper bound of a service's Maglev table size (tables hold at least 100 slots per
     /// backend up to this bound; it is rounded down to a prime).

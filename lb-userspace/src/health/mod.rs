@@ -16,6 +16,6 @@ pub use probe::{
 };
 pub use spec::{
     ANNOTATION_PREFIX, AnnotationError, HealthAnnotations, HealthCheck, HealthDefaults, Method,
-    MethodKind, SpecError, parse_duration, parse_status,
+    MethodKind, SpecError, parse_check_duration, parse_duration, parse_status,
 };
 pub use view::{Filtered, HealthView, OutlierConfig};

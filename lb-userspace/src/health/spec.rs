@@ -90,11 +90,11 @@ impl Default for HealthDefaults {
 /// Why a health-check setting is invalid.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
-    #[error("{text:?} is not a duration like 500ms, 2s or 1m")]
+    #[error("{text:?} is not a duration like 500ms, 1m30s or 2h")]
     NotADuration { text: String },
-    #[error("{text:?}: unknown unit {unit:?} (ms, s or m)")]
+    #[error("{text:?}: unknown unit {unit:?} (ns, us, ms, s, m or h)")]
     UnknownUnit { text: String, unit: String },
-    #[error("{text:?} is out of range (10ms..1h)")]
+    #[error("{text:?} is shorter than 10ms")]
     DurationRange { text: String },
     #[error("{text:?} is not a status or a status range like 200-399")]
     Status { text: String },
@@ -119,25 +119,56 @@ pub struct AnnotationError {
     pub problem: SpecError,
 }
 
-/// Parses a duration such as `500ms`, `2s` or `1m`.
+/// Parses a duration as Kubernetes (Go's `time.ParseDuration`) writes them: a sequence
+/// of decimal numbers, each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), such as
+/// `500ms`, `1m30s` or `1.5h`; a bare number is seconds. Any length (see
+/// [`parse_check_duration`] for the bounds of a health check's).
 pub fn parse_duration(text: &str) -> Result<Duration, SpecError> {
     let t = text.trim();
-    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| SpecError::NotADuration { text: text.into() })?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(60 * n),
-        _ => {
-            return Err(SpecError::UnknownUnit {
-                text: text.into(),
-                unit: unit.into(),
-            });
-        }
-    };
-    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+    let bad = || SpecError::NotADuration { text: text.into() };
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map(Duration::from_secs).map_err(|_| bad());
+    }
+    let mut rest = t;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (number, after) = rest.split_at(number_end);
+        let n: f64 = number.parse().map_err(|_| bad())?;
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_end);
+        let seconds = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => {
+                return Err(SpecError::UnknownUnit {
+                    text: text.into(),
+                    unit: unit.into(),
+                });
+            }
+        };
+        total += n * seconds;
+        rest = next;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// [`parse_duration`], at least what a health check's interval or timeout may be (10 ms:
+/// shorter is a probe storm, not a check).
+pub fn parse_check_duration(text: &str) -> Result<Duration, SpecError> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(10) {
         return Err(SpecError::DurationRange { text: text.into() });
     }
     Ok(d)
@@ -228,8 +259,8 @@ impl HealthAnnotations {
             "-port" => self.port = Some(parse_port(value)?),
             "-path" => self.path = Some(parse_path(value)?),
             "-status" => self.status = Some(parse_status(value)?),
-            "-interval" => self.interval = Some(parse_duration(value)?),
-            "-timeout" => self.timeout = Some(parse_duration(value)?),
+            "-interval" => self.interval = Some(parse_check_duration(value)?),
+            "-timeout" => self.timeout = Some(parse_check_duration(value)?),
             "-healthy-threshold" => self.healthy_threshold = Some(parse_threshold(value)?),
             "-unhealthy-threshold" => self.unhealthy_threshold = Some(parse_threshold(value)?),
             _ => return Err(SpecError::Unknown),
@@ -354,8 +385,8 @@ mod tests {
             ),
             (
                 "xlb.dev/health-check-interval",
-                "90m",
-                SpecError::DurationRange { text: text("90m") },
+                "5ms",
+                SpecError::DurationRange { text: text("5ms") },
             ),
             (
                 "xlb.dev/health-check-status",
@@ -388,5 +419,24 @@ mod tests {
                 "{k}={v}"
             );
         }
+    }
+
+    #[test]
+    fn durations_are_read_as_kubernetes_writes_them() {
+        let ok = |t: &str, d: Duration| assert_eq!(parse_duration(t), Ok(d), "{t}");
+        ok("500ms", Duration::from_millis(500));
+        ok("1m30s", Duration::from_secs(90));
+        ok("1.5h", Duration::from_secs(5400));
+        ok("2h45m", Duration::from_secs(9900));
+        ok("24h", Duration::from_secs(86_400));
+        ok("90", Duration::from_secs(90));
+        ok("250us", Duration::from_micros(250));
+        for bad in ["", "fast", "1x", "m", "1.2.3s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            parse_duration("3d"),
+            Err(SpecError::UnknownUnit { .. })
+        ));
     }
 }
