@@ -81,7 +81,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("--manifests {}: not a directory", dir.display());
     }
-    let listener = metrics::bind(args.metrics_addr).await?;
+    let listener = metrics::bind("--metrics-addr", args.metrics_addr).await?;
+    let health_listener = match args.health_addr {
+        Some(addr) => Some(metrics::bind("--health-addr", addr).await?),
+        None => None,
+    };
     let client = if args.kubernetes {
         Some(sources::kube::client(args.kubeconfig.as_deref(), args.api_server.as_ref()).await?)
     } else {
@@ -94,7 +98,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         conntrack_entries: args.datapath.conntrack_entries,
     };
     let mut dp = Datapath::load(&opts).context("loading the datapath")?;
-    let result = serve(&args, &mut dp, node_name, listener, client).await;
+    let result = serve(
+        &args,
+        &mut dp,
+        node_name,
+        (listener, health_listener),
+        client,
+    )
+    .await;
     if args.cleanup_on_exit {
         dp.detach_all();
         drop(dp);
@@ -116,7 +127,7 @@ async fn serve(
     args: &AgentArgs,
     dp: &mut Datapath,
     node_name: String,
-    listener: tokio::net::TcpListener,
+    (listener, health_listener): (tokio::net::TcpListener, Option<tokio::net::TcpListener>),
     client: Option<kube::Client>,
 ) -> anyhow::Result<()> {
     let mut follower = Follower::new(
@@ -156,6 +167,13 @@ async fn serve(
     let addr = listener.local_addr()?;
     let http = tokio::spawn(metrics::serve(listener, metrics.clone(), registry));
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    let health_http = match health_listener {
+        Some(l) => {
+            tracing::info!(addr = %l.local_addr()?, "serving /healthz, /readyz");
+            Some(tokio::spawn(metrics::serve_health(l, metrics.clone())))
+        }
+        None => None,
+    };
 
     let fallback = NodeInfo {
         name: Some(node_name.clone()),
@@ -273,6 +291,9 @@ async fn serve(
         events.abort();
     }
     http.abort();
+    if let Some(h) = health_http {
+        h.abort();
+    }
     checker.abort();
     signal_task.abort();
     let _ = tx.send(Msg::Stop);

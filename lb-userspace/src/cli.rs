@@ -121,6 +121,11 @@ pub struct AgentArgs {
     /// Address of the HTTP endpoint with /metrics, /healthz and /readyz.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: std::net::SocketAddr,
+    /// A second address serving only /healthz and /readyz, for probes and load balancers
+    /// that must reach the node (as kube-proxy serves its health on 0.0.0.0:10256 and its
+    /// metrics on localhost).
+    #[arg(long, value_name = "ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
     /// On exit, detach from every interface and remove the pins. By default the
     /// datapath keeps serving after the agent exits (its links and maps are pinned), and
     /// the next agent takes it over without dropping a packet or a connection.

@@ -478,10 +478,28 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 /// Binds the HTTP endpoint (so that a bad address fails the start, not later).
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+/// Listens on `addr`, given as `flag`.
+pub async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: cannot listen: {e}"))
+        .map_err(|e| anyhow::anyhow!("{flag} {addr}: cannot listen: {e}"))
+}
+
+/// Serves `/healthz` and `/readyz` only (`--health-addr`) until the task is dropped.
+pub async fn serve_health(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let state = HttpState {
+        metrics,
+        registry: Arc::new(Registry::default()),
+    };
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    axum::serve(listener, app).await?;
+    Ok(())
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.

@@ -239,21 +239,29 @@ fn probes_hit_the_agent_health_endpoints() {
     let ds = daemonset();
     let c = agent_container(&ds);
     let args = parsed_agent_args(&c);
-    let addr = args.metrics_addr;
+    // The probes go to the health address when there is one.
+    let addr = args.health_addr.unwrap_or(args.metrics_addr);
     for (probe, path) in [
         (&c.readiness_probe, "/readyz"),
         (&c.liveness_probe, "/healthz"),
+        (&c.startup_probe, "/healthz"),
     ] {
         let get = probe
             .as_ref()
             .and_then(|p| p.http_get.as_ref())
             .unwrap_or_else(|| panic!("{path} probe"));
         assert_eq!(get.path.as_deref(), Some(path));
-        assert_eq!(
-            get.host.as_deref(),
-            Some(addr.ip().to_string().as_str()),
-            "{path}: probe host"
-        );
+        // No host: the pod's IP, which is the node's (hostNetwork), so the address must
+        // listen there (the unspecified address); else the probe names the address.
+        if addr.ip().is_unspecified() {
+            assert_eq!(get.host, None, "{path}: probe host");
+        } else {
+            assert_eq!(
+                get.host.as_deref(),
+                Some(addr.ip().to_string().as_str()),
+                "{path}: probe host"
+            );
+        }
         let port = match &get.port {
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => *p,
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => c

@@ -509,3 +509,28 @@ fn mount_bpffs_mounts_once_and_pins_may_lie_deeper() {
     assert!(!ok);
     assert!(err.contains("no xlb instance is pinned"), "{err}");
 }
+
+/// `--health-addr` serves the health endpoints apart from the metrics (kube-proxy's split:
+/// health reachable from outside the node, metrics on localhost).
+#[test]
+fn health_endpoints_are_served_on_their_own_address_too() {
+    let mut lab = xlb_tests::lab::Lab::build(1).unwrap();
+    lab.start_servers(&common::server_bin()).unwrap();
+    lab.write_default_manifests().unwrap();
+    lab.start_agent(&common::xlb_bin(), &["--health-addr", "127.0.0.1:9465"])
+        .unwrap();
+    let get = |path: &'static str| {
+        lab.node
+            .run(move || xlb_tests::http::get("127.0.0.1:9465".parse().unwrap(), path))
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(get("/healthz").0, 200);
+    assert_eq!(get("/readyz").0, 200, "ready after the first sync");
+    assert_eq!(
+        get("/metrics").0,
+        404,
+        "metrics stay on --metrics-addr only"
+    );
+    assert_eq!(common::agent_get(&lab, "/metrics").unwrap().0, 200);
+}
