@@ -16,7 +16,7 @@ use crate::{datapath::AttachMode, health::MethodKind};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter (tracing-subscriber syntax), e.g. `info` or `xlb=debug`.
+    /// Log filter (tracing-subscriber syntax, such as `info` or `xlb=debug`).
     #[arg(long, global = true, env = "XLB_LOG", default_value = "info")]
     pub log: String,
 }
@@ -85,7 +85,7 @@ pub struct AgentArgs {
     /// `primary` (the node's first InternalIP of each family, else its first ExternalIP),
     /// or CIDRs (comma-separated or repeated) that select among the Node's InternalIP and
     /// ExternalIP addresses (or --node-address). Default: all of them.
-    #[arg(long = "nodeport-addresses", value_name = "primary|CIDR,...")]
+    #[arg(long = "nodeport-addresses", value_name = "ADDRS")]
     pub nodeport_addresses: Vec<String>,
     /// Serve only the Services labelled `service.kubernetes.io/service-proxy-name=NAME`
     /// (kube-proxy ignores every Service with that label), to share a cluster with
@@ -226,6 +226,7 @@ pub struct HealthArgs {
     /// backend) within --outlier-window that eject a backend at once; 0: off.
     #[arg(long, default_value_t = 3)]
     pub outlier_failures: u32,
+    /// The window --outlier-failures are counted in.
     #[arg(long, value_parser = duration, default_value = "1s")]
     pub outlier_window: std::time::Duration,
     /// How long a passive ejection lasts for backends without an active check (with one,
