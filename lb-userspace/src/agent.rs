@@ -96,6 +96,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         pin_dir: args.bpffs.clone(),
         config: args.datapath.config(),
         conntrack_entries: args.datapath.conntrack_entries,
+        backends: args.datapath.max_backends,
     };
     let mut dp = Datapath::load(&opts).context("loading the datapath")?;
     let result = serve(
@@ -147,7 +148,7 @@ async fn serve(
         let (applied, found) = Applied::adopt(
             maps.programmed()?,
             lb_common::maps::MAX_SERVICES,
-            lb_common::maps::MAX_BACKENDS,
+            dp.backend_capacity()?,
         );
         tracing::info!(
             dir = %args.bpffs.display(),
@@ -159,7 +160,7 @@ async fn serve(
         );
         applied
     } else {
-        Applied::new(lb_common::maps::MAX_SERVICES, lb_common::maps::MAX_BACKENDS)
+        Applied::new(lb_common::maps::MAX_SERVICES, dp.backend_capacity()?)
     };
     let metrics = Arc::new(Metrics::new());
     metrics.beat();

@@ -276,6 +276,11 @@ pub struct DatapathArgs {
     /// Connection-table capacity (flows x 2 entries; LRU eviction beyond it).
     #[arg(long, default_value_t = CONNTRACK_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..))]
     pub conntrack_entries: u32,
+    /// Capacity of the backend table: every endpoint address and port this node may send
+    /// to. Its per-backend counters are per CPU, 64 bytes x this x the node's CPUs (the
+    /// default takes 16 MiB per CPU, 1 GiB on a 64-CPU node): size it to the cluster.
+    #[arg(long, default_value_t = lb_common::maps::MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(16..=i64::from(lb_common::maps::MAX_BACKENDS)))]
+    pub max_backends: u32,
     /// Idle timeout of an established TCP flow (seconds, or a duration such as 24h).
     #[arg(long, default_value_t = DatapathConfig::DEFAULT.ct_tcp_established_timeout_s, value_parser = seconds)]
     pub ct_tcp_timeout: u32,

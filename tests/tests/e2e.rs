@@ -534,3 +534,37 @@ fn health_endpoints_are_served_on_their_own_address_too() {
     );
     assert_eq!(common::agent_get(&lab, "/metrics").unwrap().0, 200);
 }
+
+/// `--max-backends` sizes the backend table (and its per-CPU counters): a node that needs
+/// more says which Services it cannot program, and serves the rest.
+#[test]
+fn a_backend_table_too_small_is_reported_and_the_rest_served() {
+    let mut lab = xlb_tests::lab::Lab::build(3).unwrap();
+    lab.start_servers(&common::server_bin()).unwrap();
+    lab.write_default_manifests().unwrap();
+    // The default Services need 12 backends (3 addresses x 2 families x TCP and UDP).
+    lab.start_agent(&common::xlb_bin(), &["--max-backends", "16"])
+        .unwrap();
+    let info = aya::maps::MapInfo::from_pin(lab.pin_dir().join(lb_common::maps::BACKENDS)).unwrap();
+    assert_eq!(info.max_entries(), 16, "the table has the size asked for");
+    assert_eq!(tcp_spread(&lab, WEB_V4).len(), 3);
+    // Four more Services of three new backends each (v4 and v6, TCP): 12 more backends
+    // than the table holds.
+    let mut extra = String::new();
+    for i in 0..4 {
+        extra.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: more-{i}}}\nspec: {{clusterIP: 10.96.1.{i}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: more-{i}-1, labels: {{kubernetes.io/service-name: more-{i}}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n- addresses: [\"10.77.{i}.1\"]\n- addresses: [\"10.77.{i}.2\"]\n- addresses: [\"10.77.{i}.3\"]\n---\n"
+        ));
+    }
+    lab.write_manifest("more.yaml", &extra).unwrap();
+    lab.agent()
+        .wait_for(
+            "no free backend id (at most 16 backends)",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    for vip in [WEB_V4, WEB_V6] {
+        assert_eq!(tcp_spread(&lab, vip).len(), 3, "{vip} still served");
+    }
+}

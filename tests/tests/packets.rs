@@ -92,6 +92,7 @@ fn with_env(f: impl FnOnce(&mut Env) + Send + 'static) {
                 pin_dir: pin_dir.clone(),
                 config: Default::default(),
                 conntrack_entries: 65_536,
+                backends: lb_common::maps::MAX_BACKENDS,
             })
             .expect("the program loads and verifies");
             let maps = dp.maps().expect("maps");

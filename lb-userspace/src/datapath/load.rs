@@ -27,6 +27,9 @@ pub struct LoadOptions {
     pub pin_dir: PathBuf,
     pub config: DatapathConfig,
     pub conntrack_entries: u32,
+    /// Capacity of the backend table and of the per-CPU per-backend counters
+    /// (`--max-backends`; at most `lb_common::maps::MAX_BACKENDS`).
+    pub backends: u32,
 }
 
 /// The outcome of [`Datapath::run_packet`].
@@ -96,7 +99,7 @@ impl Datapath {
     pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
         raise_memlock();
         prepare_pin_dir(&opts.pin_dir)?;
-        let adopted = check_pins(&opts.pin_dir, opts.conntrack_entries)?;
+        let adopted = check_pins(&opts.pin_dir, opts.conntrack_entries, opts.backends)?;
         let pins: Vec<(&'static str, PathBuf)> = names::ALL_MAPS
             .iter()
             .map(|n| (*n, opts.pin_dir.join(n)))
@@ -106,6 +109,8 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         loader.map_max_entries(names::CONNTRACK, opts.conntrack_entries);
+        loader.map_max_entries(names::BACKENDS, opts.backends);
+        loader.map_max_entries(names::BACKEND_STATS, opts.backends);
         loader.override_global(CONFIG_GLOBAL, &opts.config, true);
         // A load that fails leaves nothing behind that it created: the maps pinned so far
         // (and the directory) go again, unless they were an earlier agent's to adopt.
@@ -144,6 +149,13 @@ impl Datapath {
             pin_dir: opts.pin_dir.clone(),
             adopted,
         })
+    }
+
+    /// How many backends the loaded (or adopted) backend table holds: ids are below it.
+    pub fn backend_capacity(&self) -> Result<u32, DatapathError> {
+        let info = aya::maps::MapInfo::from_pin(self.pin_dir.join(names::BACKENDS))
+            .map_err(map_err(names::BACKENDS))?;
+        Ok(info.max_entries())
     }
 
     /// Whether the maps were adopted from an earlier agent's pins.

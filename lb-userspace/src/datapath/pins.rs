@@ -52,7 +52,11 @@ fn expected_layout() -> [(&'static str, usize, usize); 13] {
 /// Whether `dir` holds pins of an earlier agent, and whether this agent can adopt them:
 /// all of them present, of this layout version, with the expected key and value sizes.
 /// Returns whether there is anything to adopt.
-pub fn check_pins(dir: &Path, conntrack_entries: u32) -> Result<bool, DatapathError> {
+pub fn check_pins(
+    dir: &Path,
+    conntrack_entries: u32,
+    backends: u32,
+) -> Result<bool, DatapathError> {
     let present: Vec<&str> = names::ALL_MAPS
         .iter()
         .copied()
@@ -111,6 +115,13 @@ pub fn check_pins(dir: &Path, conntrack_entries: u32) -> Result<bool, DatapathEr
                 pinned = info.max_entries(),
                 requested = conntrack_entries,
                 "the pinned connection table keeps its size; --conntrack-entries applies once the pins are removed"
+            );
+        }
+        if name == names::BACKENDS && info.max_entries() != backends {
+            tracing::warn!(
+                pinned = info.max_entries(),
+                requested = backends,
+                "the pinned backend table keeps its size; --max-backends applies once the pins are removed"
             );
         }
     }

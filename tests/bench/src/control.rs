@@ -112,6 +112,7 @@ pub fn sweep(entries: u32, repeats: usize) -> anyhow::Result<SweepResult> {
         pin_dir: pin_dir.clone(),
         config: Default::default(),
         conntrack_entries: entries,
+        backends: lb_common::maps::MAX_BACKENDS,
     })?;
     let mut maps = dp.maps()?;
     let mut ct: aya::maps::HashMap<aya::maps::MapData, CtKey, CtValue> =
@@ -601,6 +602,7 @@ pub fn run(cfg: &Config, xlb: &Path) -> anyhow::Result<Results> {
         pin_dir: bpffs.path().join("cp"),
         config: Default::default(),
         conntrack_entries: 1024,
+        backends: lb_common::maps::MAX_BACKENDS,
     })?;
     let mut maps = dp.maps()?;
     let mut scales = Vec::new();

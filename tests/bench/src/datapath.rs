@@ -269,6 +269,7 @@ fn run_in_namespace(
         pin_dir,
         config: Default::default(),
         conntrack_entries: names::CONNTRACK_ENTRIES,
+        backends: lb_common::maps::MAX_BACKENDS,
     })?;
     program_services(&mut dp, &cfg.backend_counts)?;
     dp.attach_xdp("toback-peer", xlb::datapath::AttachMode::Generic)?;
