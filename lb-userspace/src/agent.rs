@@ -224,6 +224,9 @@ async fn serve(
         Some(tx) => reconciler.with_notices(tx),
         None => reconciler,
     };
+    let (checks_tx, checks_rx) = tokio::sync::watch::channel(Default::default());
+    let reconciler = reconciler.with_health_checks(checks_tx);
+    let service_health = tokio::spawn(crate::service_health::run(checks_rx));
     let (tx, rx) = mpsc::channel::<Msg>();
     let report_tx = tx.clone();
     let reporter: crate::health::Reporter =
@@ -288,6 +291,7 @@ async fn serve(
         }
     };
     source.abort();
+    service_health.abort();
     if let Some(events) = events {
         events.abort();
     }

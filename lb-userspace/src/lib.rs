@@ -17,6 +17,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;
+pub mod service_health;
 pub mod sources;
 pub mod stats;
 pub mod store;

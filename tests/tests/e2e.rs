@@ -568,3 +568,55 @@ fn a_backend_table_too_small_is_reported_and_the_rest_served() {
         assert_eq!(tcp_spread(&lab, vip).len(), 3, "{vip} still served");
     }
 }
+
+/// A LoadBalancer Service with `externalTrafficPolicy: Local`: its `healthCheckNodePort`
+/// answers as kube-proxy's service health server does, 200 with this node's usable
+/// endpoint count while there are any, 503 when there are none, and closes with the
+/// Service.
+#[test]
+fn health_check_node_ports_answer_with_the_local_endpoint_count() {
+    let mut lab = xlb_tests::lab::Lab::build(1).unwrap();
+    lab.start_servers(&common::server_bin()).unwrap();
+    lab.write_default_manifests().unwrap();
+    lab.start_agent(&common::xlb_bin(), &[]).unwrap();
+    let service = |nodes: [&str; 3]| {
+        let mut t = String::from(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: lb-local}\nspec: {type: LoadBalancer, clusterIP: 10.96.2.1, externalTrafficPolicy: Local, healthCheckNodePort: 32100, ports: [{port: 80, targetPort: 8080, nodePort: 30100}]}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: lb-local-1, labels: {kubernetes.io/service-name: lb-local}}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints:\n",
+        );
+        for (i, node) in nodes.iter().enumerate() {
+            t.push_str(&format!(
+                "- {{addresses: [\"10.78.0.{}\"], nodeName: {node}}}\n",
+                i + 1
+            ));
+        }
+        t
+    };
+    let get = |lab: &xlb_tests::lab::Lab| {
+        lab.node
+            .run(|| xlb_tests::http::get("127.0.0.1:32100".parse().unwrap(), "/healthz"))
+            .unwrap()
+    };
+    lab.write_manifest("lb.yaml", &service(["node-1", "node-1", "node-2"]))
+        .unwrap();
+    common::time_until("the health port answers", Duration::from_secs(10), || {
+        get(&lab).is_ok_and(|(code, _)| code == 200)
+    });
+    let (_, body) = get(&lab).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["localEndpoints"], 2, "{body}");
+    assert_eq!(v["service"]["name"], "lb-local", "{body}");
+    // No endpoint on this node any more: 503, so load balancers skip the node.
+    lab.write_manifest("lb.yaml", &service(["node-2", "node-2", "node-3"]))
+        .unwrap();
+    common::time_until(
+        "503 without local endpoints",
+        Duration::from_secs(10),
+        || get(&lab).is_ok_and(|(code, body)| code == 503 && body.contains("\"localEndpoints\":0")),
+    );
+    // The Service goes: so does the port.
+    std::fs::remove_file(lab.manifests_dir().join("lb.yaml")).unwrap();
+    common::time_until("the port to close", Duration::from_secs(10), || {
+        get(&lab).is_err()
+    });
+}

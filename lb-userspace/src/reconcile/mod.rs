@@ -98,7 +98,14 @@ pub struct Reconciler {
     node_watch: Option<tokio::sync::watch::Sender<Vec<std::net::IpAddr>>>,
     /// Where problems of objects are told (Kubernetes Events), if anywhere.
     notices: Option<NoticeSender>,
+    /// Each `healthCheckNodePort` and what it reports, by Service.
+    lb_health: BTreeMap<ObjectKey, (u16, usize)>,
+    lb_health_tx: Option<tokio::sync::watch::Sender<HealthChecks>>,
 }
+
+/// The `healthCheckNodePort`s this node serves: port -> (namespace, name, local usable
+/// endpoints).
+pub type HealthChecks = BTreeMap<u16, (String, String, usize)>;
 
 impl Reconciler {
     pub fn new(
@@ -132,6 +139,8 @@ impl Reconciler {
             metrics,
             node_watch: None,
             notices: None,
+            lb_health: BTreeMap::new(),
+            lb_health_tx: None,
         }
     }
 
@@ -139,6 +148,12 @@ impl Reconciler {
     /// InternalIP and ExternalIP addresses).
     pub fn with_nodeport_addresses(mut self, nodeport: translate::NodePortAddresses) -> Self {
         self.nodeport = nodeport;
+        self
+    }
+
+    /// Publishes the `healthCheckNodePort`s to serve, and their answers, on `tx`.
+    pub fn with_health_checks(mut self, tx: tokio::sync::watch::Sender<HealthChecks>) -> Self {
+        self.lb_health_tx = Some(tx);
         self
     }
 
@@ -320,6 +335,7 @@ impl Reconciler {
                 self.rejected.clear();
                 self.health.forget_all();
                 self.claims.clear();
+                self.lb_health.clear();
                 self.desired = Desired::default();
                 let keys = self
                     .store
@@ -381,6 +397,17 @@ impl Reconciler {
     /// The desired state of the Service `key`: its translation, filtered by health, with
     /// only the frontends it wins (the others are reported as conflicts).
     fn derive(&mut self, key: &ObjectKey, now: Instant, report: &mut SyncReport) {
+        if self.lb_health_tx.is_some() {
+            let check = self.store.service(key).and_then(|svc| {
+                let slices = self.store.slices_of(key);
+                let slices: Vec<&_> = slices.iter().map(|s| &**s).collect();
+                translate::health_check(&svc, &slices, &self.node)
+            });
+            match check {
+                Some(c) => self.lb_health.insert(key.clone(), c),
+                None => self.lb_health.remove(key),
+            };
+        }
         let mut lost = Vec::new();
         let derived: Vec<(ServiceName, ServiceSpec)> =
             object_range(&self.translated.services, &key.0, &key.1)
@@ -504,6 +531,18 @@ impl Reconciler {
 
     /// After a sync: health targets, gauges, latency and readiness.
     fn finish(&mut self, report: &mut SyncReport, started: Instant, since: Vec<Instant>) {
+        if let Some(tx) = &self.lb_health_tx {
+            let checks: HealthChecks = self
+                .lb_health
+                .iter()
+                .map(|((ns, name), (port, count))| (*port, (ns.clone(), name.clone(), *count)))
+                .collect();
+            tx.send_if_modified(|current| {
+                let changed = *current != checks;
+                *current = checks;
+                changed
+            });
+        }
         if let Some(targets) = self.health.take_targets()
             && let Some(links) = &self.health_links
         {

@@ -125,6 +125,38 @@ fn usable<'a>(candidates: impl Iterator<Item = &'a Candidate> + Clone) -> Vec<Ba
         .collect()
 }
 
+/// How many endpoints of the Service are local and usable (this node's ready ones, else
+/// its serving-terminating ones), counted by address over every slice: what a
+/// `healthCheckNodePort` reports (kube-proxy's service health server).
+pub(super) fn local_endpoint_count(slices: &[&EndpointSlice], node: &NodeInfo) -> usize {
+    let Some(name) = node.name.as_deref() else {
+        return 0;
+    };
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for slice in slices {
+        for ep in &slice.endpoints {
+            if ep.node_name.as_deref() != Some(name) {
+                continue;
+            }
+            let Some(addr) = ep.addresses.first() else {
+                continue;
+            };
+            let (is_ready, serving, is_terminating) = conditions(ep);
+            if is_ready {
+                ready.insert(addr.clone());
+            } else if serving && is_terminating {
+                terminating.insert(addr.clone());
+            }
+        }
+    }
+    if ready.is_empty() {
+        terminating.len()
+    } else {
+        ready.len()
+    }
+}
+
 /// The backends of a Local traffic policy: this node's ready endpoints, else its
 /// serving-terminating ones (kube-proxy's `localEndpoints`).
 pub(super) fn local(candidates: &[Candidate], node: &NodeInfo) -> Vec<Backend> {

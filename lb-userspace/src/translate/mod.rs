@@ -292,6 +292,26 @@ pub fn translate_all<'a>(
     (desired, errors, warnings)
 }
 
+/// A Service's `healthCheckNodePort` (LoadBalancer with `externalTrafficPolicy: Local`)
+/// and how many usable endpoints it has on this node: cloud load balancers probe the
+/// port on every node and send traffic only to nodes that answer 200.
+pub fn health_check(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node: &NodeInfo,
+) -> Option<(u16, usize)> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() != Some("LoadBalancer")
+        || spec.external_traffic_policy.as_deref() != Some("Local")
+    {
+        return None;
+    }
+    let port = u16::try_from(spec.health_check_node_port?)
+        .ok()
+        .filter(|p| *p != 0)?;
+    Some((port, endpoints::local_endpoint_count(slices, node)))
+}
+
 /// Translates one Service and its EndpointSlices.
 pub fn translate_service(
     svc: &Service,
