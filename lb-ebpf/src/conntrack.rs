@@ -329,12 +329,26 @@ fn restore_reply(key: &CtKey, rkey: &CtKey, forward: Entry, counters: &Counters)
     0
 }
 
-/// Updates a reply entry after a hit. A FIN or RST from the backend also moves the forward
-/// entry to CLOSING, so that its shorter timeout applies and a reused tuple is re-balanced.
+/// Whether a packet would close its flow (a TCP FIN or RST).
 #[inline(always)]
-pub fn refresh_reply(key: &CtKey, entry: Entry, pkt: &Packet, now: u64, nh: &NextHop) {
-    let closing =
-        pkt.proto() == Proto::TCP && (pkt.has_tcp_flag(TCP_FIN) || pkt.has_tcp_flag(TCP_RST));
+pub fn closes(pkt: &Packet) -> bool {
+    pkt.proto() == Proto::TCP && (pkt.has_tcp_flag(TCP_FIN) || pkt.has_tcp_flag(TCP_RST))
+}
+
+/// Updates a reply entry after a hit. A FIN or RST from the backend also moves the forward
+/// entry to CLOSING, so that its shorter timeout applies and a reused tuple is re-balanced;
+/// only when `trusted` (see [`closes`]): a FIN or RST spoofed from elsewhere changes
+/// nothing.
+#[inline(always)]
+pub fn refresh_reply(
+    key: &CtKey,
+    entry: Entry,
+    pkt: &Packet,
+    now: u64,
+    nh: &NextHop,
+    trusted: bool,
+) {
+    let closing = closes(pkt) && trusted;
     let was = entry.value().state;
     let state = if closing { CT_STATE_CLOSING } else { was };
     touch(entry, state, now, nh);

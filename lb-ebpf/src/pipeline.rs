@@ -19,6 +19,7 @@ use crate::{
     parse::{self, Packet, TCP_RST},
     passive, select,
     stats::{self, Counters},
+    trust,
 };
 
 /// What every stage needs: the context, this CPU's counters and the time. Bundled so that
@@ -240,7 +241,12 @@ fn from_backend_inner(
     nat::rewrite(env.ctx, pkt, End::Source, &e.nat_addr, e.nat_port_be)?;
     let (nh, fresh) = next_hop(env, pkt, e);
     let backend_id = e.backend_id;
-    conntrack::refresh_reply(key, entry, pkt, env.now, &learned(&nh, fresh));
+    // A FIN or RST closes the flow only when it came the backend's way (one FIB lookup,
+    // once per connection): one spoofed from the client's side is forwarded, as any
+    // packet, but changes no state.
+    let trusted =
+        !conntrack::closes(pkt) || trust::via_backend_interface(env.ctx, &key.src, key.family);
+    conntrack::refresh_reply(key, entry, pkt, env.now, &learned(&nh, fresh), trusted);
     stats::backend(backend_id, pkt.ip_len, false, true);
     send(env.ctx, pkt, nh, Reason::FORWARD_REPLY)
 }

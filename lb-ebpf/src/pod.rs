@@ -29,6 +29,7 @@ use crate::{
     parse::{self, Packet, TCP_RST},
     passive,
     stats::{self, Counters},
+    trust,
 };
 
 const TC_ACT_OK: i32 = 0;
@@ -78,7 +79,9 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
         // A packet the helpers refuse (too short, cloned and unwritable): as it is.
         return TC_ACT_OK;
     }
-    conntrack::refresh_reply(&key, entry, &pkt, conntrack::now(), &NextHop::NONE);
+    let trusted =
+        !conntrack::closes(&pkt) || trust::via_backend_interface(ctx, &key.src, key.family);
+    conntrack::refresh_reply(&key, entry, &pkt, conntrack::now(), &NextHop::NONE, trusted);
     stats::backend(backend_id, pkt.ip_len, false, true);
     counters.event(Event::POD_REPLY);
     pkt.key.src = vip;

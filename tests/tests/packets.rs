@@ -157,6 +157,15 @@ impl Env {
         (r.action, r.output)
     }
 
+    /// The state of a connection-table entry, read from the pinned table.
+    fn ct_state(&self, key: &CtKey) -> Option<u8> {
+        let map = aya::maps::MapData::from_pin(self.pin_dir.join(lb_common::maps::CONNTRACK))
+            .expect("the pinned connection table");
+        let table: aya::maps::HashMap<_, CtKey, lb_common::maps::CtValue> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("an LRU hash");
+        table.get(key, 0).ok().map(|v| v.state)
+    }
+
     /// [`Self::run`] as if the frame arrived on `interface` (`toback`, `toclient`).
     fn run_on(&self, interface: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         let index = xlb::datapath::ifindex(interface).expect("fixture interface");
@@ -779,18 +788,41 @@ fn refused_syns_and_unreachable_backends_are_signalled_and_their_flows_rebalance
                 frame(true, client, vip, sport, 80, b"x"),
                 tcp::ACK,
             ));
-            let (action, out) = env.run_on(
-                "toback",
-                &with_tcp_flags(
-                    frame(true, backend, client, 8080, sport, b""),
-                    tcp::ACK | tcp::RST,
-                ),
+            let backend_rst = with_tcp_flags(
+                frame(true, backend, client, 8080, sport, b""),
+                tcp::ACK | tcp::RST,
             );
+            let reply_key = CtKey {
+                src: Addr::from_ip(&backend),
+                dst: Addr::from_ip(&client),
+                sport_be: 8080u16.to_be(),
+                dport_be: sport.to_be(),
+                proto: Proto::TCP,
+                family: Family::of(&client),
+                _pad: [0; 2],
+            };
+            // Spoofed from the client's side: forwarded like any packet, but the flow's
+            // state does not change (closing, it would expire after the short timeout).
+            let state = env.ct_state(&reply_key);
+            assert!(state.is_some_and(|s| s != lb_common::maps::CT_STATE_CLOSING));
+            let (action, _) = env.run_on("toclient", &backend_rst);
+            assert_ne!(action, XDP_DROP);
+            assert_eq!(
+                env.ct_state(&reply_key),
+                state,
+                "{client}: a RST from the client's side changes no state"
+            );
+            let (action, out) = env.run_on("toback", &backend_rst);
             assert_eq!(
                 action, XDP_REDIRECT,
                 "{client}: a RST of an established connection goes to the client"
             );
             assert_eq!(summary(&out).src, vip);
+            assert_eq!(
+                env.ct_state(&reply_key),
+                Some(lb_common::maps::CT_STATE_CLOSING),
+                "{client}: the backend's RST closes the flow"
+            );
 
             // UDP: an ICMP port unreachable from the backend: counted, passed, flow forgotten.
             let sport = 5_000 + i as u16;
