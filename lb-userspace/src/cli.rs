@@ -7,10 +7,20 @@ use lb_common::{config::DatapathConfig, maps::CONNTRACK_ENTRIES};
 
 use crate::{datapath::AttachMode, health::MethodKind};
 
+/// `xlb --version`: the release, the commit it was built from, and the target.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("XLB_GIT_COMMIT"),
+    ", ",
+    env!("XLB_TARGET"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "xlb",
-    version,
+    version = VERSION,
     about = "xlb: an XDP load balancer for Kubernetes Services"
 )]
 pub struct Cli {
@@ -36,6 +46,12 @@ pub enum Command {
     /// DaemonSet's init container runs this, so that the agent itself needs no mount
     /// privilege).
     MountBpffs(MountBpffsArgs),
+    /// Print a shell completion script (e.g. `xlb completions bash >
+    /// /etc/bash_completion.d/xlb`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,16 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut xlb::cli::Cli::command(),
+                "xlb",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::MountBpffs(args) => {
             if xlb::datapath::mount_bpffs(&args.path)? {
                 eprintln!("mounted a bpf filesystem at {}", args.path.display());
