@@ -26,9 +26,36 @@ pub const VERSION: &str = concat!(
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter (tracing-subscriber syntax, such as `info` or `xlb=debug`).
-    #[arg(long, global = true, env = "XLB_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter (tracing-subscriber syntax, such as `info` or `xlb=debug`). Default:
+    /// $XLB_LOG, else $RUST_LOG, else `info`.
+    #[arg(long, global = true, env = "XLB_LOG")]
+    pub log: Option<String>,
+    /// Log lines as text, or as JSON objects (one per line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        env = "XLB_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    /// The log filter: `--log`, $XLB_LOG, $RUST_LOG, then `info`.
+    pub fn log_filter(&self) -> String {
+        self.log
+            .clone()
+            .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| "info".into())
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -620,3 +620,27 @@ fn health_check_node_ports_answer_with_the_local_endpoint_count() {
         get(&lab).is_err()
     });
 }
+
+/// `--log-format json`: one JSON object per line, for log collectors.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut lab = xlb_tests::lab::Lab::build(1).unwrap();
+    lab.start_servers(&common::server_bin()).unwrap();
+    lab.write_default_manifests().unwrap();
+    lab.start_agent(&common::xlb_bin(), &["--log-format", "json"])
+        .unwrap();
+    let lines = lab.agent().output();
+    let sync = lines
+        .iter()
+        .find(|l| l.contains("sync complete"))
+        .expect("a sync line");
+    let v: serde_json::Value = serde_json::from_str(sync).expect("a JSON object");
+    assert_eq!(v["fields"]["message"], "sync complete", "{sync}");
+    assert!(
+        v["level"].is_string() && v["timestamp"].is_string(),
+        "{sync}"
+    );
+    for l in lines.iter().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+    }
+}
