@@ -206,6 +206,15 @@ impl Metrics {
     /// `pin_dir` when given.
     pub fn registry(self: &Arc<Self>, pin_dir: Option<PathBuf>) -> Registry {
         let mut r = Registry::with_prefix("xlb");
+        // `xlb_build_info{version, commit} 1`, the usual way to read what runs.
+        let build: Family<Vec<(String, String)>, Gauge> = Family::default();
+        build
+            .get_or_create(&vec![
+                ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                ("commit".to_string(), env!("XLB_GIT_COMMIT").to_string()),
+            ])
+            .set(1);
+        r.register("build_info", "The running build: version and commit", build);
         r.register(
             "programming_latency_seconds",
             "Time from a change seen by a source to the maps written",

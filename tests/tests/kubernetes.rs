@@ -421,6 +421,12 @@ fn ready_only_after_the_first_sync_and_metrics_describe_the_datapath() {
     });
     let (_, m) = common::agent_get(&k.lab, "/metrics").unwrap();
     let sample = |s: &str| xlb_tests::http::sample(&m, s).unwrap_or_else(|| panic!("{s} in\n{m}"));
+    assert!(
+        m.lines().any(|l| l.starts_with("xlb_build_info{")
+            && l.contains("version=\"")
+            && l.ends_with(" 1")),
+        "build info in\n{m}"
+    );
     assert_eq!(sample("xlb_services"), 4.0);
     assert_eq!(sample("xlb_frontends"), 4.0);
     assert_eq!(sample("xlb_backends"), 12.0);
