@@ -446,9 +446,20 @@ struct HttpState {
 }
 
 async fn metrics_page(State(s): State<HttpState>) -> impl IntoResponse {
-    let mut body = String::new();
-    match encode(&mut body, &s.registry) {
-        Ok(()) => (
+    // Encoding reads the pinned maps (every table, with blocking syscalls): on a thread of
+    // the blocking pool, so that a scrape never stalls the agent's event loop (signals,
+    // netlink, the sources, health probes).
+    let registry = s.registry.clone();
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut body = String::new();
+        encode(&mut body, &registry).map(|()| body)
+    })
+    .await;
+    match encoded
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        Ok(body) => (
             StatusCode::OK,
             [(
                 "content-type",
@@ -459,7 +470,7 @@ async fn metrics_page(State(s): State<HttpState>) -> impl IntoResponse {
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [("content-type", "text/plain")],
-            e.to_string(),
+            e,
         ),
     }
 }
