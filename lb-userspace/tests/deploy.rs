@@ -372,6 +372,12 @@ fn dockerfile_builds_with_the_project_recipe() {
         assert!(text.contains(needed), "Dockerfile lacks {needed}");
     }
     assert!(text.contains("ENTRYPOINT [\"/usr/local/bin/xlb\"]"));
+    // OCI labels, the version the same as the release's.
+    assert!(text.contains(&format!(
+        "org.opencontainers.image.version=\"{}\"",
+        env!("CARGO_PKG_VERSION")
+    )));
+    assert!(text.contains("org.opencontainers.image.revision="));
     let ignore = std::fs::read_to_string(deploy_dir().join("../.dockerignore")).unwrap();
     assert!(
         ignore.lines().any(|l| l.trim() == "target"),
