@@ -67,15 +67,18 @@ pub trait Frame {
 /// Bytes [`Frame::load`] copies at most at once.
 pub const CHUNK: usize = 64;
 
-/// `len` (1..=CHUNK, checked by the caller) as the load helpers' length argument.
+/// `len` as the load helpers' length argument, if it is in 1..=CHUNK.
 ///
-/// Verifier: the helper's length must be provably in 1..=CHUNK. LLVM drops the caller's
-/// `len == 0` test when the loop around it implies it, and the verifier then sees a
+/// Verifier: the helper's length must be provably in 1..=CHUNK. LLVM drops a plain
+/// `len == 0` test when the loop around the call implies it, and the verifier then sees a
 /// range starting at 0 ("invalid zero-sized read"); masking and adding one gives the
 /// same value with a range it can prove.
 #[inline(always)]
-fn helper_len(len: usize) -> u32 {
-    (((len - 1) & (CHUNK - 1)) + 1) as u32
+fn helper_len(len: usize) -> Option<u32> {
+    if len == 0 || len > CHUNK {
+        return None;
+    }
+    Some((((len - 1) & (CHUNK - 1)) + 1) as u32)
 }
 
 /// Verifier: the context fields are read with volatile loads. Otherwise LLVM's argument
@@ -97,16 +100,16 @@ impl Frame for XdpContext {
 
     #[inline(always)]
     fn load(&self, off: usize, buf: &mut [u8; CHUNK], len: usize) -> bool {
-        if len == 0 || len > CHUNK {
+        let Some(len) = helper_len(len) else {
             return false;
-        }
+        };
         // SAFETY: the program's context; `buf` holds CHUNK >= len writable bytes.
         unsafe {
             aya_ebpf::helpers::generated::bpf_xdp_load_bytes(
                 self.ctx,
                 off as u32,
                 buf.as_mut_ptr().cast(),
-                helper_len(len),
+                len,
             ) == 0
         }
     }
@@ -129,16 +132,16 @@ impl Frame for TcContext {
 
     #[inline(always)]
     fn load(&self, off: usize, buf: &mut [u8; CHUNK], len: usize) -> bool {
-        if len == 0 || len > CHUNK {
+        let Some(len) = helper_len(len) else {
             return false;
-        }
+        };
         // SAFETY: the program's socket buffer; `buf` holds CHUNK >= len writable bytes.
         unsafe {
             aya_ebpf::helpers::generated::bpf_skb_load_bytes(
                 self.skb.skb.cast(),
                 off as u32,
                 buf.as_mut_ptr().cast(),
-                helper_len(len),
+                len,
             ) == 0
         }
     }

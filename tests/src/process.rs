@@ -150,3 +150,15 @@ impl Drop for Process {
         crate::registry::process_gone(self.child.id());
     }
 }
+
+/// Resident memory of process `pid`, MiB (VmRSS).
+pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/status has no VmRSS"))?;
+    Ok(kb / 1024.0)
+}

@@ -411,25 +411,13 @@ fn stats_and_cleanup_of_an_empty_path_say_that_nothing_is_pinned_there() {
     assert!(err.contains("nothing to clean up"), "{err}");
 }
 
-/// Resident memory of a process, MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 /// A huge manifest file read and then removed: the agent's memory comes back down
 /// (freed memory is handed back to the system, not kept at the peak).
 #[test]
 fn memory_returns_to_its_baseline_after_a_huge_manifest_file_is_gone() {
     let mut lab = common::default_lab();
     let pid = lab.agent().pid();
-    let baseline = rss_mib(pid);
+    let baseline = xlb_tests::process::rss_mib(pid).unwrap();
     // 4000 Services with 10 endpoints each.
     let mut text = String::new();
     for i in 0..4000u32 {
@@ -448,7 +436,7 @@ fn memory_returns_to_its_baseline_after_a_huge_manifest_file_is_gone() {
     lab.agent()
         .wait_for_count("sync complete", syncs + 1, Duration::from_secs(60))
         .unwrap();
-    let peak = rss_mib(pid);
+    let peak = xlb_tests::process::rss_mib(pid).unwrap();
     let syncs = lab.agent().count("sync complete");
     std::fs::remove_file(lab.manifests_dir().join("big.yaml")).unwrap();
     lab.agent()
@@ -461,11 +449,11 @@ fn memory_returns_to_its_baseline_after_a_huge_manifest_file_is_gone() {
     // Released after the sync and again once the deferred work (retired backends, after
     // their grace period) is done: polled, within seconds.
     let limit = baseline + (peak - baseline) * 0.25;
-    let mut after = rss_mib(pid);
+    let mut after = xlb_tests::process::rss_mib(pid).unwrap();
     let started = std::time::Instant::now();
     while after > limit && started.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(200));
-        after = rss_mib(pid);
+        after = xlb_tests::process::rss_mib(pid).unwrap();
     }
     eprintln!("agent RSS: baseline {baseline:.1} MiB, with the file {peak:.1}, after {after:.1}");
     assert!(
@@ -514,11 +502,7 @@ fn mount_bpffs_mounts_once_and_pins_may_lie_deeper() {
 /// health reachable from outside the node, metrics on localhost).
 #[test]
 fn health_endpoints_are_served_on_their_own_address_too() {
-    let mut lab = xlb_tests::lab::Lab::build(1).unwrap();
-    lab.start_servers(&common::server_bin()).unwrap();
-    lab.write_default_manifests().unwrap();
-    lab.start_agent(&common::xlb_bin(), &["--health-addr", "127.0.0.1:9465"])
-        .unwrap();
+    let lab = common::lab_with_agent_args(&["--health-addr", "127.0.0.1:9465"]);
     let get = |path: &'static str| {
         lab.node
             .run(move || xlb_tests::http::get("127.0.0.1:9465".parse().unwrap(), path))
@@ -539,12 +523,8 @@ fn health_endpoints_are_served_on_their_own_address_too() {
 /// more says which Services it cannot program, and serves the rest.
 #[test]
 fn a_backend_table_too_small_is_reported_and_the_rest_served() {
-    let mut lab = xlb_tests::lab::Lab::build(3).unwrap();
-    lab.start_servers(&common::server_bin()).unwrap();
-    lab.write_default_manifests().unwrap();
     // The default Services need 12 backends (3 addresses x 2 families x TCP and UDP).
-    lab.start_agent(&common::xlb_bin(), &["--max-backends", "16"])
-        .unwrap();
+    let mut lab = common::lab_with_agent_args(&["--max-backends", "16"]);
     let info = aya::maps::MapInfo::from_pin(lab.pin_dir().join(lb_common::maps::BACKENDS)).unwrap();
     assert_eq!(info.max_entries(), 16, "the table has the size asked for");
     assert_eq!(tcp_spread(&lab, WEB_V4).len(), 3);
@@ -575,10 +555,7 @@ fn a_backend_table_too_small_is_reported_and_the_rest_served() {
 /// Service.
 #[test]
 fn health_check_node_ports_answer_with_the_local_endpoint_count() {
-    let mut lab = xlb_tests::lab::Lab::build(1).unwrap();
-    lab.start_servers(&common::server_bin()).unwrap();
-    lab.write_default_manifests().unwrap();
-    lab.start_agent(&common::xlb_bin(), &[]).unwrap();
+    let lab = common::lab_with_agent_args(&[]);
     let service = |nodes: [&str; 3]| {
         let mut t = String::from(
             "apiVersion: v1\nkind: Service\nmetadata: {name: lb-local}\nspec: {type: LoadBalancer, clusterIP: 10.96.2.1, externalTrafficPolicy: Local, healthCheckNodePort: 32100, ports: [{port: 80, targetPort: 8080, nodePort: 30100}]}\n---\n\
@@ -624,11 +601,7 @@ fn health_check_node_ports_answer_with_the_local_endpoint_count() {
 /// `--log-format json`: one JSON object per line, for log collectors.
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let mut lab = xlb_tests::lab::Lab::build(1).unwrap();
-    lab.start_servers(&common::server_bin()).unwrap();
-    lab.write_default_manifests().unwrap();
-    lab.start_agent(&common::xlb_bin(), &["--log-format", "json"])
-        .unwrap();
+    let mut lab = common::lab_with_agent_args(&["--log-format", "json"]);
     let lines = lab.agent().output();
     let sync = lines
         .iter()

@@ -21,7 +21,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use k8s_openapi::{
     api::{
         core::v1::{Service, ServicePort, ServiceSpec},
@@ -582,17 +581,11 @@ fn agent_rss(xlb: &Path, services: usize, endpoints: usize) -> anyhow::Result<(f
     agent.wait_for("sync complete", Duration::from_secs(300))?;
     let first_sync_ms = started.elapsed().as_secs_f64() * 1e3;
     // The agent runs under `ip netns exec`, which execs it: same pid.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))?;
-    let rss_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS")?;
+    let rss_mib = xlb_tests::process::rss_mib(agent.pid())?;
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
     drop(bpffs);
-    Ok((rss_kb / 1024.0, first_sync_ms))
+    Ok((rss_mib, first_sync_ms))
 }
 
 pub fn run(cfg: &Config, xlb: &Path) -> anyhow::Result<Results> {
